@@ -1,0 +1,248 @@
+"""Core types shared by every layer: :class:`Image`, :class:`Region`, :class:`Evidence`, :class:`Verdict`.
+
+One image type, one evidence type, one verdict type: loaders produce an ``Image``, detectors turn
+an ``Image`` into ``Evidence``, fusion turns evidence into a ``Verdict``, outputs write verdicts.
+
+Conventions
+-----------
+* ``Image.pixels`` is a float32 array in physical units: Hounsfield units for CT (rescale
+  slope/intercept applied), stored values with the photometric interpretation applied for
+  radiographs (MONOCHROME1 inverted so that bright is dense), gray levels for PNG/JPEG/TIFF.
+* Axes are ``(rows, cols)`` for a 2D image and ``(slices, rows, cols)`` for a volume; a volume's
+  slices are sorted along the slice normal by patient position, never by file name.
+* ``Image.affine`` (4x4, optional) maps a voxel index ``(k, i, j)`` -- slice, row, column; for a 2D
+  image ``k = 0`` -- to DICOM patient coordinates (LPS, mm).
+* A bounding box ``bbox_voxel`` is ``[start_0, start_1, ..., stop_0, stop_1, ...]`` with exclusive
+  stops, like numpy slices, in the axis order of ``pixels``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = "1.0"
+
+LABELS = ("authentic", "suspicious", "manipulated", "synthetic")
+Label = Literal["authentic", "suspicious", "manipulated", "synthetic"]
+
+
+class MedForensicsError(Exception):
+    """An error about one input that the user can act on; its message is one line."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = str(path) if path is not None else None
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+@dataclass
+class Image:
+    """Pixels in physical units plus everything known about where they came from.
+
+    Parameters
+    ----------
+    pixels : ndarray
+        2D ``(rows, cols)`` or 3D ``(slices, rows, cols)`` float32 array in physical units.
+    spacing : tuple of float
+        Millimetres per axis in the order of ``pixels``; ``None`` where unknown (e.g. a PNG).
+    modality : str
+        DICOM modality code (``CT``, ``MR``, ``CR``, ``DX``, ...). ``XR`` for a radiograph
+        from a plain raster file, ``OT`` when unknown.
+    format : str
+        Container the pixels came from: ``dicom``, ``png``, ``jpeg``, ``tiff`` or ``nifti``.
+    sources : list of Path
+        File(s) the image was read from; for a DICOM series one per slice, in slice order.
+    uid : str
+        SeriesInstanceUID for a DICOM series, SOPInstanceUID for a single DICOM instance, a
+        content hash otherwise.
+    datasets : list of pydicom Dataset
+        DICOM headers (pixel data removed) in slice order; empty for other formats.
+    meta : dict
+        Container metadata and loader notes (text chunks, EXIF, XMP, JPEG tables, colour,
+        bit depth, per-instance stored-value ranges, series problems, ...).
+    affine : ndarray, optional
+        4x4 voxel-index to patient-mm (LPS) matrix, where geometry is known.
+    """
+
+    pixels: np.ndarray
+    spacing: tuple[float | None, ...]
+    modality: str
+    format: str
+    sources: list[Path]
+    uid: str
+    datasets: list[Any] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    affine: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim not in (2, 3):
+            raise ValueError(f"pixels must be 2D or 3D, got shape {self.pixels.shape}")
+        if len(self.spacing) != self.pixels.ndim:
+            raise ValueError(f"spacing {self.spacing} does not match pixels of shape {self.pixels.shape}")
+        if self.affine is not None and np.shape(self.affine) != (4, 4):
+            raise ValueError("affine must be a 4x4 matrix")
+
+    @property
+    def kind(self) -> Literal["image", "series"]:
+        """``series`` for a volume, ``image`` for a 2D image."""
+        return "series" if self.pixels.ndim == 3 else "image"
+
+    @property
+    def n_instances(self) -> int:
+        """Number of files (DICOM instances) behind the image."""
+        return max(1, len(self.sources))
+
+    @property
+    def path(self) -> Path:
+        """A path that names the image: its folder for a multi-file series, else its file."""
+        if len(self.sources) > 1:
+            return Path(self.sources[0]).parent
+        return Path(self.sources[0])
+
+    def voxel_to_mm(self, index: Sequence[float]) -> tuple[float, float, float] | None:
+        """Patient coordinates (LPS, mm) of a voxel index in ``pixels`` order, if geometry is known."""
+        if self.affine is None:
+            return None
+        idx = [float(v) for v in index]
+        if len(idx) == 2:
+            idx = [0.0] + idx
+        xyz = self.affine @ np.array(idx + [1.0])
+        return (round(float(xyz[0]), 2), round(float(xyz[1]), 2), round(float(xyz[2]), 2))
+
+    def slice2d(self, k: int | None = None) -> np.ndarray:
+        """A 2D view: the image itself, or slice ``k`` (default: the middle one) of a volume."""
+        if self.pixels.ndim == 2:
+            return self.pixels
+        return self.pixels[self.pixels.shape[0] // 2 if k is None else k]
+
+    @classmethod
+    def from_array(cls, pixels: np.ndarray, *, modality: str = "OT", spacing=None, name: str = "array",
+                   **kw: Any) -> "Image":
+        """An in-memory image, for tests and for callers that already hold pixels."""
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if spacing is None:
+            spacing = (None,) * pixels.ndim
+        return cls(pixels=pixels, spacing=tuple(spacing), modality=modality, format=kw.pop("format", "array"),
+                   sources=[Path(name)], uid=kw.pop("uid", name), **kw)
+
+
+@dataclass
+class Region:
+    """Where evidence points: centre and box in voxel indices, centre in patient mm when known."""
+
+    center_voxel: tuple[int, ...]
+    bbox_voxel: tuple[int, ...]
+    score: float = 1.0
+    center_mm: tuple[float, float, float] | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "center_voxel": [int(v) for v in self.center_voxel],
+            "bbox_voxel": [int(v) for v in self.bbox_voxel],
+            "score": round(float(self.score), 4),
+        }
+        if self.center_mm is not None:
+            d["center_mm"] = [round(float(v), 2) for v in self.center_mm]
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+@dataclass
+class Evidence:
+    """What one detector found about one image.
+
+    ``score`` is the calibrated probability (in [0, 1]) that the image was manipulated or
+    synthesised, as far as this detector can tell. ``indicates`` says which of the two the
+    evidence points to. ``heatmap``, when present, has the shape of ``Image.pixels`` and values in
+    [0, 1] (1 = most suspicious).
+    """
+
+    detector: str
+    score: float
+    explanation: str
+    heatmap: np.ndarray | None = None
+    regions: list[Region] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    indicates: Literal["manipulation", "synthesis"] = "manipulation"
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.score):
+            raise ValueError(f"{self.detector}: score is not finite")
+        self.score = float(min(1.0, max(0.0, self.score)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "score": round(self.score, 4),
+            "indicates": self.indicates,
+            "explanation": self.explanation,
+            "regions": [r.to_dict() for r in self.regions],
+            "details": _jsonable(self.details),
+        }
+
+
+@dataclass
+class Verdict:
+    """The fused answer for one image or series, plus everything needed to explain it."""
+
+    path: str
+    kind: str
+    uid: str | None
+    n_instances: int
+    score: float | None
+    label: Label | None
+    evidence: list[Evidence] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    provenance: str = "unknown"
+    timings: dict[str, float] = field(default_factory=dict)
+    modality: str | None = None
+    image: Image | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-lines record of DESIGN.md (schema version :data:`SCHEMA_VERSION`)."""
+        d: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "path": self.path,
+            "kind": self.kind,
+            "uid": self.uid,
+            "n_instances": self.n_instances,
+            "modality": self.modality,
+        }
+        if self.score is not None:
+            d["score"] = round(self.score, 4)
+            d["label"] = self.label
+        d["provenance"] = self.provenance
+        d["evidence"] = [e.to_dict() for e in self.evidence]
+        d["errors"] = list(self.errors)
+        d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        return d
+
+
+def _jsonable(obj: Any) -> Any:
+    """Turn numpy scalars/arrays, paths and tuples into plain JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist()) if obj.size <= 64 else f"<array {obj.shape}>"
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return round(v, 6) if np.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bytes):
+        return obj.hex()[:64]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)

@@ -1,0 +1,159 @@
+"""Detector interface, registry and the helpers every detector shares.
+
+A detector is a class with a ``name``, a declaration of what it applies to, and a ``detect``
+method that turns an :class:`~medforensics.core.Image` into :class:`~medforensics.core.Evidence`.
+Detectors are discovered through the ``medforensics.detectors`` entry-point group, so a third
+party adds one by declaring, in its own ``pyproject.toml``::
+
+    [project.entry-points."medforensics.detectors"]
+    my_detector = "my_package.module:MyDetector"
+"""
+from __future__ import annotations
+
+import math
+from importlib.metadata import entry_points
+from typing import ClassVar, Iterable
+
+import numpy as np
+from scipy import ndimage
+
+from ..core import Evidence, Image, Region
+
+ENTRY_POINT_GROUP = "medforensics.detectors"
+
+
+class Detector:
+    """Base class. Subclasses set the class attributes and implement :meth:`detect`.
+
+    Attributes
+    ----------
+    name : str
+        Short identifier used on the command line and in JSON output.
+    description : str
+        One line saying what the detector looks for.
+    modalities : frozenset of str or None
+        DICOM modality codes it applies to (``None``: any). ``XR`` stands for a radiograph read
+        from PNG/JPEG/TIFF; ``OT`` for an image of unknown modality.
+    dims : frozenset of int
+        2 for 2D images, 3 for volumes.
+    formats : frozenset of str or None
+        Containers it applies to (``dicom``, ``png``, ``jpeg``, ``tiff``, ``nifti``); ``None``: any.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    modalities: ClassVar[frozenset[str] | None] = None
+    dims: ClassVar[frozenset[int]] = frozenset({2, 3})
+    formats: ClassVar[frozenset[str] | None] = None
+
+    def applies(self, image: Image) -> bool:
+        """True if this detector has something to say about ``image``."""
+        if self.modalities is not None and image.modality not in self.modalities:
+            return False
+        if image.pixels.ndim not in self.dims:
+            return False
+        if self.formats is not None and image.format not in self.formats:
+            return False
+        return True
+
+    def detect(self, image: Image) -> Evidence:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def applies_to(cls) -> str:
+        """Human-readable summary of what the detector applies to."""
+        mods = "any modality" if cls.modalities is None else ", ".join(sorted(cls.modalities))
+        dims = "/".join(f"{d}D" for d in sorted(cls.dims))
+        fmts = "any format" if cls.formats is None else ", ".join(sorted(cls.formats))
+        return f"{mods}; {dims}; {fmts}"
+
+
+def available_detectors() -> dict[str, type[Detector]]:
+    """All detector classes registered under the entry-point group, by name."""
+    found: dict[str, type[Detector]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        found[getattr(cls, "name", "") or ep.name] = cls
+    return dict(sorted(found.items()))
+
+
+def load_detectors(names: Iterable[str] | None = None) -> list[Detector]:
+    """Instantiate the named detectors (all registered ones when ``names`` is None)."""
+    registry = available_detectors()
+    if names is None:
+        return [cls() for cls in registry.values()]
+    chosen = []
+    for n in names:
+        if n not in registry:
+            raise KeyError(f"unknown detector {n!r}; known: {', '.join(registry)}")
+        chosen.append(registry[n]())
+    return chosen
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def logistic(x: float, midpoint: float, scale: float) -> float:
+    """Calibration curve: maps a raw statistic to a probability, 0.5 at ``midpoint``.
+
+    Each detector documents how its ``midpoint`` and ``scale`` were set (on authentic data in
+    ../shared/data and on manipulated copies; see ``benchmarks/authentic_rate.py``).
+    """
+    z = (x - midpoint) / scale
+    if z > 40:
+        return 1.0
+    if z < -40:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def regions_from_heatmap(image: Image, heatmap: np.ndarray, threshold: float = 0.5,
+                         max_regions: int = 5, min_size: int = 4, note: str = "") -> list[Region]:
+    """Connected components of ``heatmap >= threshold`` as regions, strongest first.
+
+    The score of a region is the maximum of the heatmap inside it; centres are the
+    heatmap-weighted centroid, rounded to voxel indices; ``center_mm`` is filled where the image
+    has geometry.
+    """
+    mask = heatmap >= threshold
+    if not mask.any():
+        return []
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return []
+    idx = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones_like(heatmap, dtype=np.float32), labels, idx)
+    peaks = ndimage.maximum(heatmap, labels, idx)
+    objects = ndimage.find_objects(labels)
+    order = np.argsort(-(np.asarray(peaks) * 1e6 + np.asarray(sizes)))
+    regions: list[Region] = []
+    for o in order:
+        if sizes[o] < min_size:
+            continue
+        sl = objects[o]
+        sub = np.where(labels[sl] == o + 1, heatmap[sl], 0.0)
+        com = ndimage.center_of_mass(sub)
+        center = tuple(int(round(c + s.start)) for c, s in zip(com, sl))
+        bbox = tuple(s.start for s in sl) + tuple(s.stop for s in sl)
+        regions.append(Region(center_voxel=center, bbox_voxel=bbox, score=float(peaks[o]),
+                              center_mm=image.voxel_to_mm(center), note=note))
+        if len(regions) >= max_regions:
+            break
+    return regions
+
+
+def region_from_box(image: Image, bbox: tuple[int, ...], score: float = 1.0, note: str = "") -> Region:
+    """A region for a known box (``[starts..., stops...]``), centred in the box."""
+    n = len(bbox) // 2
+    center = tuple(int((bbox[i] + bbox[i + n] - 1) // 2) for i in range(n))
+    return Region(center_voxel=center, bbox_voxel=tuple(int(b) for b in bbox), score=score,
+                  center_mm=image.voxel_to_mm(center), note=note)
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """Robust z-scores (median / 1.4826·MAD) of an array; zeros when the spread is nil."""
+    v = np.asarray(values, dtype=np.float64)
+    med = np.nanmedian(v)
+    mad = 1.4826 * np.nanmedian(np.abs(v - med))
+    if not np.isfinite(mad) or mad < 1e-12:
+        return np.zeros_like(v)
+    return (v - med) / mad
