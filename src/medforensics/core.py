@@ -202,7 +202,8 @@ class Verdict:
     provenance: str = "unknown"
     timings: dict[str, float] = field(default_factory=dict)
     modality: str | None = None
-    image: Image | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: PNG figures for reports (name -> base64 PNG), made next to the detectors; not in JSON.
+    figures: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-lines record of DESIGN.md (schema version :data:`SCHEMA_VERSION`)."""

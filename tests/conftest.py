@@ -1,0 +1,26 @@
+"""Shared fixtures: real data from ../shared/data (skipped with a clear message when absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("MEDFORENSICS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the real images in ../shared/data; skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} not found (set MEDFORENSICS_DATA to point at it)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def lidc_series_dir(shared_data: Path) -> Path:
+    """The full 133-slice LIDC-IDRI-0001 chest CT series."""
+    d = next((shared_data / "ct" / "lidc-idri" / "LIDC-IDRI-0001").rglob("*.dcm"), None)
+    if d is None:
+        pytest.skip("LIDC-IDRI-0001 series not found in shared data")
+    return d.parent
