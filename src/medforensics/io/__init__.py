@@ -1,0 +1,189 @@
+"""Loading medical images: one entry point, one image type.
+
+>>> from medforensics.io import load
+>>> images = load("study/")            # doctest: +SKIP
+>>> [(im.kind, im.modality, im.pixels.shape) for im in images]   # doctest: +SKIP
+[('series', 'CT', (133, 512, 512)), ('image', 'CR', (1024, 1024))]
+
+:func:`discover` finds what is in a set of paths and groups DICOM instances into series
+(:class:`Source`); :func:`load_source` turns one source into an :class:`~medforensics.core.Image`.
+Errors about a file are :class:`~medforensics.core.MedForensicsError` with a one-line message that
+names the file. Nothing is ever written.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ..core import Image, MedForensicsError
+from .dicom import is_volume_candidate, load_instance, load_series, looks_like_raw_dicom, read_header
+from .nifti import load_nifti
+from .raster import file_digest, load_raster
+
+__all__ = ["Source", "discover", "load_source", "load", "load_instance", "load_series", "load_raster",
+           "load_nifti", "sniff"]
+
+#: Extensions that are never images; skipped without a word when walking folders.
+_NOT_IMAGES = {".md", ".txt", ".csv", ".xml", ".json", ".jsonl", ".html", ".htm", ".py", ".pdf", ".zip",
+               ".gz", ".tar", ".yaml", ".yml", ".toml", ".log", ".sh", ".ini", ".cfg", ".parquet"}
+_IMAGE_EXT = {".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom", ".png": "raster", ".jpg": "raster",
+              ".jpeg": "raster", ".tif": "raster", ".tiff": "raster", ".nii": "nifti"}
+
+
+@dataclass
+class Source:
+    """One thing to analyse: a DICOM series (several files), or a single file.
+
+    ``kind`` is ``dicom-series``, ``dicom``, ``raster``, ``nifti`` or ``unknown``; ``error`` is set
+    when the source is already known to be unreadable.
+    """
+
+    kind: str
+    files: list[Path]
+    uid: str | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.files[0].parent if len(self.files) > 1 else self.files[0]
+
+
+def sniff(path: Path) -> str | None:
+    """The kind of a file from its first bytes (and its name for NIfTI): ``dicom``, ``raster``,
+    ``nifti``, ``empty`` or None when it is not a recognised image."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+    except OSError:
+        return None
+    name = path.name.lower()
+    if not head:
+        return "empty"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8\xff") or head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "raster"
+    if name.endswith(".nii") or name.endswith(".nii.gz") or head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "nifti"
+    ext = path.suffix.lower()
+    if ext in _NOT_IMAGES or name in ("license", "attribution", "readme", "copying", "notice"):
+        return None
+    if ext in _IMAGE_EXT:
+        return _IMAGE_EXT[ext]
+    if looks_like_raw_dicom(path):
+        return "dicom"
+    return None
+
+
+def _walk(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, bool]], list[str]]:
+    """Files under the paths, each with whether the user named it explicitly."""
+    out: list[tuple[Path, bool]] = []
+    missing: list[str] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                out.extend((Path(root) / f, False) for f in sorted(files) if not f.startswith("."))
+        elif p.exists():
+            out.append((p, True))
+        else:
+            missing.append(str(p))
+    return out, missing
+
+
+def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
+    """Find images under ``paths`` and group DICOM instances by SeriesInstanceUID.
+
+    Returns ``(sources, skipped)``: ``skipped`` lists files met while walking folders that are not
+    images (text, XML, CSV, ...). A file named explicitly that is not an image, a missing path,
+    or an unreadable DICOM header becomes a source with ``error`` set, so callers can report it
+    and go on.
+    """
+    files, missing = _walk(paths)
+    sources: list[Source] = [Source("unknown", [Path(m)], error="no such file or directory") for m in missing]
+    skipped: list[Path] = []
+    series: dict[str, list] = defaultdict(list)
+    for path, explicit in files:
+        kind = sniff(path)
+        if kind is None:
+            if explicit:
+                sources.append(Source("unknown", [path], error="not a recognised medical image "
+                                      "(expected DICOM, PNG, JPEG, TIFF or NIfTI)"))
+            else:
+                skipped.append(path)
+            continue
+        if kind == "empty":
+            sources.append(Source("unknown", [path], error="file is empty"))
+            continue
+        if kind != "dicom":
+            sources.append(Source(kind, [path]))
+            continue
+        try:
+            hdr = read_header(path)
+        except MedForensicsError as e:
+            sources.append(Source("dicom", [path], error=e.problem))
+            continue
+        uid = str(getattr(hdr, "SeriesInstanceUID", "") or f"no-series-uid:{path}")
+        series[uid].append((path, hdr))
+    for uid, members in series.items():
+        members, notes = _drop_identical_copies(members)
+        headers = [h for _, h in members]
+        if is_volume_candidate(headers):
+            sources.append(Source("dicom-series", [p for p, _ in members], uid=uid, notes=notes))
+        else:
+            sources.extend(Source("dicom", [p], uid=str(getattr(h, "SOPInstanceUID", "") or "") or None,
+                                  notes=[n for n in notes if str(p) in n]) for p, h in members)
+    return sources, skipped
+
+
+def _drop_identical_copies(members: list) -> tuple[list, list[str]]:
+    """Drop byte-identical copies of one instance (same SOPInstanceUID, same bytes).
+
+    Copies of one file under two names are common in shared data sets and are no evidence of
+    anything; instances that share a UID but differ are kept, for the header detector to judge.
+    """
+    sops = [str(getattr(hdr, "SOPInstanceUID", "") or "") for _, hdr in members]
+    repeated = {u for u in sops if u and sops.count(u) > 1}
+    seen: dict[tuple[str, str], Path] = {}
+    kept, notes = [], []
+    for (path, hdr), sop in zip(members, sops):
+        if sop in repeated:
+            key = (sop, file_digest(path))
+            if key in seen:
+                notes.append(f"{path} is a byte-identical copy of {seen[key]}; analysed once")
+                continue
+            seen[key] = path
+        kept.append((path, hdr))
+    return kept, notes
+
+
+def load_source(source: Source) -> Image:
+    """Load one :class:`Source`; raises :class:`MedForensicsError` for unreadable input."""
+    if source.error:
+        raise MedForensicsError(source.path, source.error)
+    if source.kind == "dicom-series":
+        return load_series(source.files)
+    if source.kind == "dicom":
+        return load_instance(source.files[0])
+    if source.kind == "raster":
+        return load_raster(source.files[0])
+    if source.kind == "nifti":
+        return load_nifti(source.files[0])
+    raise MedForensicsError(source.path, f"cannot load a source of kind {source.kind!r}")
+
+
+def load(path: str | Path) -> list[Image]:
+    """Load every image under ``path`` (a file or a folder); DICOM series become volumes.
+
+    Raises :class:`MedForensicsError` on the first unreadable input; use :func:`discover` and
+    :func:`load_source` to go on past errors.
+    """
+    sources, _ = discover([path])
+    if not sources:
+        raise MedForensicsError(path, "no medical images found")
+    return [load_source(s) for s in sources]

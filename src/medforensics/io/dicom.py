@@ -1,0 +1,367 @@
+"""DICOM reading: single instances, enhanced multi-frame, and series stacked by patient position.
+
+Pixels are decoded by pydicom with the pylibjpeg plugins (JPEG baseline/extended/lossless,
+JPEG-LS, JPEG 2000, RLE), then put in physical units with the Modality LUT (rescale slope and
+intercept, per slice). MONOCHROME1 is inverted so that bright always means dense.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+from ..core import Image, MedForensicsError
+
+#: Modalities whose instances with patient geometry form volumes.
+CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "ST"}
+
+
+def read_header(path: Path) -> Dataset:
+    """Read a DICOM header without pixel data; raise :class:`MedForensicsError` if it is not DICOM."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, stop_before_pixels=True, force=_needs_force(path))
+    except InvalidDicomError as e:
+        raise MedForensicsError(path, f"not a DICOM file ({e})") from None
+    except (EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as e:
+        raise MedForensicsError(path, f"unreadable DICOM header: {_short(e)}") from None
+
+
+def _needs_force(path: Path) -> bool:
+    """True for files without the 128-byte preamble and 'DICM' marker (raw datasets)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] != b"DICM"
+
+
+def looks_like_raw_dicom(path: Path) -> bool:
+    """Whether a file without preamble still parses as a dataset with image or SOP attributes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=[
+                "SOPClassUID", "Rows", "Modality"])
+        return any(k in ds for k in ("SOPClassUID", "Rows", "Modality"))
+    except Exception:  # noqa: BLE001 - sniffing: any failure means "not DICOM"
+        return False
+
+
+def _short(e: BaseException) -> str:
+    """An exception as one line: lines joined, whitespace collapsed, at most 300 characters."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg if len(msg) <= 300 else msg[:297] + "..."
+
+
+def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
+    """Read one file fully and decode its pixels (frames, rows, cols) as stored values."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=_needs_force(path))
+    except InvalidDicomError as e:
+        raise MedForensicsError(path, f"not a DICOM file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
+        raise MedForensicsError(path, f"unreadable DICOM file: {_short(e)}") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        sop = getattr(ds, "SOPClassUID", None)
+        name = getattr(sop, "name", None) or sop or "unknown SOP class"
+        raise MedForensicsError(path, f"no pixel data (not an image: {name})")
+    for key in ("Rows", "Columns", "BitsAllocated"):
+        if key not in ds:
+            raise MedForensicsError(path, f"pixel data present but {key} is missing")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except Exception as e:  # noqa: BLE001
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        ts_name = getattr(ts, "name", ts) or "unknown transfer syntax"
+        msg = _short(e)
+        if "shorter than" in msg or "truncat" in msg.lower() or "length" in msg.lower():
+            raise MedForensicsError(path, f"pixel data is truncated or does not match the header ({msg})") from None
+        raise MedForensicsError(path, f"cannot decode pixel data ({ts_name}): {msg}") from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if spp > 1:  # colour: note it, then reduce to gray (ITU-R BT.601 luma)
+        arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[: arr.shape[-1]]
+    if frames == 1 and arr.ndim == 2:
+        arr = arr[None]
+    return ds, arr
+
+
+def _to_physical(ds: Dataset, stored: np.ndarray) -> np.ndarray:
+    """Stored values to physical units: MONOCHROME1 inverted, Modality LUT applied."""
+    arr = stored
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        bits = int(getattr(ds, "BitsStored", getattr(ds, "BitsAllocated", 16)))
+        if int(getattr(ds, "PixelRepresentation", 0)) == 1:
+            arr = -arr.astype(np.float32)
+        else:
+            arr = float((1 << bits) - 1) - arr.astype(np.float32)
+    try:
+        arr = apply_modality_lut(arr, ds)
+    except Exception:  # noqa: BLE001 - a broken LUT: fall back to plain slope/intercept
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        arr = arr * slope + inter
+    return np.asarray(arr, dtype=np.float32)
+
+
+def _strip(ds: Dataset) -> Dataset:
+    for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if key in ds:
+            del ds[key]
+    return ds
+
+
+def _spacing_2d(ds: Dataset) -> tuple[float | None, float | None]:
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        v = ds.get(key)
+        if v is not None and len(v) == 2:
+            try:
+                dr, dc = float(v[0]), float(v[1])
+            except (TypeError, ValueError):
+                continue
+            if dr > 0 and dc > 0 and np.isfinite(dr) and np.isfinite(dc):
+                return dr, dc
+    return None, None
+
+
+def _geometry(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(position, row cosine, column cosine) of a single-frame instance, if present and sane."""
+    try:
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if ipp.shape != (3,) or iop.shape != (6,) or not np.all(np.isfinite(ipp)) or not np.all(np.isfinite(iop)):
+        return None
+    r, c = iop[:3], iop[3:]
+    if abs(np.linalg.norm(r) - 1) > 0.05 or abs(np.linalg.norm(c) - 1) > 0.05:
+        return None
+    return ipp, r, c
+
+
+def _affine(origin: np.ndarray, slice_step: np.ndarray, r: np.ndarray, c: np.ndarray,
+            spacing_rc: tuple[float | None, float | None]) -> np.ndarray:
+    dr = spacing_rc[0] or 1.0
+    dc = spacing_rc[1] or 1.0
+    a = np.eye(4)
+    a[:3, 0] = slice_step
+    a[:3, 1] = c * dr  # moving down one row follows the column cosine
+    a[:3, 2] = r * dc  # moving right one column follows the row cosine
+    a[:3, 3] = origin
+    return a
+
+
+def _uid(ds: Dataset, key: str, fallback: str) -> str:
+    return str(getattr(ds, key, "") or fallback)
+
+
+def load_instance(path: str | Path) -> Image:
+    """Load one DICOM file: a 2D image, or a volume for an enhanced multi-frame instance.
+
+    >>> from pydicom.data import get_testdata_file
+    >>> im = load_instance(get_testdata_file("CT_small.dcm"))
+    >>> im.modality, im.pixels.shape, im.kind
+    ('CT', (128, 128), 'image')
+    """
+    path = Path(path)
+    ds, stored = _decode(path)
+    modality = str(getattr(ds, "Modality", "") or "OT")
+    n = stored.shape[0]
+    stored_range = [(float(stored.min()), float(stored.max()))]
+    meta = {"stored_range": stored_range, "series_problems": [],
+            "transfer_syntax": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")),
+            "color": int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1,
+            "photometric": str(getattr(ds, "PhotometricInterpretation", ""))}
+    if n == 1:
+        pixels = _to_physical(ds, stored[0])
+        spacing = _spacing_2d(ds)
+        geo = _geometry(ds)
+        affine = None
+        if geo is not None:
+            ipp, r, c = geo
+            affine = _affine(ipp, np.cross(r, c), r, c, spacing)
+        return Image(pixels=pixels, spacing=spacing, modality=modality, format="dicom", sources=[path],
+                     uid=_uid(ds, "SOPInstanceUID", path.name), datasets=[_strip(ds)], meta=meta, affine=affine)
+    return _multiframe(path, ds, stored, modality, meta)
+
+
+def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta: dict) -> Image:
+    """Enhanced multi-frame: per-frame position and rescale from the functional groups."""
+    shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", [])
+
+    def group(i: int, name: str):
+        if i < len(per_frame) and name in per_frame[i]:
+            return per_frame[i][name][0]
+        if name in shared:
+            return shared[name][0]
+        return None
+
+    frames = []
+    positions = []
+    orient = None
+    spacing = _spacing_2d(ds)
+    for i in range(stored.shape[0]):
+        px = group(i, "PixelMeasuresSequence")
+        if px is not None and "PixelSpacing" in px:
+            spacing = (float(px.PixelSpacing[0]), float(px.PixelSpacing[1]))
+        po = group(i, "PlaneOrientationSequence")
+        if po is not None and "ImageOrientationPatient" in po:
+            orient = np.array([float(v) for v in po.ImageOrientationPatient])
+        pp = group(i, "PlanePositionSequence")
+        positions.append(np.array([float(v) for v in pp.ImagePositionPatient]) if pp is not None and
+                         "ImagePositionPatient" in pp else None)
+        tr = group(i, "PixelValueTransformationSequence")
+        slope = float(getattr(tr, "RescaleSlope", 1) or 1) if tr is not None else float(getattr(ds, "RescaleSlope", 1) or 1)
+        inter = float(getattr(tr, "RescaleIntercept", 0) or 0) if tr is not None else float(getattr(ds, "RescaleIntercept", 0) or 0)
+        frame = stored[i].astype(np.float32)
+        if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            frame = float((1 << int(getattr(ds, "BitsStored", 16))) - 1) - frame
+        frames.append(frame * slope + inter)
+    affine = None
+    slice_spacing: float | None = None
+    order = list(range(len(frames)))
+    if orient is not None and all(p is not None for p in positions) and len(positions) > 1:
+        r, c = orient[:3], orient[3:]
+        normal = np.cross(r, c)
+        s = np.array([float(p @ normal) for p in positions])
+        order = list(np.argsort(s, kind="stable"))
+        diffs = np.diff(s[order])
+        slice_spacing = float(np.median(diffs)) if len(diffs) else None
+        step = (positions[order[-1]] - positions[order[0]]) / max(1, len(order) - 1)
+        affine = _affine(positions[order[0]], step, r, c, spacing)
+        meta["slice_positions"] = [float(v) for v in s[order]]
+    pixels = np.stack([frames[i] for i in order]).astype(np.float32)
+    if slice_spacing is None:
+        st = getattr(ds, "SpacingBetweenSlices", None) or getattr(ds, "SliceThickness", None)
+        slice_spacing = float(st) if st else None
+    return Image(pixels=pixels, spacing=(slice_spacing, spacing[0], spacing[1]), modality=modality, format="dicom",
+                 sources=[path], uid=_uid(ds, "SeriesInstanceUID", path.name), datasets=[_strip(ds)], meta=meta,
+                 affine=affine)
+
+
+def is_volume_candidate(headers: Sequence[Dataset]) -> bool:
+    """Whether the instances of one series should be stacked into a volume.
+
+    True for two or more single-frame cross-sectional instances with patient geometry, at least
+    two of which are adjacent (spacing not much larger than the slice thickness). Sparse picks
+    of far-apart slices stay separate 2D images.
+    """
+    if len(headers) < 2:
+        return False
+    if any(str(getattr(h, "Modality", "")) not in CROSS_SECTIONAL for h in headers):
+        return False
+    if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 for h in headers):
+        return False
+    geos = [_geometry(h) for h in headers]
+    if any(g is None for g in geos):
+        return False
+    normal = np.cross(geos[0][1], geos[0][2])
+    s = np.sort([float(g[0] @ normal) for g in geos])
+    diffs = np.diff(s)
+    thickness = float(getattr(headers[0], "SliceThickness", 0) or 0) or float(np.min(diffs[diffs > 0], initial=1.0))
+    adjacent = diffs[(diffs > 0) & (diffs <= 1.9 * max(thickness, 1e-3))]
+    return len(adjacent) > 0 or np.any(diffs == 0)
+
+
+def load_series(paths: Sequence[str | Path]) -> Image:
+    """Stack single-frame instances of one series into a volume sorted by patient position.
+
+    Slices are ordered along the slice normal (row cosine x column cosine) by
+    ImagePositionPatient, never by file name or InstanceNumber. Problems that do not stop
+    loading are recorded in ``meta["series_problems"]`` (each with ``kind``, ``files``,
+    ``message``): a gap (missing slice), duplicated positions (the later instance by
+    InstanceNumber is dropped), mixed sizes (the odd instances are dropped) and orientation
+    changes. Each slice gets its own rescale slope and intercept.
+    """
+    paths = [Path(p) for p in paths]
+    decoded = [_decode(p) for p in paths]
+    problems: list[dict] = []
+
+    sizes = Counter(arr.shape[1:] for _, arr in decoded)
+    main_size = sizes.most_common(1)[0][0]
+    odd = [p for p, (_, arr) in zip(paths, decoded) if arr.shape[1:] != main_size]
+    if odd:
+        problems.append({"kind": "mixed_size", "files": [str(p) for p in odd], "index": None,
+                         "message": f"{len(odd)} instance(s) of the series have a size other than "
+                                    f"{main_size[0]}x{main_size[1]} and were left out: {', '.join(p.name for p in odd[:5])}"})
+    items = [(p, ds, arr) for p, (ds, arr) in zip(paths, decoded) if arr.shape[1:] == main_size]
+
+    geos = [_geometry(ds) for _, ds, _ in items]
+    missing = [str(p) for (p, _, _), g in zip(items, geos) if g is None]
+    if missing:
+        problems.append({"kind": "missing_position", "files": missing, "index": None,
+                         "message": f"{len(missing)} instance(s) lack ImagePositionPatient/ImageOrientationPatient "
+                                    f"and were left out: {', '.join(Path(m).name for m in missing[:5])}"})
+    keep = [(it, g) for it, g in zip(items, geos) if g is not None]
+    if not keep:
+        raise MedForensicsError(paths[0].parent, "no instance of the series has usable patient geometry")
+    r0, c0 = keep[0][1][1], keep[0][1][2]
+    normal = np.cross(r0, c0)
+    tilted = [str(it[0]) for it, g in keep if abs(float(np.dot(np.cross(g[1], g[2]), normal))) < 0.99]
+    if tilted:
+        problems.append({"kind": "inconsistent_orientation", "files": tilted, "index": None,
+                         "message": f"{len(tilted)} instance(s) have another orientation than the rest of the series"})
+
+    def inst_no(ds: Dataset) -> int:
+        try:
+            return int(getattr(ds, "InstanceNumber", 0) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    ranked = sorted(keep, key=lambda t: (round(float(t[1][0] @ normal), 3), inst_no(t[0][1])))
+    slices: list[tuple[Path, Dataset, np.ndarray, float, np.ndarray]] = []
+    for (p, ds, arr), g in ranked:
+        pos = float(g[0] @ normal)
+        if slices and abs(pos - slices[-1][3]) < 1e-3:
+            problems.append({"kind": "duplicate_position", "files": [str(slices[-1][0]), str(p)], "index": len(slices) - 1,
+                             "message": f"{p.name} repeats the position {pos:.2f} mm of {slices[-1][0].name}; "
+                                        f"{p.name} was left out"})
+            continue
+        slices.append((p, ds, arr, pos, g[0]))
+
+    positions = np.array([s[3] for s in slices])
+    diffs = np.diff(positions)
+    step_mm = float(np.median(diffs)) if len(diffs) else None
+    if step_mm:
+        for k, d in enumerate(diffs):
+            if d > 1.5 * step_mm:
+                n_missing = int(round(d / step_mm)) - 1
+                problems.append({
+                    "kind": "gap", "files": [str(slices[k][0]), str(slices[k + 1][0])], "index": k + 1,
+                    "message": f"gap of {d:.2f} mm (expected {step_mm:.2f}) between {slices[k][0].name} and "
+                               f"{slices[k + 1][0].name}: about {max(1, n_missing)} slice(s) missing"})
+    pixels = np.stack([_to_physical(ds, arr[0]) for _, ds, arr, _, _ in slices]).astype(np.float32)
+    first = slices[0][1]
+    rc = _spacing_2d(first)
+    if len(slices) > 1:
+        step = (slices[-1][4] - slices[0][4]) / (len(slices) - 1)
+    else:
+        step = normal * float(getattr(first, "SliceThickness", 1) or 1)
+    meta = {
+        "stored_range": [(float(arr.min()), float(arr.max())) for _, _, arr, _, _ in slices],
+        "series_problems": problems,
+        "slice_positions": [float(v) for v in positions],
+        "transfer_syntax": str(getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "")),
+        "excluded_files": sorted({f for pr in problems if pr["kind"] != "gap" for f in pr["files"][-1:]}
+                                 | {f for pr in problems if pr["kind"] in ("mixed_size", "missing_position") for f in pr["files"]}),
+    }
+    return Image(pixels=pixels, spacing=(step_mm or float(np.linalg.norm(step)), rc[0], rc[1]),
+                 modality=str(getattr(first, "Modality", "") or "OT"), format="dicom",
+                 sources=[s[0] for s in slices], uid=_uid(first, "SeriesInstanceUID", slices[0][0].parent.name),
+                 datasets=[_strip(s[1]) for s in slices], meta=meta,
+                 affine=_affine(slices[0][4], step, r0, c0, rc))

@@ -1,0 +1,79 @@
+"""PNG, JPEG and TIFF radiographs: 8- and 16-bit gray, colour noted then reduced to gray."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage, UnidentifiedImageError
+
+from ..core import Image, MedForensicsError
+
+FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
+
+
+def file_digest(path: Path) -> str:
+    """First 32 hex digits of the SHA-256 of a file: the uid of images that carry none."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:32]
+
+
+def _to_gray(arr: np.ndarray, mode: str) -> tuple[np.ndarray, bool, bool]:
+    """(gray float32, was colour, colour channels actually differ)."""
+    if arr.ndim == 2:
+        return arr.astype(np.float32), False, False
+    rgb = arr[..., :3].astype(np.float32)
+    differ = bool(np.any(np.abs(rgb[..., 0] - rgb[..., 1]) > 1) or np.any(np.abs(rgb[..., 1] - rgb[..., 2]) > 1))
+    gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return gray, True, differ
+
+
+def load_raster(path: str | Path) -> Image:
+    """Load a PNG, JPEG or TIFF file as a 2D gray :class:`Image` (modality ``XR``).
+
+    ``meta`` records ``bit_depth``, ``mode`` (the PIL mode), ``color`` (stored as colour),
+    ``color_differs`` (the channels are not all equal) and ``n_frames``; for a multi-page TIFF
+    the first page is used.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pil = PILImage.open(path)
+            fmt = FORMATS.get(pil.format or "")
+            if fmt is None:
+                raise MedForensicsError(path, f"unsupported image format {pil.format!r}")
+            n_frames = int(getattr(pil, "n_frames", 1) or 1)
+            mode = pil.mode
+            if mode == "P" or mode == "PA":
+                pil = pil.convert("RGBA" if "transparency" in pil.info or mode == "PA" else "RGB")
+            elif mode == "1":
+                pil = pil.convert("L")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                pil = pil.convert("RGB")
+            arr = np.asarray(pil)
+    except MedForensicsError:
+        raise
+    except UnidentifiedImageError:
+        raise MedForensicsError(path, "not an image file (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MedForensicsError(path, f"damaged or truncated image file: {msg}") from None
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # gray+alpha or RGBA: drop alpha
+        arr = arr[..., :-1] if arr.shape[-1] == 4 else arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise MedForensicsError(path, f"unexpected pixel array of shape {arr.shape}")
+    gray, color, differs = _to_gray(arr, mode)
+    bit_depth = {np.dtype("uint8"): 8, np.dtype("uint16"): 16, np.dtype("int32"): 32,
+                 np.dtype("float32"): 32, np.dtype("bool"): 1}.get(arr.dtype, arr.dtype.itemsize * 8)
+    if mode.startswith("I;16") or (mode == "I" and int(arr.max(initial=0)) < 65536):
+        bit_depth = 16
+    meta = {"bit_depth": bit_depth, "mode": mode, "color": color, "color_differs": differs, "n_frames": n_frames}
+    return Image(pixels=gray, spacing=(None, None), modality="XR", format=fmt, sources=[path],
+                 uid=file_digest(path), meta=meta)
