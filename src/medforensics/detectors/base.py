@@ -11,6 +11,7 @@ party adds one by declaring, in its own ``pyproject.toml``::
 from __future__ import annotations
 
 import math
+import warnings
 from importlib.metadata import entry_points
 from typing import ClassVar, Iterable
 
@@ -69,10 +70,18 @@ class Detector:
 
 
 def available_detectors() -> dict[str, type[Detector]]:
-    """All detector classes registered under the entry-point group, by name."""
+    """All detector classes registered under the entry-point group, by name.
+
+    A registered detector that cannot be imported is left out with a warning, so one broken
+    plug-in does not stop the others.
+    """
     found: dict[str, type[Detector]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
+        try:
+            cls = ep.load()
+        except Exception as e:  # noqa: BLE001 - third-party plug-ins may fail in any way
+            warnings.warn(f"detector {ep.name!r} ({ep.value}) could not be loaded: {e}", stacklevel=2)
+            continue
         found[getattr(cls, "name", "") or ep.name] = cls
     return dict(sorted(found.items()))
 

@@ -1,0 +1,117 @@
+"""The scan pipeline: sources -> images -> detectors -> evidence -> fusion -> verdicts.
+
+>>> from medforensics.scan import scan
+>>> for verdict in scan(["study/"], workers=2):          # doctest: +SKIP
+...     print(verdict.path, verdict.label, verdict.score)
+
+Every source yields exactly one :class:`~medforensics.core.Verdict`: an unreadable one yields a
+verdict with ``errors`` and no score, and the scan goes on. A detector that fails on an image adds
+an error to that image's verdict; the others still run.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Iterable, Iterator, Sequence
+
+from .core import Evidence, Image, MedForensicsError, Verdict
+from .detectors.base import Detector, load_detectors
+from .fusion import FusionConfig, fuse
+from .io import Source, discover, load_source
+
+
+def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: FusionConfig = FusionConfig(),
+            *, figures: bool = False, debug: bool = False) -> Verdict:
+    """Run the applicable detectors on one image and fuse their evidence into a verdict.
+
+    ``figures=True`` renders the thumbnail and overlays for reports into ``verdict.figures``.
+    Heatmaps stay on the evidence (callers that ship verdicts between processes drop them).
+    """
+    detectors = load_detectors() if detectors is None else detectors
+    verdict = Verdict(path=str(image.path), kind=image.kind, uid=image.uid, n_instances=image.n_instances,
+                      score=None, label=None, modality=image.modality)
+    for problem in image.meta.get("series_problems", []):
+        verdict.errors.append(f"{image.path}: {problem['message']}")
+    evidence: list[Evidence] = []
+    for det in detectors:
+        if not det.applies(image):
+            continue
+        t0 = time.perf_counter()
+        try:
+            ev = det.detect(image)
+        except Exception as e:  # noqa: BLE001 - one detector's failure must not stop the others
+            if debug:
+                raise
+            msg = " ".join(str(e).split()) or type(e).__name__
+            verdict.errors.append(f"{image.path}: detector {det.name} failed: {msg[:200]}")
+            continue
+        finally:
+            verdict.timings[det.name] = time.perf_counter() - t0
+        if ev is not None:
+            evidence.append(ev)
+    verdict.evidence = sorted(evidence, key=lambda e: -e.score)
+    verdict.score, verdict.label = fuse(verdict.evidence, config)
+    verdict.provenance = next((str(e.details["provenance"]) for e in verdict.evidence if "provenance" in e.details),
+                              "none")
+    if figures:
+        from .report.figures import render_figures
+        t0 = time.perf_counter()
+        verdict.figures = render_figures(image, verdict.evidence)
+        verdict.timings["figures"] = time.perf_counter() - t0
+    return verdict
+
+
+def scan_source(source: Source, detectors: Sequence[Detector] | None = None, config: FusionConfig = FusionConfig(),
+                *, figures: bool = False, keep_heatmaps: bool = False, debug: bool = False) -> Verdict:
+    """Load one source and analyse it; a load error becomes a verdict with ``errors`` and no score."""
+    t0 = time.perf_counter()
+    try:
+        image = load_source(source)
+    except MedForensicsError as e:
+        if debug:
+            raise
+        return Verdict(path=str(source.path), kind="series" if source.kind == "dicom-series" else "image",
+                       uid=source.uid, n_instances=len(source.files), score=None, label=None, errors=[str(e)])
+    t_load = time.perf_counter() - t0
+    verdict = analyze(image, detectors, config, figures=figures, debug=debug)
+    verdict.timings = {"load": t_load, **verdict.timings, "total": time.perf_counter() - t0}
+    if not keep_heatmaps:
+        for ev in verdict.evidence:
+            ev.heatmap = None
+    return verdict
+
+
+# ------------------------------------------------------------------------------ worker processes
+
+_WORKER: dict = {}
+
+
+def _init_worker(names: list[str] | None, config: FusionConfig, figures: bool, debug: bool) -> None:
+    _WORKER.update(detectors=load_detectors(names), config=config, figures=figures, debug=debug)
+
+
+def _work(source: Source) -> Verdict:
+    return scan_source(source, _WORKER["detectors"], _WORKER["config"], figures=_WORKER["figures"],
+                       debug=_WORKER["debug"])
+
+
+def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, config: FusionConfig = FusionConfig(),
+         *, workers: int = 1, figures: bool = False, debug: bool = False,
+         on_start: Callable[[int, list], None] | None = None) -> Iterator[Verdict]:
+    """Scan files and folders; yield one verdict per image or series, in input order.
+
+    ``on_start(n_sources, skipped_files)`` is called once discovery is done (for progress bars).
+    With ``workers > 1`` sources are analysed in parallel processes.
+    """
+    sources, skipped = discover(paths)
+    if on_start is not None:
+        on_start(len(sources), skipped)
+    names = list(detector_names) if detector_names is not None else None
+    if workers <= 1 or len(sources) <= 1:
+        detectors = load_detectors(names)
+        for src in sources:
+            yield scan_source(src, detectors, config, figures=figures, debug=debug)
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                             initargs=(names, config, figures, debug)) as pool:
+        yield from pool.map(_work, sources, chunksize=1)
