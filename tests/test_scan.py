@@ -1,0 +1,118 @@
+"""The scan pipeline and the command-line contract: one record per item, errors per item, exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from medforensics.core import Evidence, Image
+from medforensics.detectors.base import Detector, available_detectors, regions_from_heatmap
+from medforensics.scan import analyze, scan
+
+RECORD_KEYS = {"schema", "path", "kind", "uid", "n_instances", "score", "label", "evidence", "errors"}
+BUILTIN = {"dicom_header", "container", "ct_physics", "copy_move", "noise_residual"}
+
+
+class Boom(Detector):
+    name = "boom"
+
+    def detect(self, image):
+        raise RuntimeError("exploded\non two lines")
+
+
+class Bright(Detector):
+    name = "bright"
+
+    def detect(self, image):
+        heat = (image.pixels > 0.5).astype(np.float32)
+        return Evidence("bright", float(heat.mean() > 0), "bright pixels", heatmap=heat,
+                        regions=regions_from_heatmap(image, heat))
+
+
+def test_builtin_detectors_registered():
+    found = available_detectors()
+    assert BUILTIN <= set(found)
+    for cls in found.values():
+        assert cls.name and cls.description and cls.applies_to()
+
+
+def test_failing_detector_is_an_error_not_a_crash():
+    pix = np.zeros((32, 32), np.float32)
+    pix[4:10, 20:30] = 1
+    v = analyze(Image.from_array(pix), [Boom(), Bright()])
+    assert v.label == "manipulated" and [e.detector for e in v.evidence] == ["bright"]
+    assert len(v.errors) == 1 and "boom failed: exploded on two lines" in v.errors[0]
+    (region,) = v.evidence[0].regions
+    assert region.bbox_voxel == (4, 20, 10, 30) and region.center_voxel == (6, 24)
+    with pytest.raises(RuntimeError):
+        analyze(Image.from_array(pix), [Boom()], debug=True)
+
+
+def _mixed_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), d / "ct.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), d / "mr.dcm")
+    (d / "bad.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00garbage")
+    (d / "notes.txt").write_text("skipped")
+    return d
+
+
+def test_scan_yields_one_verdict_per_item_and_goes_on(tmp_path):
+    d = _mixed_folder(tmp_path)
+    verdicts = list(scan([str(d)]))
+    by_name = {Path(v.path).name: v for v in verdicts}
+    assert set(by_name) == {"ct.dcm", "mr.dcm", "bad.dcm"}
+    assert by_name["bad.dcm"].score is None and by_name["bad.dcm"].errors
+    assert by_name["ct.dcm"].score is not None and not by_name["ct.dcm"].errors
+    for v in verdicts:
+        assert RECORD_KEYS - {"score", "label"} <= set(v.to_dict())
+    parallel = list(scan([str(d)], workers=2))
+    assert [(v.path, v.score, v.label) for v in parallel] == [(v.path, v.score, v.label) for v in verdicts]
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "medforensics", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def test_cli_scan_contract(tmp_path):
+    d = _mixed_folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    r = run_cli("scan", str(d), "--json", str(tmp_path / "o.jsonl"), "--report", str(tmp_path / "r.html"))
+    assert r.returncode == 1, r.stderr  # bad.dcm is an error; the others are still scanned
+    assert "Traceback" not in r.stderr + r.stdout
+    assert any("bad.dcm" in line and "error" in line for line in r.stderr.splitlines())
+    records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for rec in records:
+        assert RECORD_KEYS - {"score", "label"} <= set(rec) and rec["schema"] == "1.0"
+        for ev in rec["evidence"]:
+            assert {"detector", "score", "explanation", "regions"} <= set(ev)
+            for reg in ev["regions"]:
+                assert {"center_voxel", "bbox_voxel"} <= set(reg)
+    html = (tmp_path / "r.html").read_text()
+    assert "ct.dcm" in html and "bad.dcm" in html
+    assert before == {p.name: p.read_bytes() for p in d.iterdir()}  # inputs untouched
+    # outputs are never overwritten without --overwrite
+    r2 = run_cli("scan", str(d / "ct.dcm"), "--json", str(tmp_path / "o.jsonl"))
+    assert r2.returncode == 2 and "already exists" in r2.stderr and "Traceback" not in r2.stderr
+    r3 = run_cli("scan", str(d / "ct.dcm"), "--json", str(tmp_path / "o.jsonl"), "--overwrite")
+    assert r3.returncode == 0 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
+
+
+def test_cli_usage_errors_are_one_line(tmp_path):
+    r = run_cli("scan", get_testdata_file("CT_small.dcm"), "--detectors", "nope")
+    assert r.returncode == 2 and "unknown detector" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("scan", get_testdata_file("CT_small.dcm"), "--suspicious", "0.9", "--manipulated", "0.1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = run_cli("detectors")
+    assert r.returncode == 0 and all(n in r.stdout for n in BUILTIN)
