@@ -1,0 +1,102 @@
+"""Seconds per image and peak memory of ``analyze`` with all detectors, on 2 cores.
+
+    python benchmarks/speed.py [DATA_DIR] [--repeat 3]
+
+Cases: a 2,000x2,000 16-bit radiograph (a real chest radiograph from ../shared/data resized to
+2,000x2,000, written as PNG), the real 1,955x1,841 Philips CR from pydicom-data, a 640x524 PNG
+radiograph, a single 512x512 CT slice and the 133-slice 512x512 LIDC-IDRI CT series. Each case
+runs in its own process so that its peak resident memory is its own; load time is reported
+apart from detector time. Targets (issue 2): radiograph < 0.5 s, CT series < 5 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def one_case(path: str, repeat: int) -> dict:
+    from medforensics.detectors import load_detectors
+    from medforensics.io import discover, load_source
+    from medforensics.scan import analyze
+
+    detectors = load_detectors()
+    (src,), _ = discover([path])
+    loads, analyses, per_det = [], [], {}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        image = load_source(src)
+        t1 = time.perf_counter()
+        v = analyze(image, detectors)
+        t2 = time.perf_counter()
+        loads.append(t1 - t0)
+        analyses.append(t2 - t1)
+        for k, s in v.timings.items():
+            per_det.setdefault(k, []).append(s)
+    return {"shape": list(image.pixels.shape), "load_s": min(loads), "detect_s": min(analyses),
+            "total_s": min(a + b for a, b in zip(loads, analyses)),
+            "per_detector_s": {k: round(min(s), 4) for k, s in per_det.items()},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def make_2000(data: Path, out: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+    src = next((data / "xray" / "nih-cxr14").glob("*.png"))
+    a = np.asarray(Image.open(src).convert("L"), dtype=np.float32)
+    big = np.asarray(Image.fromarray(a).resize((2000, 2000), Image.BICUBIC), dtype=np.float32)
+    rng = np.random.default_rng(0)  # quantum noise so the upsampled image is not unnaturally smooth
+    big16 = np.clip(big * 256 + rng.normal(0, 180, big.shape), 0, 65535).astype(np.uint16)
+    p = out / "radiograph_2000x2000_16bit.png"
+    Image.fromarray(big16).save(p)
+    return p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", nargs="?", type=Path, default=DEFAULT)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        print(json.dumps(one_case(args.case, args.repeat)))
+        return
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data}: data folder not found (it is ../shared/data in the workspace)")
+    from pydicom.data import get_testdata_file
+    with tempfile.TemporaryDirectory() as tmp:
+        lidc = next((args.data / "ct" / "lidc-idri" / "LIDC-IDRI-0001").rglob("*.dcm")).parent
+        cases = {
+            "radiograph 2000x2000 PNG 16-bit": make_2000(args.data, Path(tmp)),
+            "radiograph 1955x1841 DICOM CR": Path(get_testdata_file("RG1_UNCI.dcm")),
+            "radiograph 640x524 PNG 8-bit": sorted((args.data / "xray" / "mhh-covid19" / "images").glob("*.png"))[0],
+            "CT slice 512x512 DICOM": sorted((args.data / "ct" / "slices" / "tcia-covid19-ny-sbu").rglob("*.dcm"))[0],
+            "CT series 133x512x512 DICOM": lidc,
+        }
+        print(f"| case | load s | detectors s | total s | peak RSS MB | slowest detectors |")
+        print("|---|---|---|---|---|---|")
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+        for name, path in cases.items():
+            r = subprocess.run([sys.executable, __file__, "--case", str(path), "--repeat", str(args.repeat)],
+                               capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                print(f"| {name} | failed: {r.stderr.strip().splitlines()[-1]} |")
+                continue
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            slow = sorted(((k, v) for k, v in res["per_detector_s"].items() if k not in ("figures",)),
+                          key=lambda kv: -kv[1])[:3]
+            print(f"| {name} | {res['load_s']:.3f} | {res['detect_s']:.3f} | {res['total_s']:.3f} | "
+                  f"{res['peak_rss_mb']:.0f} | {', '.join(f'{k} {v:.3f}' for k, v in slow)} |")
+    print(f"\n{os.cpu_count()} CPU(s); best of {args.repeat} runs; one process, workers=1.")
+
+
+if __name__ == "__main__":
+    main()
