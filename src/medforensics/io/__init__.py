@@ -107,7 +107,7 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
     files, missing = _walk(paths)
     sources: list[Source] = [Source("unknown", [Path(m)], error="no such file or directory") for m in missing]
     skipped: list[Path] = []
-    series: dict[str, list] = defaultdict(list)
+    series: dict[tuple, list] = defaultdict(list)
     for path, explicit in files:
         kind = sniff(path)
         if kind is None:
@@ -129,8 +129,8 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
             sources.append(Source("dicom", [path], error=e.problem))
             continue
         uid = str(getattr(hdr, "SeriesInstanceUID", "") or f"no-series-uid:{path}")
-        series[uid].append((path, hdr))
-    for uid, members in series.items():
+        series[(uid, _orientation_key(hdr))].append((path, hdr))
+    for (uid, _), members in series.items():
         members, notes = _drop_identical_copies(members)
         headers = [h for _, h in members]
         if is_volume_candidate(headers):
@@ -139,6 +139,15 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
             sources.extend(Source("dicom", [p], uid=str(getattr(h, "SOPInstanceUID", "") or "") or None,
                                   notes=[n for n in notes if str(p) in n]) for p, h in members)
     return sources, skipped
+
+
+def _orientation_key(hdr) -> tuple:
+    """Instances of one series in another orientation (e.g. localisers) form their own stack."""
+    try:
+        iop = [float(v) for v in hdr.ImageOrientationPatient]
+    except (AttributeError, TypeError, ValueError):
+        return ()
+    return tuple(round(v, 1) + 0.0 for v in iop)
 
 
 def _drop_identical_copies(members: list) -> tuple[list, list[str]]:

@@ -63,8 +63,9 @@ def _short(e: BaseException) -> str:
     return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
-def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
-    """Read one file fully and decode its pixels (frames, rows, cols) as stored values."""
+def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
+    """Read one file fully; decode its pixels as (frames, rows, cols) stored values (colour reduced
+    to gray) and the (min, max) of the stored values as they were in the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -93,11 +94,12 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
         raise MedForensicsError(path, f"cannot decode pixel data ({ts_name}): {msg}") from None
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    stored_range = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if spp > 1:  # colour: note it, then reduce to gray (ITU-R BT.601 luma)
         arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[: arr.shape[-1]]
     if frames == 1 and arr.ndim == 2:
         arr = arr[None]
-    return ds, arr
+    return ds, arr, stored_range
 
 
 def _to_physical(ds: Dataset, stored: np.ndarray) -> np.ndarray:
@@ -178,10 +180,10 @@ def load_instance(path: str | Path) -> Image:
     ('CT', (128, 128), 'image')
     """
     path = Path(path)
-    ds, stored = _decode(path)
+    ds, stored, rng = _decode(path)
     modality = str(getattr(ds, "Modality", "") or "OT")
     n = stored.shape[0]
-    stored_range = [(float(stored.min()), float(stored.max()))]
+    stored_range = [rng]
     meta = {"stored_range": stored_range, "series_problems": [],
             "transfer_syntax": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")),
             "color": int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1,
@@ -290,16 +292,17 @@ def load_series(paths: Sequence[str | Path]) -> Image:
     """
     paths = [Path(p) for p in paths]
     decoded = [_decode(p) for p in paths]
+    ranges = {p: rng for p, (_, _, rng) in zip(paths, decoded)}
     problems: list[dict] = []
 
-    sizes = Counter(arr.shape[1:] for _, arr in decoded)
+    sizes = Counter(arr.shape[1:] for _, arr, _ in decoded)
     main_size = sizes.most_common(1)[0][0]
-    odd = [p for p, (_, arr) in zip(paths, decoded) if arr.shape[1:] != main_size]
+    odd = [p for p, (_, arr, _) in zip(paths, decoded) if arr.shape[1:] != main_size]
     if odd:
         problems.append({"kind": "mixed_size", "files": [str(p) for p in odd], "index": None,
                          "message": f"{len(odd)} instance(s) of the series have a size other than "
                                     f"{main_size[0]}x{main_size[1]} and were left out: {', '.join(p.name for p in odd[:5])}"})
-    items = [(p, ds, arr) for p, (ds, arr) in zip(paths, decoded) if arr.shape[1:] == main_size]
+    items = [(p, ds, arr) for p, (ds, arr, _) in zip(paths, decoded) if arr.shape[1:] == main_size]
 
     geos = [_geometry(ds) for _, ds, _ in items]
     missing = [str(p) for (p, _, _), g in zip(items, geos) if g is None]
@@ -353,7 +356,7 @@ def load_series(paths: Sequence[str | Path]) -> Image:
     else:
         step = normal * float(getattr(first, "SliceThickness", 1) or 1)
     meta = {
-        "stored_range": [(float(arr.min()), float(arr.max())) for _, _, arr, _, _ in slices],
+        "stored_range": [ranges[p] for p, _, _, _, _ in slices],
         "series_problems": problems,
         "slice_positions": [float(v) for v in positions],
         "transfer_syntax": str(getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "")),
