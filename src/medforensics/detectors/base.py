@@ -116,13 +116,18 @@ def logistic(x: float, midpoint: float, scale: float) -> float:
 
 
 def regions_from_heatmap(image: Image, heatmap: np.ndarray, threshold: float = 0.5,
-                         max_regions: int = 5, min_size: int = 4, note: str = "") -> list[Region]:
+                         max_regions: int = 5, min_size: int = 4, note: str = "",
+                         scale: tuple[int, ...] | None = None) -> list[Region]:
     """Connected components of ``heatmap >= threshold`` as regions, strongest first.
 
     The score of a region is the maximum of the heatmap inside it; centres are the
     heatmap-weighted centroid, rounded to voxel indices; ``center_mm`` is filled where the image
-    has geometry.
+    has geometry. ``scale`` gives, per axis, how many pixels one heatmap cell covers when the
+    heatmap is a coarser grid (e.g. one value per 16x16 block); boxes and centres are then
+    returned in pixel indices, clipped to the image.
     """
+    scale = tuple(scale) if scale is not None else (1,) * heatmap.ndim
+    shape = image.pixels.shape
     mask = heatmap >= threshold
     if not mask.any():
         return []
@@ -141,8 +146,8 @@ def regions_from_heatmap(image: Image, heatmap: np.ndarray, threshold: float = 0
         sl = objects[o]
         sub = np.where(labels[sl] == o + 1, heatmap[sl], 0.0)
         com = ndimage.center_of_mass(sub)
-        center = tuple(int(round(c + s.start)) for c, s in zip(com, sl))
-        bbox = tuple(s.start for s in sl) + tuple(s.stop for s in sl)
+        center = tuple(min(int(round((c + s.start) * f + (f - 1) / 2)), n - 1) for c, s, f, n in zip(com, sl, scale, shape))
+        bbox = tuple(s.start * f for s, f in zip(sl, scale)) + tuple(min(s.stop * f, n) for s, f, n in zip(sl, scale, shape))
         regions.append(Region(center_voxel=center, bbox_voxel=bbox, score=float(peaks[o]),
                               center_mm=image.voxel_to_mm(center), note=note))
         if len(regions) >= max_regions:
