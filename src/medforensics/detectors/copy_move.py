@@ -1,0 +1,153 @@
+"""Copy-move detection: a region of the image copied elsewhere in it, possibly rotated and scaled.
+
+Keypoint method of Amerini et al. (IEEE TIFS 2011), with OpenCV's SIFT:
+
+1. The image is windowed to 8 bits (0.5th-99.5th percentile) and scaled so that its longer side
+   is at most ``WORK_PX`` pixels (SIFT finds the same structures at that size; the heatmap is
+   mapped back to full resolution).
+2. SIFT keypoints and descriptors; each descriptor is matched to its nearest neighbours in the
+   same image, and the generalised 2NN test keeps neighbour ``i`` while ``d_i / d_{i+1} <
+   G2NN``: a copied region's keypoints find their twins, ordinary texture does not.
+3. Pairs closer than ``MIN_SHIFT`` pixels are dropped (a keypoint's own neighbourhood).
+4. A similarity transform (rotation, scale, translation; never a reflection, so the mirror
+   symmetry of the chest does not count) is fitted to the pairs by RANSAC; its inliers are one
+   cloned region. Up to two clones are sought.
+5. Raw statistic: the number of inliers of the best transform; score ``logistic(n, MIDPOINT,
+   SCALE)``, set so that the real radiographs and CT slices in ../shared/data stay below 0.5.
+
+Heatmap: the convex hulls of the inlier keypoints at source and target (dilated by their scale).
+Images smaller than ``MIN_SIZE`` pixels on a side hold too few keypoints: the detector abstains.
+"""
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+
+from ..core import Evidence, Image, Region
+from .base import Detector, logistic, regions_from_heatmap
+
+WORK_PX = 1024
+MIN_SIZE = 128
+G2NN = 0.5
+MIN_SHIFT = 24.0
+MIDPOINT, SCALE = 9.0, 1.5
+MIN_INLIERS = 6
+
+
+def to_8bit(img: np.ndarray) -> np.ndarray:
+    """Percentile window (0.5-99.5) to 8 bits."""
+    sub = img[:: max(1, img.shape[0] // 512), :: max(1, img.shape[1] // 512)]
+    lo, hi = np.percentile(sub, [0.5, 99.5])
+    return np.clip((img - lo) / max(float(hi - lo), 1e-6) * 255, 0, 255).astype(np.uint8)
+
+
+class CopyMoveDetector(Detector):
+    name = "copy_move"
+    description = "Regions copied within the image, robust to rotation and scale (SIFT, g2NN, RANSAC)."
+    dims = frozenset({2})
+
+    def __init__(self) -> None:
+        self._sift = cv2.SIFT_create(nfeatures=3000, contrastThreshold=0.02)
+
+    def detect(self, image: Image) -> Evidence:
+        img = image.pixels
+        if min(img.shape) < MIN_SIZE:
+            return Evidence(self.name, 0.0, f"The image is too small ({img.shape[0]}x{img.shape[1]} px) for "
+                            "copy-move analysis.", details={"abstained": True})
+        f = min(1.0, WORK_PX / max(img.shape))
+        work = to_8bit(img)
+        if f < 1.0:
+            work = cv2.resize(work, (round(img.shape[1] * f), round(img.shape[0] * f)), interpolation=cv2.INTER_AREA)
+        kps, desc = self._sift.detectAndCompute(work, None)
+        clones: list[dict] = []
+        if desc is not None and len(kps) >= 2 * MIN_INLIERS:
+            pts = np.array([k.pt for k in kps], np.float32)
+            sizes = np.array([k.size for k in kps], np.float32)
+            src, dst = self._g2nn_pairs(desc, pts)
+            for _ in range(2):
+                if len(src) < MIN_INLIERS:
+                    break
+                clone = self._fit(pts, src, dst)
+                if clone is None:
+                    break
+                clones.append(clone)
+                keep = ~clone["mask"]
+                src, dst = src[keep], dst[keep]
+            heat = np.zeros(work.shape, np.float32)
+            for c in clones:
+                for idx in (c["src"], c["dst"]):
+                    hull = cv2.convexHull(pts[idx].astype(np.float32)).astype(np.int32)
+                    cv2.fillConvexPoly(heat, hull, 1.0)
+                    for i in idx:
+                        cv2.circle(heat, tuple(int(v) for v in pts[i]), int(max(3, sizes[i])), 1.0, -1)
+        else:
+            heat = np.zeros(work.shape, np.float32)
+        n = max((c["n"] for c in clones), default=0)
+        score = logistic(n, MIDPOINT, SCALE)
+        if score < 0.5 or not clones:
+            heat[:] = 0
+        heat_full = cv2.resize(heat, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+        regions: list[Region] = regions_from_heatmap(image, heat_full, threshold=0.5, note="copied region") \
+            if score >= 0.5 else []
+        if clones and score >= 0.5:
+            c = clones[0]
+            expl = (f"{c['n']} keypoints of one region reappear elsewhere under one transform (shift "
+                    f"{c['shift'] / f:.0f} px, rotation {c['angle']:.0f} deg, scale {c['scale']:.2f}): a copied region.")
+        else:
+            expl = "No region of the image reappears elsewhere in it."
+        details = {"raw": n, "keypoints": len(kps) if desc is not None else 0, "work_scale": round(f, 4),
+                   "clones": [{k: (round(float(v), 3) if k != "src" and k != "dst" and k != "mask" else None)
+                               for k, v in c.items() if k not in ("src", "dst", "mask")} for c in clones]}
+        return Evidence(self.name, score, expl, heatmap=heat_full, regions=regions, details=details)
+
+    @staticmethod
+    def _g2nn_pairs(desc: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = min(8, len(desc))
+        matches = cv2.BFMatcher(cv2.NORM_L2).knnMatch(desc, desc, k=k)
+        src, dst = [], []
+        for i, ms in enumerate(matches):
+            ms = [m for m in ms if m.trainIdx != i]
+            for a, b in zip(ms, ms[1:]):
+                if a.distance >= G2NN * max(b.distance, 1e-6):
+                    break
+                j = a.trainIdx
+                if np.hypot(*(pts[i] - pts[j])) >= MIN_SHIFT and i < j:
+                    src.append(i)
+                    dst.append(j)
+        return np.array(src, int), np.array(dst, int)
+
+    @staticmethod
+    def _fit(pts: np.ndarray, src: np.ndarray, dst: np.ndarray) -> dict | None:
+        best = None
+        # a pair may point either way: try both orientations of the unordered pairs
+        for a, b in ((src, dst), (dst, src)):
+            m, inl = cv2.estimateAffinePartial2D(pts[a], pts[b], method=cv2.RANSAC, ransacReprojThreshold=4.0,
+                                                 maxIters=2000, confidence=0.99)
+            if m is None or inl is None:
+                continue
+            mask = inl.ravel().astype(bool)
+            n = int(mask.sum())
+            if best is None or n > best["n"]:
+                scale = float(np.hypot(m[0, 0], m[1, 0]))
+                best = {"n": n, "mask": mask, "src": a[mask], "dst": b[mask], "scale": scale,
+                        "angle": float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))),
+                        "shift": float(np.median(np.hypot(*(pts[b[mask]] - pts[a[mask]]).T))) if n else 0.0}
+        if best is None or best["n"] < MIN_INLIERS or not (0.5 < best["scale"] < 2.0) or best["shift"] < MIN_SHIFT:
+            return None
+        return best
+
+
+if __name__ == "__main__":  # pragma: no cover - calibration helper: raw values on real images
+    from ..io import discover, load_source
+    det = CopyMoveDetector()
+    srcs, _ = discover(sys.argv[1:])
+    for s in srcs:
+        try:
+            im = load_source(s)
+        except Exception:  # noqa: BLE001
+            continue
+        if det.applies(im):
+            ev = det.detect(im)
+            print(f"{ev.details.get('raw', 0):8.2f} {ev.score:.3f} {im.pixels.shape} {s.path}")
