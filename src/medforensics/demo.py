@@ -101,8 +101,10 @@ def make_samples(root: Path) -> list[dict]:
     ct2.SOPInstanceUID = pydicom.uid.generate_uid()
     ct2.Manufacturer = "SIEMENS"
     ct2.ContentDate = "19990101"
-    ct2.save_as(fake / "ct_header_edited.dcm", enforce_file_format=False)
-    record("ct_header_edited.dcm", "header edited: software, manufacturer, new SOPInstanceUID, content date", None,
+    # its own folder: two versions of one slice side by side would be one series with a duplicate
+    (fake / "header").mkdir()
+    ct2.save_as(fake / "header" / "ct_header_edited.dcm", enforce_file_format=False)
+    record("header/ct_header_edited.dcm", "header edited: software, manufacturer, new SOPInstanceUID, content date", None,
            "dicom_header")
 
     fuji = pydicom.dcmread(orig / "chest_cr_fuji.dcm")

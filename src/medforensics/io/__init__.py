@@ -99,6 +99,9 @@ def _walk(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, bool]], list[st
 def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
     """Find images under ``paths`` and group DICOM instances by SeriesInstanceUID.
 
+    Instances are grouped by SeriesInstanceUID within one folder and one orientation: a copy of
+    a series in another folder (an export, an edited version) is its own item.
+
     Returns ``(sources, skipped)``: ``skipped`` lists files met while walking folders that are not
     images (text, XML, CSV, ...). A file named explicitly that is not an image, a missing path,
     or an unreadable DICOM header becomes a source with ``error`` set, so callers can report it
@@ -129,8 +132,8 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
             sources.append(Source("dicom", [path], error=e.problem))
             continue
         uid = str(getattr(hdr, "SeriesInstanceUID", "") or f"no-series-uid:{path}")
-        series[(uid, _orientation_key(hdr))].append((path, hdr))
-    for (uid, _), members in series.items():
+        series[(uid, path.parent, _orientation_key(hdr))].append((path, hdr))
+    for (uid, _, _), members in series.items():
         members, notes = _drop_identical_copies(members)
         headers = [h for _, h in members]
         if is_volume_candidate(headers):
