@@ -91,9 +91,9 @@ def make_samples(root: Path) -> list[dict]:
 
     ct = pydicom.dcmread(orig / "ct_slice.dcm")
     stored = ct.pixel_array.astype(np.float32)
-    edited, mask = rescale_region(stored, (40, 30, 72, 62), 1.35, offset=40)
+    edited, mask = rescale_region(stored, (40, 30, 72, 62), 0.3)
     _save_stored(ct, edited, fake / "ct_region_rescaled.dcm")
-    record("ct_region_rescaled.dcm", "pixel values in a 32x32 region scaled by 1.35 and raised 40 HU",
+    record("ct_region_rescaled.dcm", "contrast of a 32x32 region cut to 30% (values rescaled about their mean)",
            _mask_box(mask), "ct_physics")
 
     ct2 = ct.copy()
@@ -110,16 +110,17 @@ def make_samples(root: Path) -> list[dict]:
     fuji = pydicom.dcmread(orig / "chest_cr_fuji.dcm")
     png = _to_png8(fuji.pixel_array, str(fuji.PhotometricInterpretation))
     PILImage.fromarray(png).save(orig / "chest_cr_fuji_export.png")
-    edited, mask = inpaint_region(png.astype(np.float32), (700, 450, 820, 570))
-    PILImage.fromarray(np.clip(edited, 0, 255).round().astype(np.uint8)).save(fake / "cr_inpainted.png")
-    record("cr_inpainted.png", "a 120 px region removed by in-painting", _mask_box(mask), "noise_residual")
 
-    philips_png = _to_png8(cr.pixel_array, str(cr.PhotometricInterpretation))
-    donor = np.asarray(PILImage.fromarray(philips_png).resize(png.shape[::-1]), dtype=np.float32)
-    edited, mask = splice(png.astype(np.float32), donor, (600, 1000, 760, 1160), (500, 1050))
-    PILImage.fromarray(np.clip(edited, 0, 255).round().astype(np.uint8)).save(fake / "cr_spliced.png")
-    record("cr_spliced.png", "a 160 px region spliced in from another patient's radiograph", _mask_box(mask),
-           "noise_residual")
+    stored = cr.pixel_array.astype(np.float32)
+    edited, mask = inpaint_region(stored, (1000, 1150, 1150, 1300))
+    _save_stored(cr, edited, fake / "cr_inpainted.dcm")
+    record("cr_inpainted.dcm", "a 150 px region of the lung removed by in-painting", _mask_box(mask), "noise_residual")
+
+    donor = fuji.pixel_array.astype(np.float32) * 28.0  # another patient, another detector (10-bit)
+    edited, mask = splice(stored, donor, (700, 500, 900, 700), (900, 450))
+    _save_stored(cr, edited, fake / "cr_spliced.dcm")
+    record("cr_spliced.dcm", "a 200 px region spliced in from another patient's radiograph (other detector)",
+           _mask_box(mask), "noise_residual")
 
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "chest x-ray, PA view, pneumonia, right lower lobe consolidation\n"

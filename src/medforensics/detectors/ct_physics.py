@@ -227,16 +227,16 @@ class CTPhysicsDetector(Detector):
         notes, term = [], 0.0
         if inside.size == 0:
             return 0.0, []
-        air = inside[inside < -900]
+        air = inside[inside < -850]
         if air.size > 0.02 * inside.size:
-            hist, edges = np.histogram(air, bins=60, range=(-1100, -900))
-            peak = float(edges[np.argmax(hist)] + 2.0)
+            hist, edges = np.histogram(air, bins=100, range=(-1350, -850))
+            peak = float(edges[np.argmax(hist)] + 2.5)
             if abs(peak + 1000) > 60:
-                term += min(abs(peak + 1000) - 60, 60) / 4
+                term += min(abs(peak + 1000) - 60, 120) / 2
                 notes.append(f"Air sits at {peak:.0f} HU instead of about -1000 HU.")
         below = float(np.mean(inside < -1080))
         if below > 0.01:
-            term += min(below * 200, 20)
+            term += min(below * 400, 60)
             notes.append(f"{100 * below:.1f}% of the pixels lie below -1080 HU, which no tissue or air produces.")
         return term, notes
 

@@ -94,12 +94,33 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
         raise MedForensicsError(path, f"cannot decode pixel data ({ts_name}): {msg}") from None
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    stored_range = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    stored_range = _raw_range(ds, arr)
     if spp > 1:  # colour: note it, then reduce to gray (ITU-R BT.601 luma)
         arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[: arr.shape[-1]]
     if frames == 1 and arr.ndim == 2:
         arr = arr[None]
     return ds, arr, stored_range
+
+
+def _raw_range(ds: Dataset, decoded: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the stored values as written in the file.
+
+    pydicom masks decoded values to BitsStored, which hides exactly the values that break it;
+    for native (uncompressed) pixel data the raw words are read instead.
+    """
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    bits = int(getattr(ds, "BitsAllocated", 0) or 0)
+    if ts is not None and not ts.is_compressed and bits in (8, 16, 32) and "PixelData" in ds:
+        kind = "i" if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1 else "u"
+        dtype = np.dtype(f"{'>' if not ts.is_little_endian else '<'}{kind}{bits // 8}")
+        buf = ds.PixelData
+        n = len(buf) // dtype.itemsize
+        expected = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1) or 1) * \
+            int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if n >= expected > 0:
+            raw = np.frombuffer(buf, dtype=dtype, count=expected)
+            return float(raw.min()), float(raw.max())
+    return (float(decoded.min()), float(decoded.max())) if decoded.size else (0.0, 0.0)
 
 
 def _to_physical(ds: Dataset, stored: np.ndarray) -> np.ndarray:
