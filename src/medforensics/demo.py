@@ -91,9 +91,9 @@ def make_samples(root: Path) -> list[dict]:
 
     ct = pydicom.dcmread(orig / "ct_slice.dcm")
     stored = ct.pixel_array.astype(np.float32)
-    edited, mask = rescale_region(stored, (40, 30, 72, 62), 0.3)
+    edited, mask = rescale_region(stored, (40, 30, 72, 62), 0.15)
     _save_stored(ct, edited, fake / "ct_region_rescaled.dcm")
-    record("ct_region_rescaled.dcm", "contrast of a 32x32 region cut to 30% (values rescaled about their mean)",
+    record("ct_region_rescaled.dcm", "contrast of a 32x32 region cut to 15% (values rescaled about their mean)",
            _mask_box(mask), "ct_physics")
 
     ct2 = ct.copy()

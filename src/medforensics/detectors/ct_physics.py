@@ -151,6 +151,9 @@ class CTPhysicsDetector(Detector):
         # z: log-ratio of the block's noise (or NPS shape) to what its neighbours predict
         z = np.maximum(z_noise, 0.7 * z_tex)
         z[classes < 0] = 0.0
+        if depth and z.shape[0] > 2:
+            # the first and last slice have a neighbour on one side only: too noisy a reference
+            z[0] = z[-1] = 0.0
 
         # clusters of deviating blocks
         mass, n_dev = cluster_mass(z - LOG_RATIO)
@@ -227,9 +230,9 @@ class CTPhysicsDetector(Detector):
         notes, term = [], 0.0
         if inside.size == 0:
             return 0.0, []
-        air = inside[inside < -850]
+        air = inside[inside < -950]  # below lung: air outside the body and in the airways
         if air.size > 0.02 * inside.size:
-            hist, edges = np.histogram(air, bins=100, range=(-1350, -850))
+            hist, edges = np.histogram(air, bins=70, range=(-1300, -950))
             peak = float(edges[np.argmax(hist)] + 2.5)
             if abs(peak + 1000) > 60:
                 term += min(abs(peak + 1000) - 60, 120) / 2
