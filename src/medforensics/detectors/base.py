@@ -171,3 +171,23 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     if not np.isfinite(mad) or mad < 1e-12:
         return np.zeros_like(v)
     return (v - med) / mad
+
+
+def print_raw_values(detector: Detector, paths: list[str]) -> None:
+    """Calibration helper: print each applicable image's raw statistic and score.
+
+    Detectors call it from ``python -m medforensics.detectors.<name> DATA...`` to show the
+    distribution their calibration constants were set on.
+    """
+    from ..core import MedForensicsError
+    from ..io import discover, load_source
+
+    sources, _ = discover(paths)
+    for src in sources:
+        try:
+            image = load_source(src)
+        except MedForensicsError:
+            continue
+        if detector.applies(image):
+            ev = detector.detect(image)
+            print(f"{ev.details.get('raw', 0):8.2f} {ev.score:.3f} {image.pixels.shape} {src.path}")

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ..core import Evidence, Image, Region
-from .base import Detector, logistic, regions_from_heatmap
+from .base import Detector, logistic, print_raw_values, regions_from_heatmap
 
 WORK_PX = 1024
 MIN_SIZE = 128
@@ -140,14 +140,4 @@ class CopyMoveDetector(Detector):
 
 
 if __name__ == "__main__":  # pragma: no cover - calibration helper: raw values on real images
-    from ..io import discover, load_source
-    det = CopyMoveDetector()
-    srcs, _ = discover(sys.argv[1:])
-    for s in srcs:
-        try:
-            im = load_source(s)
-        except Exception:  # noqa: BLE001
-            continue
-        if det.applies(im):
-            ev = det.detect(im)
-            print(f"{ev.details.get('raw', 0):8.2f} {ev.score:.3f} {im.pixels.shape} {s.path}")
+    print_raw_values(CopyMoveDetector(), sys.argv[1:])

@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from ..core import Evidence, Image
 from ._blocks import blocks, cluster_mass, immerkaer, local_mean
-from .base import Detector, logistic, regions_from_heatmap
+from .base import Detector, logistic, print_raw_values, regions_from_heatmap
 
 MIDPOINT, SCALE = 55.0, 6.0
 LOG_RATIO = 0.65     # less noise than the model: 1.9x below
@@ -160,14 +160,4 @@ class NoiseResidualDetector(Detector):
 
 
 if __name__ == "__main__":  # pragma: no cover - calibration helper: raw values on real images
-    from ..io import discover, load_source
-    det = NoiseResidualDetector()
-    srcs, _ = discover(sys.argv[1:])
-    for s in srcs:
-        try:
-            im = load_source(s)
-        except Exception:  # noqa: BLE001
-            continue
-        if det.applies(im):
-            ev = det.detect(im)
-            print(f"{ev.details.get('raw', 0):8.2f} {ev.score:.3f} {im.pixels.shape} {s.path}")
+    print_raw_values(NoiseResidualDetector(), sys.argv[1:])
