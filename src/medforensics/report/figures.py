@@ -91,6 +91,8 @@ def render_figures(image: Image, evidence: list[Evidence], max_px: int = 384) ->
     for ev in evidence:
         if ev.heatmap is None and not ev.regions:
             continue
+        if ev.score < 0.2 and (ev.heatmap is None or float(ev.heatmap.max()) < 0.5):
+            continue  # nothing worth a picture
         if len(ev.regions) == 1 and ev.heatmap is None and _whole_image(ev.regions[0].bbox_voxel, image.pixels.shape):
             continue  # a box around everything says nothing a picture can show
         figs[f"overlay:{ev.detector}"] = _encode(_overlay(gray, ev, k, image, size))
