@@ -25,6 +25,9 @@ generators leave too little; rescaling changes it. Method:
    radiographs and CT in ../shared/data stay below 0.5 (``benchmarks/authentic_rate.py``;
    ``python -m medforensics.detectors.noise_residual DATA`` prints the raw values).
 
+Lossy compression (a JPEG file, a lossy DICOM transfer syntax, LossyImageCompression 01) strips
+the noise of smooth regions, so on such images only excess noise counts.
+
 Images smaller than ``MIN_SIZE`` pixels on a side are too small for local noise statistics: the
 detector abstains (score 0, ``details["abstained"]``).
 """
@@ -52,6 +55,24 @@ def block_size(shape: tuple[int, int]) -> int:
     return int(max(8, min(64, round(min(shape) / 40 / 8) * 8 or 8, 16 if max(shape) <= 1024 else 64)))
 
 
+#: DICOM transfer syntaxes that may be lossy (JPEG baseline/extended, JPEG-LS near-lossless,
+#: JPEG 2000 irreversible, HTJ2K)
+LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                  "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
+
+
+def is_lossy(image: Image) -> bool:
+    """Whether the pixels went through lossy compression (JPEG file, lossy DICOM syntax, or a
+    DICOM header that says so)."""
+    if image.format == "jpeg":
+        return True
+    if image.format == "dicom":
+        if image.meta.get("transfer_syntax") in LOSSY_SYNTAXES:
+            return True
+        return any(str(ds.get("LossyImageCompression", "")) == "01" for ds in image.datasets[:1])
+    return False
+
+
 class NoiseResidualDetector(Detector):
     name = "noise_residual"
     dims = frozenset({2})
@@ -70,7 +91,11 @@ class NoiseResidualDetector(Detector):
         signed[~valid] = 0.0
         # excess over the threshold: more noise must be stronger to count than less noise, as
         # bone texture and edge enhancement raise the residual of real radiographs locally
-        excess = np.maximum(-signed - LOG_RATIO, signed - LOG_RATIO_UP)
+        lossy = is_lossy(image)
+        if lossy:  # lossy compression strips the noise of smooth regions: only excess noise counts
+            excess = signed - LOG_RATIO_UP
+        else:
+            excess = np.maximum(-signed - LOG_RATIO, signed - LOG_RATIO_UP)
         mass, n_dev = cluster_mass(excess)
         z = np.clip(excess + LOG_RATIO, 0, None)
         raw = 10.0 * mass
@@ -92,7 +117,8 @@ class NoiseResidualDetector(Detector):
             expl = (f"{n_dev} block(s) carry {kind} the image's noise model predicts, as left by "
                     f"{'in-painting, smoothing or synthesis' if sign < 0 else 'splicing or local rescaling'}.")
         return Evidence(self.name, score, expl, heatmap=heat, regions=regions,
-                        details={"raw": round(raw, 3), "block_px": b, "deviating_blocks": n_dev, **stats})
+                        details={"raw": round(raw, 3), "block_px": b, "deviating_blocks": n_dev,
+                                 "lossy_compression": lossy, **stats})
 
     @staticmethod
     def _deviation(vol: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray, dict]:
