@@ -27,7 +27,7 @@ from rich.table import Table
 from .core import MedForensicsError
 from .forge.edits import copy_move, inpaint_region, rescale_region, splice
 
-SAMPLES = {"chest_cr_philips.dcm": "RG1_UNCI.dcm", "chest_cr_fuji.dcm": "RG3_UNCI.dcm",
+SAMPLES = {"chest_cr_philips.dcm": "RG1_UNCR.dcm", "chest_cr_fuji.dcm": "RG3_UNCI.dcm",
            "ct_slice.dcm": "CT_small.dcm", "mr_slice.dcm": "MR_small.dcm"}
 
 console = Console(highlight=False)

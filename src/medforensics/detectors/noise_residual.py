@@ -26,7 +26,7 @@ generators leave too little; rescaling changes it. Method:
    ``python -m medforensics.detectors.noise_residual DATA`` prints the raw values).
 
 Lossy compression (a JPEG file, a lossy DICOM transfer syntax, LossyImageCompression 01) strips
-the noise of smooth regions, so on such images only excess noise counts.
+some noise from smooth regions, so on such images a deficit counts only from 3.3x below the model.
 
 Images smaller than ``MIN_SIZE`` pixels on a side are too small for local noise statistics: the
 detector abstains (score 0, ``details["abstained"]``).
@@ -46,6 +46,7 @@ from .base import Detector, logistic, print_raw_values, regions_from_heatmap
 MIDPOINT, SCALE = 55.0, 6.0
 LOG_RATIO = 0.65     # less noise than the model: 1.9x below
 LOG_RATIO_UP = 1.15  # more noise than the model: 3.2x above
+LOG_RATIO_LOSSY = 1.2  # less noise after lossy compression: 3.3x below
 MIN_SIZE = 128
 #: sigma / mean(lower 75% of |r|) for Gaussian noise
 TRIM_GAIN = 1.9404
@@ -92,10 +93,9 @@ class NoiseResidualDetector(Detector):
         # excess over the threshold: more noise must be stronger to count than less noise, as
         # bone texture and edge enhancement raise the residual of real radiographs locally
         lossy = is_lossy(image)
-        if lossy:  # lossy compression strips the noise of smooth regions: only excess noise counts
-            excess = signed - LOG_RATIO_UP
-        else:
-            excess = np.maximum(-signed - LOG_RATIO, signed - LOG_RATIO_UP)
+        # lossy compression strips some noise from smooth regions: a deficit must then be larger
+        low = LOG_RATIO_LOSSY if lossy else LOG_RATIO
+        excess = np.maximum(-signed - low, signed - LOG_RATIO_UP)
         mass, n_dev = cluster_mass(excess)
         z = np.clip(excess + LOG_RATIO, 0, None)
         raw = 10.0 * mass
