@@ -205,6 +205,11 @@ def demo_cmd(
     run_demo(out_dir, workers=workers, debug=debug)
 
 
+from .forge.cli import forge_app  # noqa: E402
+
+app.add_typer(forge_app, name="forge")
+
+
 @app.callback(invoke_without_command=True)
 def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     if version:
