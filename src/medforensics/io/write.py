@@ -84,7 +84,7 @@ def _write_instance(src: Path, new_stored_frames: np.ndarray, changed: np.ndarra
     ts = ds.file_meta.TransferSyntaxUID
     if ts.is_compressed:
         try:
-            ds.compress(ts, arr)  # same syntax as the original, where pydicom can encode it
+            ds.compress(ts, arr, generate_instance_uid=False)  # same syntax, where pydicom can encode it
         except Exception:  # noqa: BLE001 - no encoder for this syntax: store it uncompressed
             ds.PixelData = arr.tobytes()
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
