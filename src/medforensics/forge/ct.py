@@ -444,7 +444,7 @@ def nodule_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequenc
     delta[np.abs(delta) < 0.5] = 0.0
     replace[replace < 0.01] = 0.0
     mask = (delta != 0) | (replace > 0)
-    sketch = ndi.gaussian_filter(ctx + delta, SKETCH_SIGMA, mode="nearest")
+    sketch = ndi.gaussian_filter(ctx + delta, SKETCH_SIGMA, mode="nearest", truncate=3.0)
     return {"delta": delta, "replace": replace.astype(np.float32), "sketch": sketch.astype(np.float32),
             "mask": mask, "params": params}
 
@@ -467,7 +467,7 @@ def removal_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequen
     r = np.sqrt(sum(g ** 2 for g in grids))
     R = diameter_mm / 2.0 + margin_mm
     w = np.clip((R + 1.0 - r) / 2.0, 0.0, 1.0).astype(np.float32)
-    low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest")
+    low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest", truncate=3.0)
     ring = (r > R + 1.0) & (r < R + 1.0 + max(4.0, 0.5 * diameter_mm))
     src = ring & (low < -500.0)
     if src.sum() < 0.1 * ring.sum():
@@ -497,7 +497,7 @@ def render_classic(context: np.ndarray, delta: np.ndarray, replace: np.ndarray, 
     are 0.
     """
     ctx = np.asarray(context, dtype=np.float32)
-    low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest") if lowpass is None else lowpass
+    low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest", truncate=3.0) if lowpass is None else lowpass
     resid = ctx - low
     N = noise.synthesize(ctx.shape, rng)
     rep = np.clip(replace, 0.0, 1.0)
@@ -576,10 +576,8 @@ def _finish(image: Image, kind: str, method: str, center: tuple[int, int, int], 
         rendered = _render_gan(image, context, gen_mask, parts["sketch"], seed)
     else:
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
-    # never touch the cube's outer shell: every change lies strictly inside the reported cube
-    allowed = np.zeros(context.shape, bool)
-    allowed[tuple(slice(1, n - 1) if n > 2 else slice(0, n) for n in context.shape)] = True
-    pixels, mask = _paste(image, cube, rendered, allowed)
+    # only the cube is pasted back: every change lies inside the reported cube
+    pixels, mask = _paste(image, cube, rendered, np.ones(context.shape, bool))
     params.update({"method": method, "seed": seed, "cube_shape": [s.stop - s.start for s in cube],
                    "spacing_mm": [round(float(s), 4) for s in image.spacing]})
     return Forgery(pixels=pixels, mask=mask, kind=kind, method=method, center_voxel=center, bbox_voxel=bbox,

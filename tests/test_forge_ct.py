@@ -1,0 +1,443 @@
+"""CT-GAN style nodule injection and removal (forge.ct), LIDC-IDRI annotations (forge.lidc), and the
+``forge inject`` / ``forge remove`` commands, on the real LIDC-IDRI series in ../shared/data."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from scipy import ndimage as ndi
+
+from medforensics.core import Image, MedForensicsError
+from medforensics.forge import ct
+from medforensics.forge.lidc import nodules_for, read_annotations
+from medforensics.io import load_series
+from medforensics.io.write import write_like
+
+IN_PLANE = np.zeros((3, 3, 3), bool)
+IN_PLANE[1] = ndi.generate_binary_structure(2, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures: each series is loaded once, each forgery made once
+
+
+@pytest.fixture(scope="module")
+def series(lidc_series_dir: Path) -> Image:
+    return load_series(sorted(lidc_series_dir.glob("*.dcm")))
+
+
+@pytest.fixture(scope="module")
+def small_dir(shared_data: Path) -> Path:
+    d = next((shared_data / "ct" / "lidc-idri-small" / "LIDC-IDRI-0003").rglob("*.dcm"), None)
+    if d is None:
+        pytest.skip("lidc-idri-small/LIDC-IDRI-0003 not found in shared data")
+    return d.parent
+
+
+@pytest.fixture(scope="module")
+def small(small_dir: Path) -> Image:
+    return load_series(sorted(small_dir.glob("*.dcm")))
+
+
+@pytest.fixture(scope="module")
+def site(series: Image) -> tuple[int, int, int]:
+    return ct.choose_location(series, 14.0, 5)
+
+
+@pytest.fixture(scope="module")
+def injected(series: Image, site) -> dict:
+    return {t: ct.inject(series, center_voxel=site, diameter_mm=14.0, nodule_type=t, seed=2) for t in ct.NODULE_TYPES}
+
+
+@pytest.fixture(scope="module")
+def lidc_nodules(series: Image) -> list:
+    return nodules_for(series)
+
+
+@pytest.fixture(scope="module")
+def removed(series: Image, lidc_nodules):
+    return ct.remove(series, nodule=lidc_nodules[0], seed=1)
+
+
+def _cube(f) -> tuple[slice, ...]:
+    b = f.bbox_voxel
+    return tuple(slice(b[d], b[d + 3]) for d in range(3))
+
+
+def _ball(shape, center, spacing, radius_mm) -> np.ndarray:
+    g = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, center, spacing)], indexing="ij")
+    return np.sqrt(sum(x ** 2 for x in g)) <= radius_mm
+
+
+def _residual(vol: np.ndarray) -> np.ndarray:
+    v = vol.astype(np.float64)
+    return v - ndi.gaussian_filter(v, (0, 1.5, 1.5))
+
+
+def _mad(x: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def _nps_centroid(resid: np.ndarray, mask: np.ndarray, p: int = 8) -> float:
+    """Mean radial frequency (cycles/pixel) of the power spectrum of p x p patches inside mask."""
+    patches = [resid[k, i:i + p, j:j + p] for k in range(mask.shape[0])
+               for i in range(0, mask.shape[1] - p + 1, p // 2) for j in range(0, mask.shape[2] - p + 1, p // 2)
+               if mask[k, i:i + p, j:j + p].all()]
+    assert len(patches) >= 4, "too few patches to measure the NPS"
+    arr = np.array(patches) - np.mean(patches, axis=(1, 2), keepdims=True)
+    ps = np.mean(np.abs(np.fft.fft2(arr)) ** 2, axis=0)
+    f = np.sqrt(np.fft.fftfreq(p)[:, None] ** 2 + np.fft.fftfreq(p)[None, :] ** 2)
+    return float((f * ps).sum() / ps.sum())
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "medforensics", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# LIDC-IDRI annotations
+
+
+def test_lidc_annotations_of_0001(series: Image, lidc_series_dir: Path, lidc_nodules) -> None:
+    xml = next(lidc_series_dir.glob("*.xml"))
+    marks = read_annotations(xml)
+    assert len(marks) == 13  # 4 + 1 + 4 + 4 marks by the four readers
+    assert {m.series_uid for m in marks} == {series.uid}
+    big = [m for m in marks if not m.small]
+    assert len(big) == 4 and sorted(m.malignancy for m in big) == [4, 5, 5, 5]
+    # Consensus: the large nodule (all four readers) and three nodules under 3 mm (three readers each).
+    assert len(lidc_nodules) == 4
+    n1 = lidc_nodules[0]
+    assert n1.id == 1 and n1.n_readers == 4 and not n1.small
+    assert n1.malignancy == pytest.approx(4.75) and n1.malignant
+    # Outlines on z -125 ... -105 mm (slices 86-94 of a series starting at -340 mm, 2.5 mm apart),
+    # centred near column 316, row 367.
+    k, i, j = n1.center_voxel
+    assert 88 <= k <= 92 and abs(i - 367) <= 3 and abs(j - 316) <= 3
+    assert n1.bbox_voxel[0] == 86 and n1.bbox_voxel[3] == 95
+    assert 20.0 < n1.diameter_mm < 40.0
+    assert n1.center_mm[2] == pytest.approx(series.meta["slice_positions"][k])
+    small = sorted((n.center_voxel for n in lidc_nodules[1:]))
+    expected = [(66, 272, 403), (66, 317, 392), (76, 166, 188)]  # (z, y, x) of the point marks: -175, -175, -150 mm
+    for got, want in zip(small, expected):
+        assert got[0] == want[0] and abs(got[1] - want[1]) <= 2 and abs(got[2] - want[2]) <= 2
+    assert all(n.small and n.n_readers == 3 and n.malignancy is None and not n.malignant for n in lidc_nodules[1:])
+
+
+def test_lidc_partial_series_found_by_series_uid(shared_data: Path, small: Image) -> None:
+    # The 11-slice sub-series has no XML of its own: it is found under lidc-idri/ by SeriesInstanceUID.
+    nods = nodules_for(small)
+    assert len(nods) == 1
+    n = nods[0]
+    assert n.n_readers == 4 and n.malignant and n.center_voxel[0] == 5
+    d2 = next((shared_data / "ct" / "lidc-idri-small" / "LIDC-IDRI-0002").rglob("*.dcm"), None)
+    if d2 is not None:
+        s2 = load_series(sorted(d2.parent.glob("*.dcm")))
+        n2 = nodules_for(s2)
+        # Only nodules whose marked slices are all present: the large one (z -120 ... -87) is cut off.
+        assert n2 and all(n.small for n in n2)
+        assert all(n.bbox_voxel[0] >= 0 and n.bbox_voxel[3] <= s2.pixels.shape[0] for n in n2)
+
+
+def test_read_annotations_rejects_other_xml(tmp_path: Path) -> None:
+    p = tmp_path / "other.xml"
+    p.write_text("<root><a/></root>")
+    with pytest.raises(MedForensicsError, match="not an LIDC-IDRI"):
+        read_annotations(p)
+    (tmp_path / "broken.xml").write_text("<root>")
+    with pytest.raises(MedForensicsError):
+        read_annotations(tmp_path / "broken.xml")
+
+
+# ---------------------------------------------------------------------------------------------
+# locations
+
+
+def test_choose_location_in_lung_parenchyma(series: Image, site) -> None:
+    k, i, j = site
+    half = ct._half_extent(np.array(series.spacing), 14.0)
+    assert half[0] <= k < series.pixels.shape[0] - half[0]  # the cube fits between first and last slice
+    local = series.pixels[k, i - 5:i + 6, j - 5:j + 6]
+    assert -950 < local.mean() < -600 and local.max() < -300  # lung, no vessel right there
+    step = 4
+    lung = ct.lung_mask(series.pixels[:, ::step, ::step], spacing=(2.5, 0.703 * step, 0.703 * step))
+    assert lung[k, i // step, j // step]
+    litres = lung.sum() * 2.5 * (0.703 * step) ** 2 / 1e6
+    assert 1.5 < litres < 9.0  # both lungs of an adult
+    assert ct.choose_location(series, 14.0, 5) == site  # reproducible
+
+
+# ---------------------------------------------------------------------------------------------
+# injection
+
+
+@pytest.mark.parametrize("nodule_type", ct.NODULE_TYPES)
+def test_inject_changes_only_inside_cube(series: Image, injected, site, nodule_type) -> None:
+    f = injected[nodule_type]
+    assert f.kind == "inject" and f.method == "classic" and f.center_voxel == tuple(site)
+    assert f.center_mm == series.voxel_to_mm(site)
+    assert f.pixels.shape == series.pixels.shape and f.mask.shape == series.pixels.shape
+    changed = f.pixels != series.pixels
+    assert np.array_equal(changed, f.mask.astype(bool))
+    assert changed.sum() > 200
+    outside = np.ones(series.pixels.shape, bool)
+    outside[_cube(f)] = False
+    assert not changed[outside].any()
+    assert np.array_equal(f.pixels[outside], series.pixels[outside])
+    cube = f.pixels[_cube(f)]
+    assert np.array_equal(cube, np.round(cube))  # the stored grid (slope 1)
+    for dk in range(cube.shape[0]):
+        k = f.bbox_voxel[0] + dk
+        assert series.pixels[k].min() <= cube[dk].min() and cube[dk].max() <= series.pixels[k].max()
+    p = f.params
+    assert p["diameter_mm"] == 14.0 and p["nodule_type"] == nodule_type and p["seed"] == 2
+    assert p["cube_shape"] == [s.stop - s.start for s in _cube(f)]
+    # anisotropic spacing: the cube is about as deep in mm as it is wide
+    depth_mm, width_mm = p["cube_shape"][0] * 2.5, p["cube_shape"][1] * 0.703
+    assert 0.7 < depth_mm / width_mm < 1.4
+
+
+def test_nodule_types_differ_in_hu(series: Image, injected, site) -> None:
+    sp = np.array(series.spacing)
+    core = {}
+    for t, f in injected.items():
+        cube = _cube(f)
+        c = [s - cb.start for s, cb in zip(site, cube)]
+        ball = _ball(f.pixels[cube].shape, c, sp, 2.0)
+        core[t] = float(f.pixels[cube][ball].mean())
+    before = float(series.pixels[_cube(injected["solid"])][_ball(series.pixels[_cube(injected["solid"])].shape,
+                   [s - cb.start for s, cb in zip(site, _cube(injected["solid"]))], sp, 2.0)].mean())
+    assert before < -600
+    assert -60 < core["solid"] < 160, core
+    assert -760 < core["ground-glass"] < -340, core
+    assert -250 < core["part-solid"] < 160, core  # solid core
+    # part-solid: a ground-glass halo around the core
+    f = injected["part-solid"]
+    cube = _cube(f)
+    c = [s - cb.start for s, cb in zip(site, cube)]
+    shape = f.pixels[cube].shape
+    halo = _ball(shape, c, sp, 6.0) & ~_ball(shape, c, sp, 4.5)
+    halo &= np.arange(shape[0])[:, None, None] == c[0]
+    assert -800 < float(np.median(f.pixels[cube][halo])) < -300
+    assert core["solid"] - core["ground-glass"] > 300
+
+
+def test_injected_noise_matches_real_tissue(series: Image, lidc_nodules) -> None:
+    f = ct.inject(series, diameter_mm=20.0, nodule_type="solid", seed=3)
+    cube = _cube(f)
+    e = f.pixels[cube]
+    inside = ndi.binary_erosion((ndi.gaussian_filter(e, (0, 2, 2)) > -50) & (f.mask[cube] > 0), IN_PLANE, iterations=2)
+    assert inside.sum() > 300
+    r_inj = _residual(e)
+    noise_inj = _mad(r_inj[inside])
+    # reference 1: the real (solid, malignant) LIDC nodule of this patient, same measure
+    k, i, j = lidc_nodules[0].center_voxel
+    real = series.pixels[k - 3:k + 4, i - 40:i + 40, j - 40:j + 40]
+    rmask = ndi.binary_erosion((ndi.gaussian_filter(real, (0, 2, 2)) > 0) & (ndi.gaussian_filter(real, (0, 2, 2)) < 150),
+                               IN_PLANE, iterations=3)
+    r_real = _residual(real)
+    noise_real = _mad(r_real[rmask])
+    # reference 2: soft tissue (muscle, organs) on the injected slices
+    ks = slice(cube[0].start, cube[0].stop)
+    v = series.pixels[ks]
+    low = ndi.uniform_filter(v, (1, 9, 9))
+    sd = np.sqrt(ndi.uniform_filter((v - low) ** 2, (1, 9, 9)))
+    smask = ndi.binary_erosion((low > 0) & (low < 100) & (sd < 40), IN_PLANE, iterations=4)
+    r_soft = _residual(v)
+    noise_soft = _mad(r_soft[smask])
+    for ref in (noise_real, noise_soft):
+        assert abs(noise_inj / ref - 1.0) < 0.30, (noise_inj, noise_real, noise_soft)
+    # noise texture: the NPS centroid matches the real nodule's
+    c_inj, c_real = _nps_centroid(r_inj, inside), _nps_centroid(r_real, rmask)
+    assert abs(c_inj / c_real - 1.0) < 0.25, (c_inj, c_real)
+    # a noise-free nodule would fail this measure: the classical render really adds the noise
+    assert noise_inj > 0.5 * noise_soft
+
+
+# ---------------------------------------------------------------------------------------------
+# removal
+
+
+def test_remove_lidc_nodule(series: Image, lidc_nodules, removed) -> None:
+    n = lidc_nodules[0]
+    f = removed
+    assert f.kind == "remove" and f.center_voxel == n.center_voxel and f.params["nodule"]["id"] == 1
+    changed = f.pixels != series.pixels
+    assert np.array_equal(changed, f.mask.astype(bool))
+    outside = np.ones(series.pixels.shape, bool)
+    outside[_cube(f)] = False
+    assert not changed[outside].any()
+    cube = _cube(f)
+    c = [s - cb.start for s, cb in zip(n.center_voxel, cube)]
+    core = _ball(series.pixels[cube].shape, c, np.array(series.spacing), 0.3 * n.diameter_mm)
+    before, after = float(series.pixels[cube][core].mean()), float(f.pixels[cube][core].mean())
+    assert before > -150  # the solid tumour
+    assert -950 < after < -650, after  # lung parenchyma now
+    # the painted lung has lung-like noise: compare with real lung around
+    e, o = f.pixels[cube], series.pixels[cube]
+    inner = ndi.binary_erosion(f.mask[cube] > 0, IN_PLANE, iterations=3)
+    low = ndi.uniform_filter(o, (1, 7, 7))
+    lung = (low < -700) & (low > -950) & ~ndi.binary_dilation(f.mask[cube] > 0, IN_PLANE, iterations=6)
+    assert inner.sum() > 1000 and lung.sum() > 1000
+    ratio = _mad(_residual(e)[inner]) / _mad(_residual(o)[lung])
+    assert 0.7 < ratio < 1.3, ratio
+
+
+def test_remove_needs_a_target(series: Image) -> None:
+    with pytest.raises(ValueError, match="diameter"):
+        ct.remove(series, center_voxel=(60, 256, 256))
+    with pytest.raises(ValueError):
+        ct.remove(series)
+    with pytest.raises(MedForensicsError, match="outside the volume"):
+        ct.remove(series, center_voxel=(60, 600, 10), diameter_mm=8)
+
+
+def test_inject_rejects_bad_input(series: Image) -> None:
+    flat = Image.from_array(np.zeros((64, 64)), modality="CT", spacing=(0.7, 0.7))
+    with pytest.raises(MedForensicsError, match="3D"):
+        ct.inject(flat)
+    with pytest.raises(ValueError, match="nodule_type"):
+        ct.inject(series, center_voxel=(60, 200, 200), nodule_type="cystic")
+    with pytest.raises(ValueError, match="method"):
+        ct.inject(series, center_voxel=(60, 200, 200), method="magic")
+
+
+def test_inject_by_mm_and_reproducible(small: Image) -> None:
+    k, i, j = 5, 300, 150
+    mm = small.voxel_to_mm((k, i, j))
+    a = ct.inject(small, center_mm=mm, diameter_mm=8.0, seed=7)
+    b = ct.inject(small, center_voxel=(k, i, j), diameter_mm=8.0, seed=7)
+    assert a.center_voxel == (k, i, j)
+    assert np.array_equal(a.pixels, b.pixels)
+    c = ct.inject(small, center_voxel=(k, i, j), diameter_mm=8.0, seed=8)
+    assert not np.array_equal(a.pixels, c.pixels)
+
+
+# ---------------------------------------------------------------------------------------------
+# the GAN renderer hook
+
+
+def test_gan_method_uses_forge_gan_render(series: Image, site, monkeypatch) -> None:
+    calls = {}
+
+    def render(context, mask, sketch, *, seed=0, model=None):
+        calls.update(shape=context.shape, n=int(mask.sum()), seed=seed)
+        assert mask.dtype == bool and sketch.shape == context.shape
+        return np.where(mask, sketch, context)
+
+    fake = types.ModuleType("medforensics.forge.gan")
+    fake.render = render
+    import medforensics.forge as forge_pkg
+    monkeypatch.setitem(sys.modules, "medforensics.forge.gan", fake)
+    monkeypatch.setattr(forge_pkg, "gan", fake, raising=False)
+    f = ct.inject(series, center_voxel=site, diameter_mm=14.0, nodule_type="solid", method="gan", seed=4)
+    assert calls["seed"] == 4 and calls["n"] > 100 and f.method == "gan"
+    assert 0 < f.pixels[tuple(site)] < 120  # the sketch's solid core was rendered
+    outside = np.ones(series.pixels.shape, bool)
+    outside[_cube(f)] = False
+    assert not f.mask[outside].any()
+    fake.render = None
+    del fake.render
+    with pytest.raises(MedForensicsError, match="gan"):
+        ct.inject(series, center_voxel=site, method="gan")
+
+
+# ---------------------------------------------------------------------------------------------
+# writing: pydicom, DCMTK, headers and UIDs
+
+
+def test_written_series_is_valid_dicom_with_headers_kept(series: Image, injected, tmp_path: Path) -> None:
+    f = injected["part-solid"]
+    out = tmp_path / "forged"
+    files = write_like(series, f.pixels, out)
+    assert len(files) == series.pixels.shape[0]
+    back = load_series(sorted(out.glob("*.dcm")))
+    assert np.array_equal(back.pixels, f.pixels)  # exactly what was forged, nothing else
+    changed_slices = sorted(set(np.argwhere(f.mask)[:, 0]))
+    for k in changed_slices + [0]:
+        src, dst = series.sources[k], out / series.sources[k].name
+        a, b = pydicom.dcmread(src), pydicom.dcmread(dst)
+        for uid in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
+            assert getattr(a, uid, None) == getattr(b, uid, None)
+        assert [e.tag for e in a if e.tag != 0x7FE00010] == [e.tag for e in b if e.tag != 0x7FE00010]
+        assert all(a[t].value == b[t].value for t in a.keys() if t != 0x7FE00010)
+    dcmdump = shutil.which("dcmdump")
+    if dcmdump is None:
+        pytest.skip("DCMTK dcmdump not installed: the DCMTK check of the written files was not run")
+    for k in changed_slices[:3]:
+        r = subprocess.run([dcmdump, "+E", str(out / series.sources[k].name)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "E:" not in r.stderr and "error" not in r.stderr.lower(), r.stderr
+        assert series.datasets[k].SOPInstanceUID in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# command line (on the 11-slice series, to keep it quick)
+
+
+def test_cli_inject_writes_series_and_ground_truth(small_dir: Path, small: Image, tmp_path: Path) -> None:
+    out = tmp_path / "fake"
+    r = _run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150", "--diameter", "12",
+                 "--type", "ground-glass", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert "voxel (k,i,j) (5, 300, 150)" in r.stdout and "mm" in r.stdout and "cube" in r.stdout
+    gt = json.loads((tmp_path / "fake.groundtruth.json").read_text())
+    mask = np.load(tmp_path / "fake.mask.npz")["mask"]
+    assert gt["kind"] == "inject" and gt["center_voxel"] == [5, 300, 150] and gt["params"]["nodule_type"] == "ground-glass"
+    assert gt["series_uid"] == small.uid and gt["n_changed"] == int(mask.sum()) > 0
+    b = gt["bbox_voxel"]
+    inside = np.zeros(mask.shape, bool)
+    inside[b[0]:b[3], b[1]:b[4], b[2]:b[5]] = True
+    assert not mask[~inside].any()
+    back = load_series(sorted(out.glob("*.dcm")))
+    assert np.array_equal(back.pixels != small.pixels, mask.astype(bool))
+    assert back.uid == small.uid and [d.SOPInstanceUID for d in back.datasets] == [d.SOPInstanceUID for d in small.datasets]
+    # never overwrite: the same command again is refused (exit 2, one line) and changes nothing
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    again = _run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150")
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    # a ground-truth file alone in the way also stops it, before anything is written
+    (tmp_path / "other.groundtruth.json").write_text("{}")
+    third = _run_cli("forge", "inject", str(small_dir), "--out", str(tmp_path / "other"))
+    assert third.returncode == 2 and not (tmp_path / "other").exists()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != "other.groundtruth.json"} == before
+    # never into the input folder
+    inside_input = _run_cli("forge", "inject", str(small_dir), "--out", str(small_dir / "x"))
+    assert inside_input.returncode == 2 and not (small_dir / "x").exists()
+
+
+def test_cli_remove_careless_and_errors(small_dir: Path, small: Image, tmp_path: Path) -> None:
+    listed = _run_cli("forge", "remove", str(small_dir), "--list")
+    assert listed.returncode == 0 and "malignant" in listed.stdout
+    out = tmp_path / "gone"
+    r = _run_cli("forge", "remove", str(small_dir), "--out", str(out), "--nodule", "1", "--careless")
+    assert r.returncode == 0, r.stderr
+    assert "removed nodule 1" in r.stdout
+    gt = json.loads((tmp_path / "gone.groundtruth.json").read_text())
+    assert gt["kind"] == "remove" and gt["careless"] is True
+    back = load_series(sorted(out.glob("*.dcm")))
+    k, i, j = gt["center_voxel"]
+    assert back.pixels[k, i - 3:i + 4, j - 3:j + 4].mean() < -600 < small.pixels[k, i - 3:i + 4, j - 3:j + 4].mean()
+    # careless: new UIDs everywhere and the editor named
+    assert back.uid != small.uid
+    assert not {d.SOPInstanceUID for d in back.datasets} & {d.SOPInstanceUID for d in small.datasets}
+    assert "medforensics" in str(back.datasets[0].SoftwareVersions)
+    # errors: one line, exit 1 for bad input, 2 for bad options
+    e1 = _run_cli("forge", "remove", str(small_dir), "--out", str(tmp_path / "e1"), "--nodule", "9")
+    assert e1.returncode == 2 and "no nodule 9" in e1.stderr
+    e2 = _run_cli("forge", "inject", str(tmp_path / "missing"), "--out", str(tmp_path / "e2"))
+    assert e2.returncode == 1 and len(e2.stderr.strip().splitlines()) == 1 and "Traceback" not in e2.stderr
+    e3 = _run_cli("forge", "inject", str(small_dir), "--out", str(tmp_path / "e3"), "--center", "1,2")
+    assert e3.returncode == 2 and "--center" in e3.stderr
+    e4 = _run_cli("forge", "remove", str(small_dir), "--out", str(tmp_path / "e4"))
+    assert e4.returncode == 2 and "--nodule" in e4.stderr
