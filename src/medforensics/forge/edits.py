@@ -146,6 +146,14 @@ def _rng(seed: int | np.random.Generator | None) -> tuple[np.random.Generator, i
     return np.random.default_rng(seed), seed
 
 
+def _noise_rng(rng: np.random.Generator, seed: int | None) -> np.random.Generator:
+    """A second stream for noise and networks, independent of how many draws placement took (so
+    that passing the recorded boxes back with the same seed gives the same pixels)."""
+    if seed is None:
+        return np.random.default_rng(int(rng.integers(2**63)))
+    return np.random.default_rng([seed, 0x5EED])
+
+
 # ------------------------------------------------------------------------------- noise matching
 
 def _window(shape: tuple[int, int], box: Box, margin: int) -> Box:
@@ -652,7 +660,7 @@ def forge_splice(image: Image, donor: Image, *, seed: int | np.random.Generator 
     edited, mask = _paste(arr, patch, _feather(patch.shape, feather), to)
     noise_info = None
     if noise:
-        edited, noise_info = _top_up_noise(edited, mask, rng, reference=1 - mask, reduce=True)
+        edited, noise_info = _top_up_noise(edited, mask, _noise_rng(rng, s), reference=1 - mask, reduce=True)
     return _forgery(image, k, edited, mask, "splice", "classic",
                     {"seed": s, "donor": str(donor.path), "donor_slice": donor_k, "donor_box": list(src),
                      "to": list(to), "box": list(target_box), "scale": scale, "scale_from": scale_from,
@@ -674,10 +682,11 @@ def forge_inpaint(image: Image, *, box: Box | None = None, method: str = "classi
     arr, k = _plane(image, k)
     rng, s = _rng(seed)
     box = _auto_box(rng, arr, image, box)
-    edited, mask = inpaint_region(arr, box, radius=radius, method=method, noise=False, seed=rng, model=model)
+    nrng = _noise_rng(rng, s)
+    edited, mask = inpaint_region(arr, box, radius=radius, method=method, noise=False, seed=nrng, model=model)
     noise_info = None
     if noise:
-        edited, noise_info = _top_up_noise(edited, mask, rng)
+        edited, noise_info = _top_up_noise(edited, mask, nrng)
     return _forgery(image, k, edited, mask, "inpaint", method,
                     {"seed": s, "box": list(box), "radius": radius, "noise_match": noise,
                      "noise": noise_info})
