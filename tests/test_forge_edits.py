@@ -418,3 +418,25 @@ def test_cli_learned_inpaint_works_or_says_what_is_missing(tmp_path):
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
         assert "learned in-painting needs the in-painting model" in r.stderr
         assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_volume_slice_writes_a_3d_mask(tmp_path, shared_data, monkeypatch, capsys):
+    from medforensics.cli import main
+
+    src = shared_data / "ct" / "nifti" / "example_ct_sm.nii.gz"
+    if not src.is_file():
+        pytest.skip(f"{src} not found")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["medforensics", "forge", "edit", str(src), "--out", "v.nii.gz", "--kind",
+                                      "intensity", "--offset", "80", "--slice", "5", "--seed", "1"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    captured = capsys.readouterr()
+    assert e.value.code == 0, captured.err
+    assert "slice, row, column" in captured.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.groundtruth.json", "v.mask.npz", "v.nii.gz"]
+    mask = np.load(tmp_path / "v.mask.npz")["mask"]
+    before, after = load(src)[0].pixels, load(tmp_path / "v.nii.gz")[0].pixels
+    assert mask.shape == before.shape and np.nonzero(mask.any(axis=(1, 2)))[0].tolist() == [5]
+    changed = np.abs(after - before) > 1e-3
+    assert changed.any() and not (changed & (mask == 0)).any()

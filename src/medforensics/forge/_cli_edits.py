@@ -125,7 +125,8 @@ def _report(kind: str, f, written, mask_file: Path, truth: Path) -> None:
     start = ",".join(str(v) for v in f.bbox_voxel[:half])
     stop = ",".join(str(v) for v in f.bbox_voxel[half:])
     console.print(f"forge {kind} ({f.method}): {int(f.mask.sum())} pixel(s) changed", soft_wrap=True)
-    console.print(f"  box: {start} -> {stop} (start -> stop, exclusive; rows, columns)", soft_wrap=True)
+    axes = "slice, row, column" if half == 3 else "row, column"
+    console.print(f"  box: {start} -> {stop} (start -> stop, exclusive; {axes})", soft_wrap=True)
     mm = f"  patient mm {', '.join(f'{v:.1f}' for v in f.center_mm)}" if f.center_mm else ""
     console.print(f"  centre: {','.join(str(v) for v in f.center_voxel)}{mm}", soft_wrap=True)
     extra = {key: p[key] for key in ("slice", "source_box", "donor", "donor_box", "angle", "scale", "feather",
@@ -226,6 +227,7 @@ def edit_cmd(
     factor: Optional[float] = typer.Option(None, "--factor", help="contrast: multiplier of the contrast about the region mean."),
     scale: Optional[float] = typer.Option(None, "--scale", help="resample: zoom of the region's content."),
     angle: Optional[float] = typer.Option(None, "--angle", help="resample: rotation of the region's content, degrees."),
+    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="resample: nearest, linear (default) or cubic."),
     feather: Optional[int] = _FEATHER,
     seed: int = _SEED,
     slice_: Optional[int] = _SLICE,
@@ -234,10 +236,11 @@ def edit_cmd(
     """A local edit with soft edges: brighten/darken (intensity), contrast, or resample a region in place."""
     from . import edits
 
-    allowed = {"intensity": {"offset"}, "contrast": {"factor"}, "resample": {"scale", "angle"}}
+    allowed = {"intensity": {"offset"}, "contrast": {"factor"}, "resample": {"scale", "angle", "interpolation"}}
     if kind not in allowed:
         raise _usage(f"--kind must be one of {', '.join(allowed)}, got {kind!r}")
-    given = {n for n, v in (("offset", offset), ("factor", factor), ("scale", scale), ("angle", angle)) if v is not None}
+    given = {n for n, v in (("offset", offset), ("factor", factor), ("scale", scale), ("angle", angle),
+                            ("interpolation", interpolation)) if v is not None}
     wrong = sorted(given - allowed[kind])
     if wrong:
         raise _usage(f"--{wrong[0]} does not apply to --kind {kind}")
@@ -248,5 +251,8 @@ def edit_cmd(
     elif kind == "contrast":
         make = lambda im, k: edits.forge_contrast(im, factor=factor, k=k, **common)  # noqa: E731
     else:
-        make = lambda im, k: edits.forge_resample(im, scale=scale, angle=angle, k=k, **common)  # noqa: E731
+        if interpolation not in (None, "nearest", "linear", "cubic"):
+            raise _usage(f"--interpolation must be nearest, linear or cubic, got {interpolation!r}")
+        make = lambda im, k: edits.forge_resample(im, scale=scale, angle=angle, k=k,  # noqa: E731
+                                                  interpolation=interpolation or "linear", **common)
     _run(kind, image, out, slice_, make)
