@@ -369,6 +369,16 @@ def _classic_fill(ctx: np.ndarray, m: np.ndarray, radius: int, *, method: str = 
         ms = cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
         filled = cv2.resize(inpaint_biharmonic(small, ms).astype(np.float32), (ctx.shape[1], ctx.shape[0]),
                             interpolation=cv2.INTER_CUBIC)
+        # the coarse surface misses the surroundings' finer shading at the hole's edge: carry the
+        # difference (a blur of the known pixels only, so nothing of the removed content leaks in)
+        # a short way into the hole, fading out, so that the fill joins without a seam
+        known = (m == 0).astype(np.float32)
+        s = 0.5 / f
+        local = cv2.GaussianBlur(norm * known, (0, 0), s) / np.maximum(cv2.GaussianBlur(known, (0, 0), s), 1e-3)
+        detail = np.where(m > 0, 0, local - filled).astype(np.float32)
+        carried = cv2.GaussianBlur(detail, (0, 0), s) / np.maximum(cv2.GaussianBlur(known, (0, 0), s), 1e-3)
+        dist = cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 3)
+        filled = filled + carried * np.clip(1 - dist / (2 * s + 1), 0, 1)
     else:
         filled = inpaint_biharmonic(norm, m.astype(bool)).astype(np.float32)
     out = ctx.copy()
