@@ -299,6 +299,27 @@ def test_learned_inpainting_plumbing(cr, monkeypatch):
         E.forge_inpaint(cr, box=box, method="learned")
 
 
+def test_learned_inpainting_through_the_real_network(cr, tmp_path):
+    """gan.render with a real (small, untrained) generator from a checkpoint file: shapes, units
+    and the paste-back work whatever model ships."""
+    gan = pytest.importorskip("medforensics.forge.gan")
+    pytest.importorskip("torch")
+    from medforensics.learn.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(gan.InpaintUNet(dim=2, width=8, levels=2), tmp_path / "tiny.safetensors",
+                           {"architecture": "InpaintUNet", "config": {"dim": 2, "width": 8, "levels": 2}})
+    box = (1000, 1150, 1100, 1250)
+    f = E.forge_inpaint(cr, box=box, method="learned", model=str(ckpt), seed=1)
+    assert f.method == "learned" and tuple(f.bbox_voxel) == box
+    assert np.isfinite(f.pixels).all() and not ((f.pixels != cr.pixels) & (f.mask == 0)).any()
+    inside = f.pixels[box[0]:box[2], box[1]:box[3]]
+    ring_vals = cr.pixels[ring(box, cr.pixels.shape)]
+    assert ring_vals.min() - 3 * ring_vals.std() < inside.mean() < ring_vals.max() + 3 * ring_vals.std()
+    n_in, n_out = noise(f.pixels, core(box, cr.pixels.shape)), noise(cr.pixels, ring(box, cr.pixels.shape))
+    assert 1 / 1.5 < n_in / n_out < 1.5
+    assert np.array_equal(E.forge_inpaint(cr, box=box, method="learned", model=str(ckpt), seed=1).pixels, f.pixels)
+
+
 def test_learned_inpainting_with_the_real_model_or_a_clear_error(cr):
     box = (1000, 1150, 1100, 1250)
     try:
