@@ -124,7 +124,7 @@ def _report(kind: str, f, written, mask_file: Path, truth: Path) -> None:
     half = len(f.bbox_voxel) // 2
     start = ",".join(str(v) for v in f.bbox_voxel[:half])
     stop = ",".join(str(v) for v in f.bbox_voxel[half:])
-    console.print(f"forge {kind} ({f.method}): {int(f.mask.sum())} pixel(s) changed", soft_wrap=True)
+    console.print(f"forge {kind} ({f.method}): {int(f.mask.sum())} pixel(s) in the mask", soft_wrap=True)
     axes = "slice, row, column" if half == 3 else "row, column"
     console.print(f"  box: {start} -> {stop} (start -> stop, exclusive; {axes})", soft_wrap=True)
     mm = f"  patient mm {', '.join(f'{v:.1f}' for v in f.center_mm)}" if f.center_mm else ""

@@ -607,7 +607,7 @@ def forge_copymove(image: Image, *, seed: int | np.random.Generator = 0, box: Bo
                      "angle": angle, "scale": scale, "feather": feather})
 
 
-def _image_scale(image: Image, donor: Image, k: int | None, dk: int | None) -> tuple[float, str]:
+def _image_scale(image: Image, donor: Image) -> tuple[float, str]:
     """Factor that brings donor pixels to the target's pixel size: from the pixel spacings when
     both are known, else from the image widths (the same field of view assumed)."""
     sp_t = [v for v in image.spacing[-2:] if v]
@@ -635,7 +635,7 @@ def forge_splice(image: Image, donor: Image, *, seed: int | np.random.Generator 
     darr, donor_k = _plane(donor, donor_k)
     rng, s = _rng(seed)
     if scale is None:
-        scale, scale_from = _image_scale(image, donor, k, donor_k)
+        scale, scale_from = _image_scale(image, donor)
         scale = round(scale, 6)
     else:
         scale, scale_from = float(scale), "given"
