@@ -232,35 +232,39 @@ def test_nodule_types_differ_in_hu(series: Image, injected, site) -> None:
 
 
 def test_injected_noise_matches_real_tissue(series: Image, lidc_nodules) -> None:
-    f = ct.inject(series, diameter_mm=20.0, nodule_type="solid", seed=3)
-    cube = _cube(f)
-    e = f.pixels[cube]
-    inside = ndi.binary_erosion((ndi.gaussian_filter(e, (0, 2, 2)) > -50) & (f.mask[cube] > 0), IN_PLANE, iterations=2)
-    assert inside.sum() > 300
-    r_inj = _residual(e)
-    noise_inj = _mad(r_inj[inside])
-    # reference 1: the real (solid, malignant) LIDC nodule of this patient, same measure
+    # Two 20 mm solid nodules at chosen places; noise = robust spread of the high-pass residual in
+    # the middle of the nodule (a 6 mm ball on the three central slices), pooled over both.
+    res_inj, inside_all, soft = [], [], []
+    for seed in (1, 2):
+        f = ct.inject(series, diameter_mm=20.0, nodule_type="solid", seed=seed)
+        cube = _cube(f)
+        e = f.pixels[cube]
+        c = [s - cb.start for s, cb in zip(f.center_voxel, cube)]
+        inside = _ball(e.shape, c, np.array(series.spacing), 6.0) & (np.abs(np.arange(e.shape[0]) - c[0]) <= 1)[:, None, None]
+        assert inside.sum() > 300 and (f.mask[cube][inside] > 0).all()
+        res_inj.append(_residual(e))
+        inside_all.append(inside)
+        # reference 1: soft tissue (muscle, organs) on the same slices
+        v = series.pixels[cube[0]]
+        low = ndi.uniform_filter(v, (1, 9, 9))
+        sd = np.sqrt(ndi.uniform_filter((v - low) ** 2, (1, 9, 9)))
+        smask = ndi.binary_erosion((low > 0) & (low < 100) & (sd < 40), IN_PLANE, iterations=4)
+        soft.append(_residual(v)[smask])
+    noise_inj = _mad(np.concatenate([r[m] for r, m in zip(res_inj, inside_all)]))
+    noise_soft = _mad(np.concatenate(soft))
+    # reference 2: the real solid tumour of this patient (LIDC nodule 1)
     k, i, j = lidc_nodules[0].center_voxel
     real = series.pixels[k - 3:k + 4, i - 40:i + 40, j - 40:j + 40]
-    rmask = ndi.binary_erosion((ndi.gaussian_filter(real, (0, 2, 2)) > 0) & (ndi.gaussian_filter(real, (0, 2, 2)) < 150),
-                               IN_PLANE, iterations=3)
+    g = ndi.gaussian_filter(real, (0, 2, 2))
+    rmask = ndi.binary_erosion((g > 0) & (g < 150), IN_PLANE, iterations=3)
     r_real = _residual(real)
     noise_real = _mad(r_real[rmask])
-    # reference 2: soft tissue (muscle, organs) on the injected slices
-    ks = slice(cube[0].start, cube[0].stop)
-    v = series.pixels[ks]
-    low = ndi.uniform_filter(v, (1, 9, 9))
-    sd = np.sqrt(ndi.uniform_filter((v - low) ** 2, (1, 9, 9)))
-    smask = ndi.binary_erosion((low > 0) & (low < 100) & (sd < 40), IN_PLANE, iterations=4)
-    r_soft = _residual(v)
-    noise_soft = _mad(r_soft[smask])
-    for ref in (noise_real, noise_soft):
-        assert abs(noise_inj / ref - 1.0) < 0.30, (noise_inj, noise_real, noise_soft)
-    # noise texture: the NPS centroid matches the real nodule's
-    c_inj, c_real = _nps_centroid(r_inj, inside), _nps_centroid(r_real, rmask)
+    for ref in (noise_soft, noise_real):
+        assert abs(noise_inj / ref - 1.0) < 0.30, (noise_inj, noise_soft, noise_real)
+    # noise texture: the NPS centroid matches the real tumour's
+    c_inj = np.mean([_nps_centroid(r, m) for r, m in zip(res_inj, inside_all)])
+    c_real = _nps_centroid(r_real, rmask)
     assert abs(c_inj / c_real - 1.0) < 0.25, (c_inj, c_real)
-    # a noise-free nodule would fail this measure: the classical render really adds the noise
-    assert noise_inj > 0.5 * noise_soft
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +378,7 @@ def test_written_series_is_valid_dicom_with_headers_kept(series: Image, injected
     if dcmdump is None:
         pytest.skip("DCMTK dcmdump not installed: the DCMTK check of the written files was not run")
     for k in changed_slices[:3]:
-        r = subprocess.run([dcmdump, "+E", str(out / series.sources[k].name)], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([dcmdump, str(out / series.sources[k].name)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert "E:" not in r.stderr and "error" not in r.stderr.lower(), r.stderr
         assert series.datasets[k].SOPInstanceUID in r.stdout
