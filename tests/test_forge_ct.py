@@ -98,6 +98,19 @@ def _nps_centroid(resid: np.ndarray, mask: np.ndarray, p: int = 8) -> float:
     return float((f * ps).sum() / ps.sum())
 
 
+def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the command line in this process (as the console script does); (exit code, stdout, stderr)."""
+    from medforensics.cli import main
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["medforensics", *args])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        main()
+    got = capsys.readouterr()
+    return int(e.value.code or 0), got.out, got.err
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200")
     return subprocess.run([sys.executable, "-m", "medforensics", *args], capture_output=True, text=True, env=env, timeout=120)
@@ -410,19 +423,28 @@ def test_cli_inject_writes_series_and_ground_truth(small_dir: Path, small: Image
     again = _run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150")
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
-    # a ground-truth file alone in the way also stops it, before anything is written
+
+
+def test_cli_never_overwrites(small_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "a.dcm").write_bytes(b"x")
     (tmp_path / "other.groundtruth.json").write_text("{}")
-    third = _run_cli("forge", "inject", str(small_dir), "--out", str(tmp_path / "other"))
-    assert third.returncode == 2 and not (tmp_path / "other").exists()
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != "other.groundtruth.json"} == before
+    (tmp_path / "third.mask.npz").write_bytes(b"x")
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
+    for out in ("taken", "other", "third"):
+        code, _, err = _main(monkeypatch, capsys, "forge", "inject", str(small_dir), "--out", str(tmp_path / out))
+        assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = _main(monkeypatch, capsys, "forge", "remove", str(small_dir), "--out", str(tmp_path / "other"),
+                         "--nodule", "1")
+    assert code == 2 and "exists" in err
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before and not (tmp_path / "other").exists() and not (tmp_path / "third").exists()
     # never into the input folder
-    inside_input = _run_cli("forge", "inject", str(small_dir), "--out", str(small_dir / "x"))
-    assert inside_input.returncode == 2 and not (small_dir / "x").exists()
+    code, _, err = _main(monkeypatch, capsys, "forge", "inject", str(small_dir), "--out", str(small_dir / "x"))
+    assert code == 2 and "input" in err and not (small_dir / "x").exists()
 
 
-def test_cli_remove_careless_and_errors(small_dir: Path, small: Image, tmp_path: Path) -> None:
-    listed = _run_cli("forge", "remove", str(small_dir), "--list")
-    assert listed.returncode == 0 and "malignant" in listed.stdout
+def test_cli_remove_careless(small_dir: Path, small: Image, tmp_path: Path) -> None:
     out = tmp_path / "gone"
     r = _run_cli("forge", "remove", str(small_dir), "--out", str(out), "--nodule", "1", "--careless")
     assert r.returncode == 0, r.stderr
@@ -436,12 +458,22 @@ def test_cli_remove_careless_and_errors(small_dir: Path, small: Image, tmp_path:
     assert back.uid != small.uid
     assert not {d.SOPInstanceUID for d in back.datasets} & {d.SOPInstanceUID for d in small.datasets}
     assert "medforensics" in str(back.datasets[0].SoftwareVersions)
-    # errors: one line, exit 1 for bad input, 2 for bad options
-    e1 = _run_cli("forge", "remove", str(small_dir), "--out", str(tmp_path / "e1"), "--nodule", "9")
-    assert e1.returncode == 2 and "no nodule 9" in e1.stderr
-    e2 = _run_cli("forge", "inject", str(tmp_path / "missing"), "--out", str(tmp_path / "e2"))
-    assert e2.returncode == 1 and len(e2.stderr.strip().splitlines()) == 1 and "Traceback" not in e2.stderr
-    e3 = _run_cli("forge", "inject", str(small_dir), "--out", str(tmp_path / "e3"), "--center", "1,2")
-    assert e3.returncode == 2 and "--center" in e3.stderr
-    e4 = _run_cli("forge", "remove", str(small_dir), "--out", str(tmp_path / "e4"))
-    assert e4.returncode == 2 and "--nodule" in e4.stderr
+
+
+def test_cli_errors_are_one_line(small_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    cases = [  # (arguments, exit code, text in the message)
+        (["remove", str(small_dir), "--out", str(tmp_path / "e1"), "--nodule", "9"], 2, "no nodule 9"),
+        (["inject", str(tmp_path / "missing"), "--out", str(tmp_path / "e2")], 1, "no such file"),
+        (["inject", str(small_dir), "--out", str(tmp_path / "e3"), "--center", "1,2"], 2, "--center"),
+        (["remove", str(small_dir), "--out", str(tmp_path / "e4")], 2, "--nodule"),
+        (["inject", str(small_dir), "--out", str(tmp_path / "e5"), "--type", "cystic"], 2, "--type"),
+        (["inject", str(small_dir), "--out", str(tmp_path / "e6"), "--center", "5,600,3"], 1, "outside the volume"),
+        (["inject", str(small_dir), "--out", str(tmp_path / "e7"), "--diameter", "80"], 2, "--diameter"),
+    ]
+    for args, want, text in cases:
+        code, _, err = _main(monkeypatch, capsys, "forge", *args)
+        assert code == want and text in err, (args, code, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing written on any error
+    code, out, _ = _main(monkeypatch, capsys, "forge", "remove", str(small_dir), "--list")
+    assert code == 0 and "malignant" in out and "31.0" in out
