@@ -327,6 +327,9 @@ def noise_model(volume_hu: np.ndarray, slices: range | Sequence[int], center_ij:
         per_slice.append([d for _, d in found[:max_patches]])
     all_patches = [d for lst in per_slice for d in lst]
     if len(all_patches) < 3:
+        if p // 2 >= 6:  # small or coarse volumes: try smaller patches before giving up
+            return noise_model(volume_hu, slices, center_ij, tissue=tissue, patch=p // 2, window=window,
+                               max_patches=max_patches)
         raise MedForensicsError(None, f"too little homogeneous {tissue} tissue near the target to measure the noise")
     # Median of the patches' std: robust to the few patches a vessel or an edge still crosses.
     ps = np.mean([np.abs(np.fft.fft2(d)) ** 2 for d in all_patches], axis=0)
@@ -594,7 +597,15 @@ def _finish(image: Image, kind: str, method: str, center: tuple[int, int, int], 
             tissue: str, seed: int, params: dict[str, Any]) -> Forgery:
     rng = np.random.default_rng([seed, 1])
     if method == "classic":
-        nm = noise_model(image.pixels, range(cube[0].start, cube[0].stop), center[1:], tissue=tissue)
+        ks = range(cube[0].start, cube[0].stop)
+        try:
+            nm = noise_model(image.pixels, ks, center[1:], tissue=tissue)
+        except MedForensicsError as e:
+            other = "soft" if tissue == "lung" else "lung"  # noise is noise: the other tissue will do
+            try:
+                nm = noise_model(image.pixels, ks, center[1:], tissue=other)
+            except MedForensicsError:
+                raise MedForensicsError(image.path, e.problem) from None
         rendered = render_classic(context, parts["delta"], parts["replace"], nm, rng)
         params["noise"] = {"tissue": tissue, "sigma_hu": [round(float(s), 2) for s in nm.sigma], "n_patches": nm.n_patches}
     elif method == "gan":
