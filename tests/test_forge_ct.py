@@ -305,8 +305,12 @@ def test_remove_lidc_nodule(series: Image, lidc_nodules, removed) -> None:
     low = ndi.uniform_filter(o, (1, 7, 7))
     lung = (low < -700) & (low > -950) & ~ndi.binary_dilation(f.mask[cube] > 0, IN_PLANE, iterations=6)
     assert inner.sum() > 1000 and lung.sum() > 1000
-    ratio = _mad(_residual(e)[inner]) / _mad(_residual(o)[lung])
+    r_e, r_o = _residual(e), _residual(o)
+    ratio = _mad(r_e[inner]) / _mad(r_o[lung])
     assert 0.7 < ratio < 1.3, ratio
+    nps = _nps_centroid(r_e, inner) / _nps_centroid(r_o, lung)
+    assert 0.75 < nps < 1.25, nps
+    assert f.params["noise"]["tissue"] == "lung"
 
 
 def test_remove_needs_a_target(series: Image) -> None:

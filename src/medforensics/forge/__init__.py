@@ -6,3 +6,9 @@ from .edits import (contrast_region, forge_contrast, forge_copymove, forge_inpai
 __all__ = ["copy_move", "splice", "rescale_region", "inpaint_region"]
 __all__ += ["intensity_region", "contrast_region", "resample_region", "forge_copymove", "forge_splice",
             "forge_inpaint", "forge_intensity", "forge_contrast", "forge_resample"]
+# ``ct``: 3D CT nodule injection and removal (CT-GAN style); ``lidc``: LIDC-IDRI annotations.
+from . import ct, lidc  # noqa: E402
+from .ct import inject, remove  # noqa: E402
+from .lidc import nodules_for  # noqa: E402
+
+__all__ += ["ct", "lidc", "inject", "remove", "nodules_for"]

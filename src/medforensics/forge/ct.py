@@ -607,7 +607,7 @@ def _finish(image: Image, kind: str, method: str, center: tuple[int, int, int], 
             except MedForensicsError:
                 raise MedForensicsError(image.path, e.problem) from None
         rendered = render_classic(context, parts["delta"], parts["replace"], nm, rng)
-        params["noise"] = {"tissue": tissue, "sigma_hu": [round(float(s), 2) for s in nm.sigma], "n_patches": nm.n_patches}
+        params["noise"] = {"tissue": nm.tissue, "sigma_hu": [round(float(s), 2) for s in nm.sigma], "n_patches": nm.n_patches}
     elif method == "gan":
         gen_mask = ndi.binary_dilation(parts["mask"], iterations=1)
         rendered = _render_gan(image, context, gen_mask, parts["sketch"], seed)
