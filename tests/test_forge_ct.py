@@ -422,6 +422,11 @@ def test_cli_inject_writes_series_and_ground_truth(small_dir: Path, small: Image
     back = load_series(sorted(out.glob("*.dcm")))
     assert np.array_equal(back.pixels != small.pixels, mask.astype(bool))
     assert back.uid == small.uid and [d.SOPInstanceUID for d in back.datasets] == [d.SOPInstanceUID for d in small.datasets]
+    # a copy outside the data tree has no annotations nearby, unless told where to look
+    assert nodules_for(back) == []
+    lidc_root = small_dir.parents[3] / "lidc-idri"
+    if lidc_root.is_dir():
+        assert [n.center_voxel for n in nodules_for(back, search=[lidc_root])] == [n.center_voxel for n in nodules_for(small)]
     # never overwrite: the same command again is refused (exit 2, one line) and changes nothing
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     again = _run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150")

@@ -169,8 +169,8 @@ def find_annotation_files(image: Image, search: Iterable[str | Path] = ()) -> li
     """The LIDC XML files whose SeriesInstanceUid is ``image.uid``.
 
     Looked for in ``search`` (folders), then in the series folder and its parents up to the
-    patient folder (named like the PatientID, else three levels up), then in the same patient's
-    folder of sibling collections (``.../lidc-idri-small/LIDC-IDRI-0002`` also looks in
+    patient folder (named like the PatientID, else three levels up), then -- where the patient
+    folder is known -- in the same patient's folder of sibling collections (``.../lidc-idri-small/LIDC-IDRI-0002`` also looks in
     ``.../lidc-idri/LIDC-IDRI-0002``).
     """
     if not image.sources:
@@ -184,11 +184,13 @@ def find_annotation_files(image: Image, search: Iterable[str | Path] = ()) -> li
         folders.append((d, False))
         if d == patient:
             break
-    top = patient or chain[-1]
-    if top.parent.parent.is_dir():
-        for sibling in sorted(top.parent.parent.iterdir()):
-            if sibling.is_dir() and sibling != top.parent and (sibling / top.name).is_dir():
-                folders.append((sibling / top.name, True))
+    if patient is not None and patient.parent.parent != patient.parent:
+        collections = patient.parent.parent
+        try:
+            siblings = sorted(d for d in collections.iterdir() if d.is_dir() and d != patient.parent)
+        except OSError:
+            siblings = []
+        folders.extend((d / patient.name, True) for d in siblings if (d / patient.name).is_dir())
     found: list[Path] = []
     seen: set[Path] = set()
     for folder, deep in folders:
