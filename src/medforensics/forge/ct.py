@@ -278,7 +278,10 @@ def noise_model(volume_hu: np.ndarray, slices: range | Sequence[int], center_ij:
     Patches (``patch`` pixels square, 24 for soft tissue, 12 for lung) are taken on a half-patch
     grid within ``window`` pixels of the centre (the whole slice when too few), kept when their
     lightly blurred values all lie in the tissue's band (:data:`TISSUE_BANDS`) and their spread
-    shows no edge; each is detrended by a plane before its power spectrum is taken.
+    shows no edge; each is detrended by a plane and tapered (Hann) before its power spectrum is
+    taken. The level of a slice is the median over the patches of 5 neighbouring slices of their
+    high-pass std (Gaussian of :data:`LEVEL_SIGMA` pixels: anatomy lives at low frequencies),
+    scaled to the full band with the share of the NPS that high-pass keeps.
     """
     if tissue not in TISSUE_BANDS:
         raise ValueError(f"tissue must be one of {', '.join(TISSUE_BANDS)}")
@@ -332,7 +335,9 @@ def noise_model(volume_hu: np.ndarray, slices: range | Sequence[int], center_ij:
                                max_patches=max_patches)
         raise MedForensicsError(None, f"too little homogeneous {tissue} tissue near the target to measure the noise")
     # Median of the patches' std: robust to the few patches a vessel or an edge still crosses.
-    ps = np.mean([np.abs(np.fft.fft2(d)) ** 2 for d in all_patches], axis=0)
+    win = np.outer(np.hanning(p + 2)[1:-1], np.hanning(p + 2)[1:-1])
+    win /= np.sqrt((win ** 2).mean())  # a taper against leakage, power kept
+    ps = np.mean([np.abs(np.fft.fft2(d * win)) ** 2 for d in all_patches], axis=0)
     ps[0, 0] = 0.25 * (ps[0, 1] + ps[1, 0] + ps[0, -1] + ps[-1, 0])  # detrending removed the mean: no hole at DC
     kernel = np.fft.fftshift(np.real(np.fft.ifft2(np.sqrt(ps))))
     kernel /= np.sqrt((kernel ** 2).sum())
