@@ -139,6 +139,12 @@ def test_lidc_annotations_of_0001(series: Image, lidc_series_dir: Path, lidc_nod
     assert n1.bbox_voxel[0] == 86 and n1.bbox_voxel[3] == 95
     assert 20.0 < n1.diameter_mm < 40.0
     assert n1.center_mm[2] == pytest.approx(series.meta["slice_positions"][k])
+    # the readers' outlines as a mask over the box: the tumour (soft tissue) is inside it
+    assert n1.mask.shape == tuple(n1.bbox_voxel[d + 3] - n1.bbox_voxel[d] for d in range(3))
+    b = n1.bbox_voxel
+    box = series.pixels[b[0]:b[3], b[1]:b[4], b[2]:b[5]]
+    assert 3.0 < n1.mask.sum() * np.prod(series.spacing) / 1000 < 20.0  # mL
+    assert np.median(box[n1.mask]) > -300 and np.median(box[~n1.mask]) < -600
     small = sorted((n.center_voxel for n in lidc_nodules[1:]))
     expected = [(66, 272, 403), (66, 317, 392), (76, 166, 188)]  # (z, y, x) of the point marks: -175, -175, -150 mm
     for got, want in zip(small, expected):
@@ -294,6 +300,14 @@ def test_remove_lidc_nodule(series: Image, lidc_nodules, removed) -> None:
     outside[_cube(f)] = False
     assert not changed[outside].any()
     cube = _cube(f)
+    # only the readers' outline and a 2.5 mm margin (+1 mm soft edge) are painted over: the chest
+    # wall and vessels beyond it are kept
+    assert f.params["region"] == "outline"
+    outline = np.zeros(series.pixels.shape, bool)
+    b = n.bbox_voxel
+    outline[b[0]:b[3], b[1]:b[4], b[2]:b[5]] = n.mask
+    dist = ndi.distance_transform_edt(~outline[cube], sampling=series.spacing)
+    assert dist[changed[cube]].max() < 3.5
     c = [s - cb.start for s, cb in zip(n.center_voxel, cube)]
     core = _ball(series.pixels[cube].shape, c, np.array(series.spacing), 0.3 * n.diameter_mm)
     before, after = float(series.pixels[cube][core].mean()), float(f.pixels[cube][core].mean())

@@ -484,25 +484,30 @@ def nodule_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequenc
 
 
 def removal_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequence[float], diameter_mm: float,
-                   *, margin_mm: float = 2.5) -> dict[str, Any]:
+                   *, region: np.ndarray | None = None, margin_mm: float = 2.5) -> dict[str, Any]:
     """The lung to paint over a nodule of ``diameter_mm`` at ``center`` (voxel, in the cube).
 
-    The region is an ellipsoid (a sphere in mm) of the nodule's radius plus ``margin_mm``, with a
-    soft 2 mm edge (``w``). Its content is in-painted from the surrounding ring by normalised
-    convolution of the blurred context, using only lung-like voxels of the ring (below -500 HU;
-    the whole ring where there are too few): smooth parenchyma, no vessels. Returns ``w`` (0..1),
-    ``fill``, ``sketch`` (``(1 - w) G(context) + w fill``), ``delta`` (``sketch - G(context)``),
-    ``replace`` (= ``w``) and ``mask``.
+    The nodule is ``region`` (bool, the cube's shape: e.g. the LIDC readers' outlines) or else a
+    sphere of ``diameter_mm``; what is painted over is the nodule plus ``margin_mm`` (in mm, so
+    about one slice across 2.5 mm slices), with a soft 2 mm edge (``w``). The content is
+    in-painted from the ring around it by normalised convolution of the blurred context, using
+    only lung-like voxels of the ring (below -500 HU; the whole ring where there are too few):
+    smooth parenchyma, no vessels; the chest wall next to a juxtapleural nodule stays where the
+    outline says it is. Returns ``w`` (0..1), ``fill``, ``sketch`` (``(1 - w) G(context) + w
+    fill``), ``delta`` (``sketch - G(context)``), ``replace`` (= ``w``) and ``mask``.
     """
     sp = np.asarray(spacing, dtype=float)
     ctx = np.asarray(context, dtype=np.float32)
     shape = ctx.shape
-    grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, center, sp)], indexing="ij")
-    r = np.sqrt(sum(g ** 2 for g in grids))
+    if region is not None and np.any(region):
+        dist = ndi.distance_transform_edt(~np.asarray(region, bool), sampling=sp)  # mm from the nodule
+    else:
+        grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, center, sp)], indexing="ij")
+        dist = np.maximum(np.sqrt(sum(g ** 2 for g in grids)) - diameter_mm / 2.0, 0.0)
     R = diameter_mm / 2.0 + margin_mm
-    w = np.clip((R + 1.0 - r) / 2.0, 0.0, 1.0).astype(np.float32)
+    w = np.clip((margin_mm + 1.0 - dist) / 2.0, 0.0, 1.0).astype(np.float32)
     low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest", truncate=3.0)
-    ring = (r > R + 1.0) & (r < R + 1.0 + max(4.0, 0.5 * diameter_mm))
+    ring = (dist > margin_mm + 1.0) & (dist < margin_mm + 1.0 + max(4.0, 0.5 * diameter_mm))
     src = ring & (low < -500.0)
     if src.sum() < 0.1 * ring.sum():
         src = ring
@@ -677,13 +682,36 @@ def inject(image: Image, *, center_voxel: Sequence[int] | None = None, center_mm
     return _finish(image, "inject", method, center, cube, bbox, context, parts, "soft", seed, params)
 
 
+def _nodule_region(nodule: Any, cube: tuple[slice, ...]) -> np.ndarray | None:
+    """The nodule's own outline (``nodule.mask`` over ``nodule.bbox_voxel``) in cube coordinates,
+    when it has one worth using (not a point mark)."""
+    m = getattr(nodule, "mask", None)
+    b = getattr(nodule, "bbox_voxel", None)
+    if m is None or b is None or getattr(nodule, "small", False) or not np.any(m):
+        return None
+    m = np.asarray(m, bool)
+    if m.shape != tuple(b[d + 3] - b[d] for d in range(3)):
+        return None
+    region = np.zeros(tuple(s.stop - s.start for s in cube), bool)
+    src, dst = [], []
+    for d, s in enumerate(cube):
+        lo, hi = max(b[d], s.start), min(b[d + 3], s.stop)
+        if hi <= lo:
+            return None
+        src.append(slice(lo - b[d], hi - b[d]))
+        dst.append(slice(lo - s.start, hi - s.start))
+    region[tuple(dst)] = m[tuple(src)]
+    return region if region.any() else None
+
+
 def remove(image: Image, *, center_voxel: Sequence[int] | None = None, center_mm: Sequence[float] | None = None,
            diameter_mm: float | None = None, nodule: Any = None, method: str = "classic", seed: int = 0) -> Forgery:
     """Remove a nodule from a CT series by painting lung over it.
 
     Give the nodule (a :class:`medforensics.forge.lidc.Nodule`, or anything with
     ``center_voxel`` and ``diameter_mm``) or its centre and diameter. The region painted over is
-    a sphere of the nodule's radius plus 2.5 mm; its content is in-painted from the surrounding
+    the nodule's outline (an LIDC nodule's ``mask``: the readers' outlines) or else a sphere of
+    its diameter, plus 2.5 mm; its content is in-painted from the surrounding
     lung (:func:`removal_sketch`) and rendered with lung texture and noise measured nearby
     (``classic``) or by the GAN (``gan``). Returns a :class:`Forgery` like :func:`inject`.
     """
@@ -705,8 +733,9 @@ def remove(image: Image, *, center_voxel: Sequence[int] | None = None, center_mm
     center = _resolve_center(image, center_voxel, center_mm)
     cube, bbox = cube_around(image, center, float(diameter_mm))
     context = image.pixels[cube].astype(np.float32)
-    parts = removal_sketch(context, _spacing(image), _local_center(center, cube), float(diameter_mm))
-    params: dict[str, Any] = {"diameter_mm": float(diameter_mm)}
+    region = _nodule_region(nodule, cube) if nodule is not None else None
+    parts = removal_sketch(context, _spacing(image), _local_center(center, cube), float(diameter_mm), region=region)
+    params: dict[str, Any] = {"diameter_mm": float(diameter_mm), "region": "outline" if region is not None else "sphere"}
     if nodule is not None and hasattr(nodule, "to_dict"):
         params["nodule"] = nodule.to_dict()
     return _finish(image, "remove", method, center, cube, bbox, context, parts, "lung", seed, params)

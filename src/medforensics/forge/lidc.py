@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import cv2
 import numpy as np
 
 from ..core import Image, MedForensicsError
@@ -86,6 +87,9 @@ class Nodule:
     bbox_voxel: tuple[int, int, int, int, int, int]
     small: bool = False
     readers: list[str] = field(default_factory=list)
+    #: bool over ``bbox_voxel``: the voxels inside any reader's outline (LIDC outlines are drawn
+    #: just outside the nodule); a point for nodules under 3 mm.
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def malignant(self) -> bool:
@@ -217,12 +221,14 @@ def _slice_index(image: Image) -> tuple[dict[str, int], np.ndarray]:
 
 
 def _mark_geometry(mark: ReaderMark, image: Image, sops: dict[str, int], zs: np.ndarray):
-    """(centre (k,i,j) float, diameter mm or None, bbox, all slices present?) of one mark."""
+    """(centre (k,i,j) float, diameter mm or None, bbox, all slices present?, outlines) of one
+    mark; ``outlines`` lists ``(k, points (x, y), inclusion)`` for the slices present."""
     sp_r, sp_c = float(image.spacing[1] or 1.0), float(image.spacing[2] or 1.0)
     tol = 0.5 * float(image.spacing[0] or 1.0)
     ks, weights, centres, diam = [], [], [], 0.0
     present = True
     rows, cols = [], []
+    outlines = []
     for roi in mark.rois:
         k = sops.get(roi.sop_uid)
         if k is None and np.isfinite(roi.z) and len(zs):
@@ -231,6 +237,7 @@ def _mark_geometry(mark: ReaderMark, image: Image, sops: dict[str, int], zs: np.
         if k is None:
             present = False
             continue
+        outlines.append((k, roi.points, roi.inclusion))
         if not roi.inclusion:
             continue
         pts = roi.points
@@ -246,12 +253,30 @@ def _mark_geometry(mark: ReaderMark, image: Image, sops: dict[str, int], zs: np.
         rows.extend(pts[:, 1])
         cols.extend(pts[:, 0])
     if not ks:
-        return None, None, None, present
+        return None, None, None, present, outlines
     w = np.array(weights)
     c = np.array(centres)
     center = (float(np.dot(w, ks) / w.sum()), float(np.dot(w, c[:, 1]) / w.sum()), float(np.dot(w, c[:, 0]) / w.sum()))
     bbox = (min(ks), int(min(rows)), int(min(cols)), max(ks) + 1, int(max(rows)) + 1, int(max(cols)) + 1)
-    return center, (diam if not mark.small and diam > 0 else None), bbox, present
+    return center, (diam if not mark.small and diam > 0 else None), bbox, present, outlines
+
+
+def _outline_mask(outlines: list, bbox: tuple[int, ...]) -> np.ndarray:
+    """The voxels one reader marked, over ``bbox``: filled outlines less the excluded ones."""
+    shape = tuple(b - a for a, b in zip(bbox[:3], bbox[3:]))
+    mask = np.zeros(shape, np.uint8)
+    for inclusion in (True, False):
+        for k, pts, inc in outlines:
+            if inc != inclusion or not (bbox[0] <= k < bbox[3]):
+                continue
+            xy = np.round(pts - [bbox[2], bbox[1]]).astype(np.int32).reshape(-1, 1, 2)
+            sl = np.ascontiguousarray(mask[k - bbox[0]])
+            if len(pts) >= 3:
+                cv2.fillPoly(sl, [xy], 1 if inclusion else 0)
+            if inclusion:
+                cv2.polylines(sl, [xy], True, 1, 1)
+            mask[k - bbox[0]] = sl
+    return mask.astype(bool)
 
 
 def nodules_for(image: Image, xml_path: str | Path | None = None, *, search: Iterable[str | Path] = ()) -> list[Nodule]:
@@ -273,7 +298,7 @@ def nodules_for(image: Image, xml_path: str | Path | None = None, *, search: Ite
     geo = [_mark_geometry(m, image, sops, zs) for m in marks]
     # Cluster in mm (slice axis from the XML z so that marks on absent slices still join their lesion).
     pos = []
-    for m, (c, _, _, _) in zip(marks, geo):
+    for m, (c, _, _, _, _) in zip(marks, geo):
         z = np.mean([r.z for r in m.rois if r.inclusion] or [r.z for r in m.rois])
         pts = np.concatenate([r.points for r in m.rois if r.inclusion] or [r.points for r in m.rois])
         pos.append(np.array([z, pts[:, 1].mean() * sp[1], pts[:, 0].mean() * sp[2]]))
@@ -306,11 +331,14 @@ def nodules_for(image: Image, xml_path: str | Path | None = None, *, search: Ite
         mal = [marks[a].malignancy for a in members if marks[a].malignancy is not None]
         boxes = np.array([geo[a][2] for a in members])
         bbox = tuple(int(v) for v in (*boxes[:, :3].min(axis=0), *boxes[:, 3:].max(axis=0)))
+        outline = np.zeros(tuple(b - a for a, b in zip(bbox[:3], bbox[3:])), bool)
+        for a in members:  # the union of the readers' outlines: everything any reader called nodule
+            outline |= _outline_mask(geo[a][4], bbox)
         found.append(Nodule(id=0, center_voxel=center, center_mm=image.voxel_to_mm(center),
                             diameter_mm=float(np.mean(diams)) if diams else SMALL_NODULE_MM,
                             malignancy=float(np.mean(mal)) if mal else None,
                             n_readers=len({marks[a].reader for a in members}), bbox_voxel=bbox, small=small,
-                            readers=sorted({marks[a].reader for a in members})))
+                            readers=sorted({marks[a].reader for a in members}), mask=outline))
     found.sort(key=lambda n: (-n.diameter_mm, -n.n_readers, n.center_voxel))
     for i, n in enumerate(found, 1):
         n.id = i
