@@ -175,6 +175,15 @@ def test_read_annotations_rejects_other_xml(tmp_path: Path) -> None:
     (tmp_path / "broken.xml").write_text("<root>")
     with pytest.raises(MedForensicsError):
         read_annotations(tmp_path / "broken.xml")
+    bad = ('<LidcReadMessage xmlns="http://www.nih.gov"><readingSession><unblindedReadNodule><noduleID>N</noduleID>'
+           '<roi><imageZposition>-1</imageZposition><edgeMap><xCoord>x</xCoord><yCoord>2</yCoord></edgeMap></roi>'
+           '</unblindedReadNodule></readingSession></LidcReadMessage>')
+    (tmp_path / "bad.xml").write_text(bad)
+    with pytest.raises(MedForensicsError, match="not a number"):
+        read_annotations(tmp_path / "bad.xml")
+    (tmp_path / "good.xml").write_text(bad.replace("<xCoord>x</xCoord>", "<xCoord>7</xCoord>"))
+    (mark,) = read_annotations(tmp_path / "good.xml")
+    assert mark.small and mark.rois[0].points.tolist() == [[7.0, 2.0]] and mark.malignancy is None
 
 
 # ---------------------------------------------------------------------------------------------

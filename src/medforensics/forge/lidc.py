@@ -144,8 +144,13 @@ def read_annotations(xml_path: str | Path) -> list[ReaderMark]:
                     z = float(_text(roi, "imageZposition") or "nan")
                 except ValueError:
                     z = float("nan")
-                pts = [(int(float(_text(e, "xCoord"))), int(float(_text(e, "yCoord"))))
-                       for e in roi.findall(NS + "edgeMap") if _text(e, "xCoord") and _text(e, "yCoord")]
+                pts = []
+                for e in roi.findall(NS + "edgeMap"):
+                    try:
+                        pts.append((int(float(_text(e, "xCoord") or "")), int(float(_text(e, "yCoord") or ""))))
+                    except ValueError:
+                        raise MedForensicsError(xml_path, f"edgeMap with a coordinate that is not a number in "
+                                                          f"{_text(nod, 'noduleID') or 'a nodule'}") from None
                 if not pts:
                     continue
                 rois.append(Roi(z=z, sop_uid=_text(roi, "imageSOP_UID") or "",
