@@ -265,7 +265,7 @@ def radial_nps(noise: np.ndarray, bins: int = 8) -> np.ndarray:
     return out / max(out.sum(), 1e-12)
 
 
-def _detrend(patch: np.ndarray, yy: np.ndarray, xx: np.ndarray, design: np.ndarray) -> np.ndarray:
+def _detrend(patch: np.ndarray, design: np.ndarray) -> np.ndarray:
     coef, *_ = np.linalg.lstsq(design, patch.ravel(), rcond=None)
     return patch - (design @ coef).reshape(patch.shape)
 
@@ -317,7 +317,7 @@ def noise_model(volume_hu: np.ndarray, slices: range | Sequence[int], center_ij:
                     pt = sub[a - half:a - half + p, b - half:b - half + p]
                     if pt.shape != (p, p):
                         continue
-                    d = _detrend(pt.astype(float), yy, xx, design)
+                    d = _detrend(pt.astype(float), design)
                     found.append((float(np.hypot(i0 + a - ci, j0 + b - cj)), d))
             if len(found) >= 6:
                 break
@@ -546,7 +546,7 @@ def render_classic(context: np.ndarray, delta: np.ndarray, replace: np.ndarray, 
     return out.astype(np.float32)
 
 
-def _render_gan(image: Image, context: np.ndarray, mask: np.ndarray, sketch: np.ndarray, seed: int) -> np.ndarray:
+def _render_gan(context: np.ndarray, mask: np.ndarray, sketch: np.ndarray, seed: int) -> np.ndarray:
     try:
         from . import gan  # noqa: PLC0415 - optional, written separately
     except ImportError as e:
@@ -620,7 +620,7 @@ def _finish(image: Image, kind: str, method: str, center: tuple[int, int, int], 
         params["noise"] = {"tissue": nm.tissue, "sigma_hu": [round(float(s), 2) for s in nm.sigma], "n_patches": nm.n_patches}
     elif method == "gan":
         gen_mask = ndi.binary_dilation(parts["mask"], iterations=1)
-        rendered = _render_gan(image, context, gen_mask, parts["sketch"], seed)
+        rendered = _render_gan(context, gen_mask, parts["sketch"], seed)
     else:
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
     # only the cube is pasted back: every change lies inside the reported cube
