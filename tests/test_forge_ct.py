@@ -394,6 +394,21 @@ def test_gan_method_uses_forge_gan_render(series: Image, site, monkeypatch) -> N
         ct.inject(series, center_voxel=site, method="gan")
 
 
+def test_gan_method_with_the_shipped_model(small: Image) -> None:
+    gan = pytest.importorskip("medforensics.forge.gan", reason="the GAN renderer (forge/gan.py) is not installed")
+    if not hasattr(gan, "default_model_path") or not gan.default_model_path(3).exists():
+        pytest.skip("no trained 3D in-painting checkpoint shipped yet: method='gan' end-to-end not run")
+    f = ct.inject(small, center_voxel=(5, 300, 150), diameter_mm=10.0, nodule_type="solid", method="gan", seed=1)
+    changed = f.pixels != small.pixels
+    assert np.array_equal(changed, f.mask.astype(bool)) and changed.sum() > 50
+    outside = np.ones(small.pixels.shape, bool)
+    outside[_cube(f)] = False
+    assert not changed[outside].any()
+    assert f.pixels[5, 298:303, 148:153].mean() > -300  # a dense nodule where there was lung
+    cube = f.pixels[_cube(f)]
+    assert np.array_equal(cube, np.round(cube)) and cube.min() >= small.pixels[_cube(f)].min()
+
+
 # ---------------------------------------------------------------------------------------------
 # writing: pydicom, DCMTK, headers and UIDs
 

@@ -491,9 +491,9 @@ def removal_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequen
     sphere of ``diameter_mm``; what is painted over is the nodule plus ``margin_mm`` (in mm, so
     about one slice across 2.5 mm slices), with a soft 2 mm edge (``w``). The content is
     in-painted from the ring around it by normalised convolution of the blurred context, using
-    only lung-like voxels of the ring (below -500 HU; the whole ring where there are too few):
-    smooth parenchyma, no vessels; the chest wall next to a juxtapleural nodule stays where the
-    outline says it is. Returns ``w`` (0..1), ``fill``, ``sketch`` (``(1 - w) G(context) + w
+    only lung-like voxels of the ring (below -600 HU after the blur; the whole ring where there
+    are too few): smooth parenchyma, no vessels; the chest wall next to a juxtapleural nodule
+    stays where the outline says it is. Returns ``w`` (0..1), ``fill``, ``sketch`` (``(1 - w) G(context) + w
     fill``), ``delta`` (``sketch - G(context)``), ``replace`` (= ``w``) and ``mask``.
     """
     sp = np.asarray(spacing, dtype=float)
@@ -508,7 +508,7 @@ def removal_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequen
     w = np.clip((margin_mm + 1.0 - dist) / 2.0, 0.0, 1.0).astype(np.float32)
     low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest", truncate=3.0)
     ring = (dist > margin_mm + 1.0) & (dist < margin_mm + 1.0 + max(4.0, 0.5 * diameter_mm))
-    src = ring & (low < -500.0)
+    src = ring & (low < -600.0)
     if src.sum() < 0.1 * ring.sum():
         src = ring
     sig = np.maximum(0.5 * R / sp, 0.5)
@@ -567,10 +567,12 @@ def _render_gan(context: np.ndarray, mask: np.ndarray, sketch: np.ndarray, seed:
 
 
 def _paste(image: Image, cube: tuple[slice, ...], rendered: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Round ``rendered`` to the stored grid, keep it in each slice's stored range, change only
-    ``allowed`` voxels; return the full edited volume and the change mask."""
+    """Round ``rendered`` to the stored grid, keep it in each slice's value range and no darker
+    than the cube's darkest voxel, change only ``allowed`` voxels; return the full edited volume
+    and the change mask."""
     orig = image.pixels[cube]
-    vals = rendered.astype(np.float64)
+    # nothing painted is darker than the darkest voxel already there (a renderer may overshoot)
+    vals = np.maximum(rendered.astype(np.float64), float(orig.min()))
     k0 = cube[0].start
     for dk in range(vals.shape[0]):
         k = k0 + dk
