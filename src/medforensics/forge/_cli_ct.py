@@ -69,6 +69,8 @@ def _load_series(path: Path):
 def _outputs(series_dir: Path, out: Path) -> tuple[Path, Path, Path]:
     from ..cli import new_output
 
+    if not out.name or out.name in (".", ".."):
+        out = out.resolve()
     gt = out.with_name(out.name + ".groundtruth.json")
     mask = out.with_name(out.name + ".mask.npz")
     src = series_dir.resolve()
