@@ -71,6 +71,8 @@ def _outputs(series_dir: Path, out: Path) -> tuple[Path, Path, Path]:
 
     if not out.name or out.name in (".", ".."):
         out = out.resolve()
+    if not out.name:
+        raise _usage(f"{out}: choose a new folder for the forged series")
     gt = out.with_name(out.name + ".groundtruth.json")
     mask = out.with_name(out.name + ".mask.npz")
     src = series_dir.resolve()
