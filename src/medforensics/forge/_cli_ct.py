@@ -133,6 +133,7 @@ def inject_cmd(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
     """Inject a lung nodule into a CT series (CT-GAN style): write the new series, mask and ground truth."""
+    from ..core import MedForensicsError
     from .ct import NODULE_TYPES, inject
 
     if center and center_mm:
@@ -146,8 +147,11 @@ def inject_cmd(
     cm = _numbers(center_mm, "--center-mm", "x,y,z", False)
     out, gt, mask = _outputs(series_dir, out)
     image = _load_series(series_dir)
-    forgery = inject(image, center_voxel=cv, center_mm=cm, diameter_mm=diameter, nodule_type=nodule_type,
-                     method=method, seed=seed)
+    try:
+        forgery = inject(image, center_voxel=cv, center_mm=cm, diameter_mm=diameter, nodule_type=nodule_type,
+                         method=method, seed=seed)
+    except ValueError as e:
+        raise MedForensicsError(series_dir, str(e)) from None
     files = _write(image, forgery, out, gt, mask, careless, {})
     _report(f"injected a {diameter:g} mm {nodule_type} nodule ({method})", forgery, out, gt, mask, len(files))
 
@@ -186,8 +190,8 @@ def remove_cmd(
         raise _usage("say what to remove: --nodule ID (see --list) or --center k,i,j --diameter MM")
     if (center or center_mm) and diameter is None:
         raise _usage("--diameter is needed with --center or --center-mm")
-    if diameter is not None and not 1.0 <= diameter <= 60.0:
-        raise _usage(f"--diameter must be between 1 and 60 mm, got {diameter:g}")
+    if diameter is not None and not 1.0 <= diameter <= 100.0:
+        raise _usage(f"--diameter must be between 1 and 100 mm, got {diameter:g}")
     cv = _numbers(center, "--center", "k,i,j", True)
     cm = _numbers(center_mm, "--center-mm", "x,y,z", False)
     out, gt, mask = _outputs(series_dir, out)
@@ -201,7 +205,11 @@ def remove_cmd(
         nodule = next((n for n in nodules if n.id == nodule_id), None)
         if nodule is None:
             raise _usage(f"no nodule {nodule_id}; this series has nodules {', '.join(str(n.id) for n in nodules)} (see --list)")
-    forgery = remove(image, nodule=nodule, center_voxel=cv, center_mm=cm, diameter_mm=diameter, method=method, seed=seed)
+    try:
+        forgery = remove(image, nodule=nodule, center_voxel=cv, center_mm=cm, diameter_mm=diameter, method=method,
+                         seed=seed)
+    except ValueError as e:
+        raise MedForensicsError(series_dir, str(e)) from None
     files = _write(image, forgery, out, gt, mask, careless, extra)
     what = f"nodule {nodule.id} ({nodule.diameter_mm:.1f} mm)" if nodule else f"a {forgery.params['diameter_mm']:g} mm region"
     _report(f"removed {what} ({method})", forgery, out, gt, mask, len(files))

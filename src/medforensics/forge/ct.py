@@ -730,8 +730,8 @@ def remove(image: Image, *, center_voxel: Sequence[int] | None = None, center_mm
         raise ValueError("remove needs a nodule or its centre (center_voxel or center_mm)")
     if diameter_mm is None:
         raise ValueError("remove needs the nodule's diameter (diameter_mm)")
-    if not (1.0 <= float(diameter_mm) <= 60.0):
-        raise ValueError("diameter_mm must be between 1 and 60")
+    if not (1.0 <= float(diameter_mm) <= 100.0):
+        raise ValueError("diameter_mm must be between 1 and 100")
     center = _resolve_center(image, center_voxel, center_mm)
     cube, bbox = cube_around(image, center, float(diameter_mm))
     context = image.pixels[cube].astype(np.float32)
