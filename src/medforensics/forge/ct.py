@@ -14,13 +14,14 @@ The attack of Mirsky et al. (CT-GAN, USENIX Security 2019), step by step:
 4. **render** the sketch with texture and noise (``method="classic"``: noise synthesised with
    the noise level and noise power spectrum measured around the target, :func:`noise_model`;
    ``method="gan"``: :func:`medforensics.forge.gan.render`);
-5. **paste** it back: the change fades out with the nodule's own partial-volume edge, values
-   are rounded to the stored grid and kept within each slice's stored range, and every changed
-   voxel lies inside the reported cube.
+5. **paste** it back: the change fades out with the nodule's own partial-volume edge (the
+   removal's soft edge), values are rounded to the stored grid and kept within each slice's
+   stored range, and every changed voxel lies inside the reported cube.
 
 **The sketch**, exactly: for an injection, ``sketch = G(context + delta)`` and for a removal
 ``sketch = (1 - w) * G(context) + w * fill``, where ``G`` is a Gaussian blur of sigma
-:data:`SKETCH_SIGMA` voxels (0.5 across slices, 1 in-plane), ``delta`` the nodule's HU change
+:data:`SKETCH_SIGMA` voxels (0.5 across slices, 1 in-plane; truncated at 3 sigma, edges
+extended: ``medforensics.forge.gan.lowpass``), ``delta`` the nodule's HU change
 before any noise, ``w`` the removal weight and ``fill`` the smooth lung in-painted from the
 surroundings. In words: *what a Gaussian blur (sigma 1 voxel in-plane, 0.5 across slices) of
 the final content should look like*. A renderer (the classical one here, or a GAN trained on
@@ -32,6 +33,7 @@ the mask, with the texture and noise of real tissue.
 >>> image = load("LIDC-IDRI-0001/")[0]                                    # doctest: +SKIP
 >>> fake = ct.inject(image, diameter_mm=12, nodule_type="part-solid", seed=3)  # doctest: +SKIP
 >>> fake.center_voxel, fake.bbox_voxel, int(fake.mask.sum())              # doctest: +SKIP
+((87, 318, 334), (80, 295, 311, 95, 342, 358), 1481)
 """
 from __future__ import annotations
 
