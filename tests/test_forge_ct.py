@@ -394,6 +394,16 @@ def test_gan_method_uses_forge_gan_render(series: Image, site, monkeypatch) -> N
         ct.inject(series, center_voxel=site, method="gan")
 
 
+def test_sketch_is_the_gan_lowpass_of_the_content(small: Image) -> None:
+    gan = pytest.importorskip("medforensics.forge.gan", reason="the GAN renderer (forge/gan.py) is not installed")
+    cube = small.pixels[0:11, 270:330, 120:180]
+    parts = ct.nodule_sketch(cube, small.spacing, (5, 30, 30), 12.0, "part-solid", 4)
+    assert np.allclose(parts["sketch"], gan.lowpass(cube + parts["delta"]), atol=1e-2)
+    gone = ct.removal_sketch(cube, small.spacing, (5, 30, 30), 12.0)
+    w = gone["w"]
+    assert np.allclose(gone["sketch"], (1 - w) * gan.lowpass(cube) + w * gone["fill"], atol=1e-2)
+
+
 def test_gan_method_with_the_shipped_model(small: Image) -> None:
     gan = pytest.importorskip("medforensics.forge.gan", reason="the GAN renderer (forge/gan.py) is not installed")
     if not hasattr(gan, "default_model_path") or not gan.default_model_path(3).exists():
