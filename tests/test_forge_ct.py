@@ -116,6 +116,56 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "medforensics", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+def _phantom(seed: int = 0) -> Image:
+    """A small chest phantom (no real data needed): air, a soft-tissue body, two lungs, a
+    vessel, a vertebra, correlated noise of 15 HU; 2.5 mm slices of 0.7 mm pixels."""
+    rng = np.random.default_rng(seed)
+    n, h, w = 24, 160, 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    body = ((yy - 80) / 70.0) ** 2 + ((xx - 80) / 76.0) ** 2 < 1
+    lungs = (((yy - 78) / 46.0) ** 2 + ((xx - 48) / 26.0) ** 2 < 1) | (((yy - 78) / 46.0) ** 2 + ((xx - 112) / 26.0) ** 2 < 1)
+    sl = np.where(body, 40.0, -1000.0)
+    sl = np.where(lungs, -860.0, sl)
+    vessel = (np.abs(xx - 40) < 2) & lungs
+    sl = np.where(vessel, 30.0, sl)
+    sl = np.where((yy - 144) ** 2 + (xx - 80) ** 2 < 16, 700.0, sl)  # a vertebra
+    noise = ndi.gaussian_filter(rng.standard_normal((n, h, w)), (0, 0.8, 0.8))
+    vol = np.round(sl[None] + 15.0 * noise / noise.std())
+    affine = np.array([[0, 0, 0.7, -56.0], [0, 0.7, 0, -56.0], [2.5, 0, 0, -30.0], [0, 0, 0, 1.0]])
+    return Image.from_array(vol, modality="CT", spacing=(2.5, 0.7, 0.7), affine=affine, name="phantom")
+
+
+def test_inject_and_remove_on_a_phantom() -> None:
+    image = _phantom()
+    site = ct.choose_location(image, 12.0, 1)
+    assert image.pixels[site] < -700  # in a lung, off the vessel
+    f = ct.inject(image, center_voxel=site, diameter_mm=12.0, nodule_type="solid", seed=1)
+    changed = f.pixels != image.pixels
+    outside = np.ones(image.pixels.shape, bool)
+    outside[_cube(f)] = False
+    assert changed.sum() > 50 and not changed[outside].any() and np.array_equal(changed, f.mask > 0)
+    k, i, j = site
+    assert -60 < f.pixels[k, i - 1:i + 2, j - 1:j + 2].mean() < 160
+    g = ct.remove(f_image := Image.from_array(f.pixels, modality="CT", spacing=image.spacing, affine=image.affine),
+                  center_voxel=site, diameter_mm=12.0, seed=2)
+    assert g.kind == "remove" and g.params["region"] == "sphere"
+    assert g.pixels[k, i - 1:i + 2, j - 1:j + 2].mean() < -700 < f_image.pixels[k, i - 1:i + 2, j - 1:j + 2].mean() + 800
+
+
+def test_noise_model_recovers_known_noise() -> None:
+    image = _phantom(3)  # noise: 15 HU std, white noise blurred by a Gaussian of 0.8 pixels
+    nm = ct.noise_model(image.pixels, range(8, 16), (78, 80), tissue="soft")
+    assert nm.n_patches >= 20
+    assert np.all(np.abs(nm.sigma / 15.0 - 1.0) < 0.15), nm.sigma
+    truth = ndi.gaussian_filter(np.random.default_rng(9).standard_normal((64, 96, 96)), (0, 0.8, 0.8))
+    synth = nm.synthesize((64, 96, 96), np.random.default_rng(10))
+    assert abs(synth.std() / float(np.mean(nm.sigma)) - 1.0) < 0.05
+    centroid = [_nps_centroid(x, np.ones(x.shape, bool), p=16) for x in (synth, truth)]
+    assert abs(centroid[0] / centroid[1] - 1.0) < 0.15, centroid
+    with pytest.raises(MedForensicsError, match="lung"):
+        ct.noise_model(np.full((3, 64, 64), 40.0), range(3), (32, 32), tissue="lung")
+
+
 # ---------------------------------------------------------------------------------------------
 # LIDC-IDRI annotations
 
