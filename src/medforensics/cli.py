@@ -239,11 +239,15 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback without --debug
-        import click
-        if isinstance(e, click.exceptions.ClickException):
+        try:
+            from click.exceptions import Abort, ClickException
+        except ImportError:  # typer >= 0.2x vendors click instead of depending on it
+            from typer import Abort
+            from typer._click.exceptions import ClickException
+        if isinstance(e, ClickException):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, Abort):
             sys.exit(1)
         if debug:
             raise
