@@ -38,6 +38,7 @@ the mask, with the texture and noise of real tissue.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -170,6 +171,30 @@ def lung_mask(volume_hu: np.ndarray, *, spacing: Sequence[float] | None = None, 
     return out
 
 
+_LUNG_MAPS: list[tuple[Any, tuple]] = []  # (weak reference to the pixels, lung map): the last few volumes
+
+
+def _lung_map(image: Image) -> tuple:
+    """Lung mask and distance to its edge (mm) on a ~2.5 mm in-plane grid, computed once per
+    pixel array (many nodules are often placed in one series)."""
+    for ref, found in _LUNG_MAPS:
+        if ref() is image.pixels:
+            return found
+    sp = _spacing(image)
+    step = max(1, int(round(2.5 / sp[1])))
+    vol = image.pixels[:, ::step, ::step]
+    sp_d = np.array([sp[0], sp[1] * step, sp[2] * step])
+    lung = lung_mask(vol, spacing=sp_d)
+    dist = ndi.distance_transform_edt(lung, sampling=sp_d) if lung.any() else np.zeros(lung.shape)
+    found = (step, vol, sp_d, lung, dist)
+    try:
+        _LUNG_MAPS.insert(0, (weakref.ref(image.pixels), found))
+        del _LUNG_MAPS[2:]
+    except TypeError:  # an array type without weak references: no caching
+        pass
+    return found
+
+
 def choose_location(image: Image, diameter_mm: float = 10.0, rng: np.random.Generator | int | None = None) -> tuple[int, int, int]:
     """A voxel ``(k, i, j)`` in the lung parenchyma where a nodule of ``diameter_mm`` fits.
 
@@ -184,14 +209,10 @@ def choose_location(image: Image, diameter_mm: float = 10.0, rng: np.random.Gene
     _check_ct(image)
     rng = np.random.default_rng(rng)
     sp = _spacing(image)
-    step = max(1, int(round(2.5 / sp[1])))  # work on a ~2.5 mm in-plane grid
-    vol = image.pixels[:, ::step, ::step]
-    sp_d = np.array([sp[0], sp[1] * step, sp[2] * step])
-    lung = lung_mask(vol, spacing=sp_d)
+    step, vol, sp_d, lung, dist = _lung_map(image)
     if not lung.any():
         raise MedForensicsError(image.path, "no lung parenchyma found (is this a chest CT?)")
     r = diameter_mm / 2.0
-    dist = ndi.distance_transform_edt(lung, sampling=sp_d)
     reach = np.maximum(np.ceil((r + 2.0) / sp_d).astype(int), 1)
     size = tuple(int(2 * v + 1) for v in reach)
     local_max = ndi.maximum_filter(vol, size=size, mode="nearest")
