@@ -111,12 +111,24 @@ def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return int(e.value.code or 0), got.out, got.err
 
 
+def _adjacent_correlation(residuals: list, masks: list) -> float:
+    """Correlation of the residual at (k, i, j) with (k + 1, i, j), pooled over ``masks`` (True where
+    both voxels count; the last slice is ignored)."""
+    a, b = [], []
+    for r, m in zip(residuals, masks):
+        m = m.copy()
+        m[-1] = False
+        a.append(r[m])
+        b.append(np.roll(r, -1, axis=0)[m])
+    return float(np.corrcoef(np.concatenate(a), np.concatenate(b))[0, 1])
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200")
     return subprocess.run([sys.executable, "-m", "medforensics", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
-def _phantom(seed: int = 0) -> Image:
+def _phantom(seed: int = 0, z_sigma: float = 0.0) -> Image:
     """A small chest phantom (no real data needed): air, a soft-tissue body, two lungs, a
     vessel, a vertebra, correlated noise of 15 HU; 2.5 mm slices of 0.7 mm pixels."""
     rng = np.random.default_rng(seed)
@@ -129,7 +141,7 @@ def _phantom(seed: int = 0) -> Image:
     vessel = (np.abs(xx - 40) < 2) & lungs
     sl = np.where(vessel, 30.0, sl)
     sl = np.where((yy - 144) ** 2 + (xx - 80) ** 2 < 16, 700.0, sl)  # a vertebra
-    noise = ndi.gaussian_filter(rng.standard_normal((n, h, w)), (0, 0.8, 0.8))
+    noise = ndi.gaussian_filter(rng.standard_normal((n, h, w)), (z_sigma, 0.8, 0.8))
     vol = np.round(sl[None] + 15.0 * noise / noise.std())
     affine = np.array([[0, 0, 0.7, -56.0], [0, 0.7, 0, -56.0], [2.5, 0, 0, -30.0], [0, 0, 0, 1.0]])
     return Image.from_array(vol, modality="CT", spacing=(2.5, 0.7, 0.7), affine=affine, name="phantom")
@@ -162,8 +174,18 @@ def test_noise_model_recovers_known_noise() -> None:
     assert abs(synth.std() / float(np.mean(nm.sigma)) - 1.0) < 0.05
     centroid = [_nps_centroid(x, np.ones(x.shape, bool), p=16) for x in (synth, truth)]
     assert abs(centroid[0] / centroid[1] - 1.0) < 0.15, centroid
+    assert nm.rho < 0.1  # independent slices
     with pytest.raises(MedForensicsError, match="lung"):
         ct.noise_model(np.full((3, 64, 64), 40.0), range(3), (32, 32), tissue="lung")
+    # slices that share noise (overlapping reconstructions): the correlation is measured and made
+    corr = _phantom(4, z_sigma=0.7)
+    nm = ct.noise_model(corr.pixels, range(8, 16), (78, 80), tissue="soft")
+    field = ndi.gaussian_filter(np.random.default_rng(11).standard_normal((16, 96, 96)), (0.7, 0.8, 0.8))
+    ones = [np.ones(field.shape, bool)]
+    truth_rho = _adjacent_correlation([_residual(field)], ones)
+    synth = nm.synthesize((16, 96, 96), np.random.default_rng(12))
+    assert truth_rho > 0.3 and abs(nm.rho - truth_rho) < 0.1, (nm.rho, truth_rho)
+    assert abs(_adjacent_correlation([_residual(synth)], ones) - truth_rho) < 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +334,7 @@ def test_nodule_types_differ_in_hu(series: Image, injected, site) -> None:
 def test_injected_noise_matches_real_tissue(series: Image, lidc_nodules) -> None:
     # Two 20 mm solid nodules at chosen places; noise = robust spread of the high-pass residual in
     # the middle of the nodule (a 6 mm ball on the three central slices), pooled over both.
-    res_inj, inside_all, soft = [], [], []
+    res_inj, inside_all, soft, soft_res, soft_masks = [], [], [], [], []
     for seed in (1, 2):
         f = ct.inject(series, diameter_mm=20.0, nodule_type="solid", seed=seed)
         cube = _cube(f)
@@ -328,6 +350,8 @@ def test_injected_noise_matches_real_tissue(series: Image, lidc_nodules) -> None
         sd = np.sqrt(ndi.uniform_filter((v - low) ** 2, (1, 9, 9)))
         smask = ndi.binary_erosion((low > 0) & (low < 100) & (sd < 40), IN_PLANE, iterations=4)
         soft.append(_residual(v)[smask])
+        soft_res.append(_residual(v))
+        soft_masks.append(smask)
     noise_inj = _mad(np.concatenate([r[m] for r, m in zip(res_inj, inside_all)]))
     noise_soft = _mad(np.concatenate(soft))
     # reference 2: the real solid tumour of this patient (LIDC nodule 1)
@@ -343,6 +367,10 @@ def test_injected_noise_matches_real_tissue(series: Image, lidc_nodules) -> None
     c_inj = np.mean([_nps_centroid(r, m) for r, m in zip(res_inj, inside_all)])
     c_real = _nps_centroid(r_real, rmask)
     assert abs(c_inj / c_real - 1.0) < 0.25, (c_inj, c_real)
+    # and across slices: adjacent slices' texture is as correlated as in real soft tissue (~0.4)
+    corr_inj = _adjacent_correlation(res_inj, [m & np.roll(m, -1, axis=0) for m in inside_all])
+    corr_soft = _adjacent_correlation(soft_res, [m & np.roll(m, -1, axis=0) for m in soft_masks])
+    assert 0.2 < corr_soft < 0.7 and abs(corr_inj - corr_soft) < 0.15, (corr_inj, corr_soft)
 
 
 # ---------------------------------------------------------------------------------------------

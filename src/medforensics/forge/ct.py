@@ -248,22 +248,30 @@ class NoiseModel:
     """Noise measured in homogeneous patches of one tissue around a target.
 
     ``sigma`` is the noise std (HU) per slice of the cube; ``kernel`` a 2D filter with unit
-    energy (white noise filtered by it has unit variance and the measured NPS shape);
-    ``n_patches`` how many patches it rests on.
+    energy (white noise filtered by it has unit variance and the measured NPS shape); ``rho``
+    the correlation of the high-pass texture between adjacent slices (overlapping slices,
+    tissue continuity); ``n_patches`` how many patches it rests on.
     """
 
     sigma: np.ndarray
     kernel: np.ndarray
     n_patches: int
     tissue: str
+    rho: float = 0.0
 
     def synthesize(self, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-        """Noise of ``shape`` (slices, rows, cols): independent per slice, NPS and level as measured."""
+        """Noise of ``shape`` (slices, rows, cols) with the measured NPS in-plane, level per slice and
+        correlation ``rho`` between adjacent slices (an AR(1) process along the slices)."""
         p = self.kernel.shape[0]
         out = np.empty(shape, np.float32)
+        prev = None
         for k in range(shape[0]):
             white = rng.standard_normal((shape[1] + p - 1, shape[2] + p - 1))
-            out[k] = self.sigma[min(k, len(self.sigma) - 1)] * fftconvolve(white, self.kernel, mode="valid")
+            field = fftconvolve(white, self.kernel, mode="valid")
+            if prev is not None and self.rho > 0:
+                field = self.rho * prev + math.sqrt(1.0 - self.rho ** 2) * field
+            prev = field
+            out[k] = self.sigma[min(k, len(self.sigma) - 1)] * field
         return out
 
     @property
@@ -379,7 +387,38 @@ def noise_model(volume_hu: np.ndarray, slices: range | Sequence[int], center_ij:
         near = [v for lst in levels[max(0, k - 2):k + 3] for v in lst]
         sigma.append(float(np.median(near)) / share if len(near) >= 8 else pooled)
     sigma = np.array(sigma)
-    return NoiseModel(sigma=sigma.astype(np.float32), kernel=kernel.astype(np.float32), n_patches=len(all_patches), tissue=tissue)
+    rho = _slice_correlation(volume_hu, slices, (ci, cj), tissue, window)
+    return NoiseModel(sigma=sigma.astype(np.float32), kernel=kernel.astype(np.float32), n_patches=len(all_patches),
+                      tissue=tissue, rho=rho)
+
+
+def _slice_correlation(volume_hu: np.ndarray, slices: Sequence[int], center_ij: tuple[int, int], tissue: str,
+                       window: int) -> float:
+    """Median correlation of the high-pass texture of adjacent slices over homogeneous ``tissue``
+    near the centre (0 when it cannot be measured), clipped to [0, 0.9]."""
+    lo, hi = TISSUE_BANDS[tissue]
+    n, h, w = volume_hu.shape
+    ci, cj = center_ij
+    i0, i1, j0, j1 = max(0, ci - window), min(h, ci + window), max(0, cj - window), min(w, cj + window)
+    kern = np.ones((9, 9), np.uint8)
+    found = []
+    for k in slices:
+        if k + 1 >= n or k + 1 not in slices:
+            continue
+        a = volume_hu[k, i0:i1, j0:j1].astype(np.float32)
+        b = volume_hu[k + 1, i0:i1, j0:j1].astype(np.float32)
+        ok = np.ones(a.shape, bool)
+        for x in (a, b):
+            blur = cv2.blur(x, (5, 5))
+            ok &= (blur > lo) & (blur < hi) & (cv2.dilate(blur, kern) - cv2.erode(blur, kern) < MAX_SPREAD[tissue])
+        ok = cv2.erode(ok.astype(np.uint8), kern).astype(bool)
+        if ok.sum() < 400:
+            continue
+        ra = (a - cv2.GaussianBlur(a, (0, 0), LEVEL_SIGMA))[ok]
+        rb = (b - cv2.GaussianBlur(b, (0, 0), LEVEL_SIGMA))[ok]
+        if ra.std() > 0 and rb.std() > 0:
+            found.append(float(np.corrcoef(ra, rb)[0, 1]))
+    return float(np.clip(np.median(found), 0.0, 0.9)) if found else 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,7 +681,8 @@ def _finish(image: Image, kind: str, method: str, center: tuple[int, int, int], 
             except MedForensicsError:
                 raise MedForensicsError(image.path, e.problem) from None
         rendered = render_classic(context, parts["delta"], parts["replace"], nm, rng)
-        params["noise"] = {"tissue": nm.tissue, "sigma_hu": [round(float(s), 2) for s in nm.sigma], "n_patches": nm.n_patches}
+        params["noise"] = {"tissue": nm.tissue, "sigma_hu": [round(float(s), 2) for s in nm.sigma],
+                           "slice_correlation": round(nm.rho, 3), "n_patches": nm.n_patches}
     elif method == "gan":
         gen_mask = ndi.binary_dilation(parts["mask"], iterations=1)
         rendered = _render_gan(context, gen_mask, parts["sketch"], seed)
