@@ -332,10 +332,10 @@ def test_nodule_types_differ_in_hu(series: Image, injected, site) -> None:
 
 
 def test_injected_noise_matches_real_tissue(series: Image, lidc_nodules) -> None:
-    # Two 20 mm solid nodules at chosen places; noise = robust spread of the high-pass residual in
-    # the middle of the nodule (a 6 mm ball on the three central slices), pooled over both.
+    # Three 20 mm solid nodules at chosen places; noise = robust spread of the high-pass residual in
+    # the middle of the nodule (a 6 mm ball on the three central slices), pooled over all three.
     res_inj, inside_all, soft, soft_res, soft_masks = [], [], [], [], []
-    for seed in (1, 2):
+    for seed in (1, 2, 3):
         f = ct.inject(series, diameter_mm=20.0, nodule_type="solid", seed=seed)
         cube = _cube(f)
         e = f.pixels[cube]

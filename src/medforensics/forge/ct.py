@@ -67,8 +67,9 @@ MAX_SPREAD = {"soft": 60.0, "lung": 150.0}
 #: Gaussian sigma (pixels) of the high-pass that measures the noise level (robust to anatomy).
 LEVEL_SIGMA = 1.5
 #: Amplitude (HU) of a solid nodule's fine texture (smooth noise of 1 voxel): on LIDC-IDRI-0001 the
-#: high-pass spread inside the real tumour is about 16 HU against 12 HU in muscle.
-FINE_TEXTURE_HU = 16.0
+#: high-pass spread inside the real tumour is about 16 HU against 12 HU in muscle; with this
+#: texture an injected nodule's lies between the two.
+FINE_TEXTURE_HU = 14.0
 #: In-plane scanner blur (Gaussian sigma, mm) applied to the nodule before it is rendered.
 PSF_SIGMA_MM = 0.45
 
