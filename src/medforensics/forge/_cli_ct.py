@@ -108,9 +108,9 @@ def _report(verb: str, forgery, out: Path, gt: Path, mask: Path, n_files: int) -
     mm = forgery.center_mm
     where = f"voxel (k,i,j) {tuple(forgery.center_voxel)}" + (f", patient (x,y,z) {tuple(mm)} mm" if mm else "")
     console.print(f"{verb} at {where}; cube k {b[0]}:{b[3]}, i {b[1]}:{b[4]}, j {b[2]}:{b[5]}; "
-                  f"{int(forgery.mask.sum())} voxels changed", soft_wrap=True, highlight=False)
+                  f"{int(forgery.mask.sum())} voxels changed", soft_wrap=True, highlight=False, markup=False)
     console.print(f"wrote {n_files} files to {out}; ground truth {gt.name} and mask {mask.name} beside it",
-                  soft_wrap=True, highlight=False)
+                  soft_wrap=True, highlight=False, markup=False)
 
 
 def _check_method(method: str) -> None:
@@ -222,7 +222,7 @@ def _list(image, nodules) -> None:
 
     if not nodules:
         console.print(f"{image.path}: no LIDC-IDRI nodules found (no matching annotation XML, or none on these slices)",
-                      soft_wrap=True, highlight=False)
+                      soft_wrap=True, highlight=False, markup=False)
         return
     table = Table(title=f"LIDC-IDRI nodules of {image.uid}")
     for col in ("id", "centre k,i,j", "centre x,y,z mm", "diameter mm", "malignancy", "readers"):
