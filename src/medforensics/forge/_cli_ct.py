@@ -153,7 +153,7 @@ def inject_cmd(
     except ValueError as e:
         raise MedForensicsError(series_dir, str(e)) from None
     files = _write(image, forgery, out, gt, mask, careless, {})
-    _report(f"injected a {diameter:g} mm {nodule_type} nodule ({method})", forgery, out, gt, mask, len(files))
+    _report(f"injected a nodule of {diameter:g} mm ({nodule_type}, {method})", forgery, out, gt, mask, len(files))
 
 
 @forge_app.command("remove")
