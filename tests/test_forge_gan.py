@@ -82,6 +82,7 @@ def test_render_is_deterministic_per_seed_and_differs_across_seeds():
     diff = np.abs(a[mask] - c[mask])
     assert diff.mean() > 3.0          # HU: different texture, not a rounding difference
     assert np.array_equal(a[~mask], c[~mask])
+    assert np.array_equal(gan.render(ctx, mask, sketch, seed=-3), gan.render(ctx, mask, sketch, seed=-3))
 
 
 def test_render_any_size_and_tiling(monkeypatch):
@@ -258,7 +259,8 @@ def test_train_gan_cli_refuses_to_overwrite_and_bad_options(tmp_path, monkeypatc
         (["--modality", "ct", "--config", "huge", "--out", str(tmp_path / "new.safetensors")], 2),
         (["--modality", "ct", "--out", str(tmp_path / "new.safetensors"), "--steps", "1",
           "--data", str(tmp_path / "nowhere")], 1),
-    ):
+    ) + ((["--modality", "ct", "--out", str(tmp_path / "new.safetensors"), "--steps", "1", "--device", "cuda",
+           "--data", str(tmp_path)], 1),) * (not _cuda_available()):
         monkeypatch.setattr(sys, "argv", ["medforensics", "forge", "train-gan", *argv])
         with pytest.raises(SystemExit) as e:
             cli.main()
@@ -267,3 +269,10 @@ def test_train_gan_cli_refuses_to_overwrite_and_bad_options(tmp_path, monkeypatc
     assert not (tmp_path / "new.safetensors").exists()
     err = capsys.readouterr().err
     assert "already exists" in err and "data folder not found" in err
+    assert _cuda_available() or "no CUDA device" in err
+    assert "Invalid value for --modality" in err and "Invalid value for --config" in err
+
+
+def _cuda_available():
+    import torch
+    return torch.cuda.is_available()

@@ -51,6 +51,8 @@ _CACHE: dict[Any, Any] = {}
 
 #: Largest region (voxels) the network processes in one piece; bigger regions are tiled.
 _MAX_TILE_VOXELS = 2 ** 21
+#: Noise-level guard: the generated high-pass std is kept within this factor range of the ring's.
+_GUARD = (0.87, 1.15)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,9 +379,10 @@ def _run_network(model, inp: np.ndarray, seed: int) -> np.ndarray:
         import itertools
         cores = list(itertools.product(*ranges))
     out = np.empty(spatial, np.float32)
-    gen = torch.Generator().manual_seed(int(seed) & 0x7FFFFFFFFFFFFFFF)
+    seed = int(seed) % (2 ** 63)
+    gen = torch.Generator().manual_seed(seed)
     # One noise map for the whole region, so tiles agree where they overlap.
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     inp = inp.copy()
     inp[3] = rng.standard_normal(spatial).astype(np.float32)
     device = next(model.parameters()).device
@@ -449,11 +452,11 @@ def _render(context, mask, sketch, *, seed: int = 0, model=None, match_noise: bo
 
     comp = np.where(m, y, ctx)
     if match_noise:
-        # Guard on the noise level: keep the generated high-pass within 0.8-1.25x of the ring around.
+        # Guard on the noise level: keep the generated high-pass within GUARD of the ring around.
         g, r = _highpass_ratio(comp, m)
         if g > 0 and r > 0:
             ratio = g / r
-            target = min(max(ratio, 0.8), 1.25)
+            target = min(max(ratio, _GUARD[0]), _GUARD[1])
             if abs(target - ratio) > 1e-6:
                 low = lowpass(comp)
                 comp = np.where(m, low + (comp - low) * (target / ratio), ctx)
@@ -492,7 +495,7 @@ def render(context: np.ndarray, mask: np.ndarray, sketch: np.ndarray, *, seed: i
         Same shape and dtype as ``context``; equal to it outside the mask.
 
     Any size works: the region around the mask is cropped, padded to the network's multiple and,
-    when large, tiled. After the network, the generated high-pass is kept within 0.8-1.25x of
+    when large, tiled. After the network, the generated high-pass is kept within 0.87-1.15x of
     the noise in a ring around the mask, and the content is nudged so its low-pass follows the
     sketch.
     """
