@@ -12,3 +12,8 @@ from .ct import inject, remove  # noqa: E402
 from .lidc import nodules_for  # noqa: E402
 
 __all__ += ["ct", "lidc", "inject", "remove", "nodules_for"]
+# ``synth``: whole synthetic radiographs from a small generative model, finished like real files.
+from . import synth  # noqa: E402
+from .synth import synthesize, write_synthetic  # noqa: E402
+
+__all__ += ["synth", "synthesize", "write_synthetic"]
