@@ -711,7 +711,6 @@ def _finish(low: np.ndarray, ref: Reference, rng: np.random.Generator) -> tuple[
     good = ~np.isnan(target)
     target = np.interp(centres, centres[good], target[good])
     local = cv2.GaussianBlur(matched, (0, 0), 2.0)
-    sigma_map = np.interp(local, centres, target)
     noise, resp = _shaped_noise(rng, matched.shape, ref.corr_ratio)
     # signal already carries a little high-pass energy (upsampled structure, quantisation): only add
     # what is missing, then correct once by measuring the result bin by bin
@@ -727,7 +726,6 @@ def _finish(low: np.ndarray, ref: Reference, rng: np.random.Generator) -> tuple[
     info = {"upsample": "bicubic", "from_size": list(low.shape), "to_size": [ref.rows, ref.cols],
             "histogram_matched_to": ref.name, "noise_target": [round(float(v), 6) for v in target],
             "noise_corr_ratio": ref.corr_ratio}
-    del sigma_map
     dtype = np.uint16 if ref.bit_depth > 8 else np.uint8
     return stored.astype(dtype), info
 
