@@ -29,7 +29,7 @@ def save_checkpoint(model_or_state: Any, path: str | Path, card: dict[str, Any],
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists; choose a new name")
     state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else dict(model_or_state)
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}  # any dtype; see load_checkpoint
     card = {"format": 1, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **card}
     from .. import __version__
     card.setdefault("medforensics_version", __version__)
@@ -38,7 +38,11 @@ def save_checkpoint(model_or_state: Any, path: str | Path, card: dict[str, Any],
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(state_dict, card)`` from a checkpoint written by :func:`save_checkpoint` (tensors on CPU)."""
+    """``(state_dict, card)`` from a checkpoint written by :func:`save_checkpoint` (tensors on CPU).
+
+    Floating-point tensors come back as float32 whatever they were stored as, so a checkpoint may
+    be shipped in float16 to halve its size.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -48,7 +52,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        state = load_file(str(path))
+        state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
     except Exception as e:  # noqa: BLE001 - safetensors raises several kinds on damaged files
         raise MedForensicsError(path, f"not a readable safetensors checkpoint ({' '.join(str(e).split())[:200]})") from None
     try:
