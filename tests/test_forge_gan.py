@@ -3,7 +3,6 @@ real CT, training, the checkpoint and its model card, the train-gan command."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -24,10 +24,9 @@ loaded on first use (:func:`load_model`). See ``docs/forge/gan.md``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -151,7 +150,7 @@ def _build_nets():
 
         def __init__(self, ch: int):
             super().__init__()
-            self.scale = nn.Parameter(torch.full((1, ch) + (1,) * 0, 0.1))
+            self.scale = nn.Parameter(torch.full((1, ch), 0.1))
 
         def forward(self, x, generator=None):
             shape = (x.shape[0], 1, *x.shape[2:])
