@@ -404,7 +404,7 @@ def _synthetic(w: _Writer, refs: list[RealSource], cfg: DatasetConfig, rng: np.r
         ref_src = refs[int(rng.integers(len(refs)))]
         ref = _load_image(ref_src)
         seed = int(rng.integers(2**31))
-        pixels = synth.synthesize_like(ref, seed=seed, model=model)
+        pixels = synth.synthesize_like(ref_src.files[0], seed=seed, model=model)
         split = SPLITS[int(rng.choice(3, p=np.asarray(cfg.fractions) / sum(cfg.fractions)))]
         fake_src = RealSource("image", ref_src.files, "synthetic", f"synthetic-{i:05d}")
         w.add(ref, pixels, np.ones(pixels.shape, np.uint8), split=split, cls="synthetic", label="fake",

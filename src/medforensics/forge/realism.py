@@ -88,6 +88,12 @@ def _crop2d(a: np.ndarray, center: tuple[int, int], half: int) -> np.ndarray:
     return a[i0:i0 + 2 * half, j0:j0 + 2 * half]
 
 
+def _centre(crop: np.ndarray, size: int = 32) -> np.ndarray:
+    """The central ``size`` x ``size`` of a crop: where a forged region's noise is measured."""
+    i, j = (crop.shape[0] - size) // 2, (crop.shape[1] - size) // 2
+    return crop[i:i + size, j:j + size]
+
+
 def _flags(image: Image) -> dict[str, float]:
     """Each applicable foundation detector's score for ``image``."""
     from ..scan import analyze
@@ -137,13 +143,16 @@ def _ct_part(root: Path, n: int, seed: int, tick: Callable[[str], None]) -> dict
     rng = np.random.default_rng(seed)
     nodules = [nd for nd in lidc.nodules_for(vol) if nd.diameter_mm >= 4]
     lung = ct.lung_mask(vol.pixels)
-    half = 16
+    half = 32  # crops of 64 px (45 mm at 0.7 mm): a whole nodule and its surroundings
 
     # real references: voxels of real nodules, real parenchyma, and their noise
     real_nod_vals, real_nod_crops = [], []
     for nd in nodules:
-        m = _ball(vol, nd.center_voxel, nd.diameter_mm / 2)
-        real_nod_vals.append(vol.pixels[m])
+        if nd.mask is not None:  # the readers' outlines
+            box = tuple(slice(a, b) for a, b in zip(nd.bbox_voxel[:3], nd.bbox_voxel[3:]))
+            real_nod_vals.append(vol.pixels[box][nd.mask])
+        else:
+            real_nod_vals.append(vol.pixels[_ball(vol, nd.center_voxel, nd.diameter_mm / 2)])
         real_nod_crops.append(_crop2d(vol.pixels[nd.center_voxel[0]], nd.center_voxel[1:], half))
     lung_pts = np.argwhere(lung)
     pick = lung_pts[rng.choice(len(lung_pts), size=min(4 * n, len(lung_pts)), replace=False)]
@@ -156,7 +165,7 @@ def _ct_part(root: Path, n: int, seed: int, tick: Callable[[str], None]) -> dict
         real_lung_noise.append(noise_std(vol.pixels, m))
         crop = _crop2d(vol.pixels[p[0]], tuple(p[1:]), half)
         if crop.shape == (2 * half, 2 * half):
-            real_lung_nps.append(nps(crop))
+            real_lung_nps.append(nps(_centre(crop)))
             real_lung_crops.append(crop)
     ref = {"nodule": np.concatenate(real_nod_vals) if real_nod_vals else np.zeros(0),
            "lung": np.concatenate(real_lung_vals)}
@@ -193,7 +202,7 @@ def _ct_part(root: Path, n: int, seed: int, tick: Callable[[str], None]) -> dict
                     st.noise_ratio.append(noise_std(f.pixels, lungish) / lung_noise)
                 crop = _crop2d(f.pixels[c[0]], c[1:], half)
                 if crop.shape == (2 * half, 2 * half):
-                    st.nps_curves.append(nps(crop))
+                    st.nps_curves.append(nps(_centre(crop)))
                     st.crops.append(crop)
                 st.scores.append(_flags(dataclasses.replace(vol, pixels=f.pixels)))
                 tick(name)
@@ -297,7 +306,7 @@ def _synthetic_part(real_files: list[Path], n: int, seed: int, tick: Callable[[s
         real_nps.append(nps(_crop2d(ref.pixels, c, 32)))
         real_crops.append(ref.pixels)
         t0 = time.perf_counter()
-        px = synth.synthesize_like(ref, seed=int(rng.integers(2**31)), model=model)
+        px = synth.synthesize_like(f, seed=int(rng.integers(2**31)), model=model)
         st.seconds.append(time.perf_counter() - t0)
         st.values.append(px.ravel()[::7])
         st.noise_ratio.append(noise_std(px, full) / max(real_noise[-1], 1e-6))

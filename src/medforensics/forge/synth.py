@@ -39,7 +39,7 @@ import numpy as np
 
 from ..core import MedForensicsError
 
-__all__ = ["TrainConfig", "Reference", "SyntheticRadiograph", "train", "load_model", "synthesize",
+__all__ = ["TrainConfig", "Reference", "SyntheticRadiograph", "train", "load_model", "synthesize", "synthesize_like",
            "write_synthetic", "write_samples", "measure_reference", "find_training_images",
            "noise_sigma", "noise_profile", "default_data_root", "SHIPPED_CHECKPOINT"]
 
@@ -781,6 +781,13 @@ def _resolve_references(m: SynthModel, like) -> list[Reference]:
     if not refs:
         raise MedForensicsError(m.path, "no reference images known: pass like= real images")
     return refs
+
+
+def synthesize_like(path: str | Path, seed: int = 0, *, model: SynthModel | str | Path | None = None) -> np.ndarray:
+    """One synthetic radiograph finished like the real image at ``path`` (its size, bit depth,
+    histogram and noise), as float pixel values in that image's stored units: ready for
+    :func:`medforensics.io.write.write_like` with the loaded reference."""
+    return synthesize(1, seed, like=[path], model=model)[0].pixels.astype(np.float32)
 
 
 def _synthesize_indices(m: SynthModel, seed: int, indices: Iterable[int], refs: Sequence[Reference], fmt: str,
