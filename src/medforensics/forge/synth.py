@@ -38,6 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..core import MedForensicsError
+from ..io.write import new_file
 
 __all__ = ["TrainConfig", "Reference", "SyntheticRadiograph", "train", "load_model", "synthesize", "synthesize_like",
            "write_synthetic", "write_samples", "measure_reference", "find_training_images",
@@ -826,14 +827,6 @@ CR_SYSTEMS = [("FUJIFILM Corporation", "FCR PROFECT CS"), ("Agfa", "CR 85-X"), (
               ("SIEMENS", "Ysio"), ("GE Healthcare", "Definium 8000")]
 
 
-def _new_path(path: Path) -> Path:
-    if path.exists():
-        raise FileExistsError(f"{path}: already exists; forge writes new files only")
-    if not path.parent.is_dir():
-        raise MedForensicsError(path, f"folder {path.parent} does not exist")
-    return path
-
-
 def write_synthetic(pixels: np.ndarray, out_path: str | Path, fmt: str = "png", *, bit_depth: int | None = None,
                     jpeg_quality: int | None = None, reference: Reference | None = None,
                     dicom_style: str = "like", seed: int = 0, ground_truth: dict[str, Any] | None = None) -> Path:
@@ -870,9 +863,9 @@ def write_synthetic(pixels: np.ndarray, out_path: str | Path, fmt: str = "png", 
         raise MedForensicsError(out_path, f"pixels must be a 2D uint8 or uint16 array, got {arr.dtype} {arr.shape}")
     bits = bit_depth or (8 if arr.dtype == np.uint8 else 16)
     sidecar = out_path.with_name(out_path.name + ".json")
-    _new_path(out_path)
+    new_file(out_path)
     if ground_truth is not None:
-        _new_path(sidecar)
+        new_file(sidecar)
     rng = np.random.default_rng([int(seed), 7])
     facts: dict[str, Any] = {"file": out_path.name, "format": fmt, "rows": int(arr.shape[0]), "cols": int(arr.shape[1])}
     from PIL import Image as PILImage

@@ -29,7 +29,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ..core import Image, MedForensicsError
 
-__all__ = ["write_like", "write_mask", "physical_to_stored", "CARELESS_SOFTWARE"]
+__all__ = ["write_like", "write_mask", "new_file", "physical_to_stored", "CARELESS_SOFTWARE"]
 
 #: What ``careless=True`` writes into SoftwareVersions / DerivationDescription.
 CARELESS_SOFTWARE = "medforensics-forge (CT-GAN style in-painting, OpenCV)"
@@ -49,7 +49,8 @@ def physical_to_stored(ds: Dataset, values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(stored), lo, hi)
 
 
-def _new_file(path: Path) -> Path:
+def new_file(path: Path) -> Path:
+    """``path`` if nothing is there yet and its folder exists; else FileExistsError or a one-line error."""
     if path.exists():
         raise FileExistsError(f"{path}: already exists; forge writes new files only")
     if not path.parent.exists():
@@ -141,7 +142,7 @@ def _write_dicom(image: Image, pixels: np.ndarray, out: Path, careless: bool) ->
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for k, (src, ds) in enumerate(zip(sources, image.datasets)):
-            dst = _new_file(out / src.name)
+            dst = new_file(out / src.name)
             if not changed[k].any() and not careless:
                 shutil.copyfile(src, dst)
             else:
@@ -151,7 +152,7 @@ def _write_dicom(image: Image, pixels: np.ndarray, out: Path, careless: bool) ->
         return written
     if len(sources) != 1:
         raise MedForensicsError(out, "cannot write a volume that did not come from one file per slice")
-    dst = _new_file(out)
+    dst = new_file(out)
     ds = image.datasets[0]
     frames = pixels if pixels.ndim == 3 else pixels[None]
     ch = changed if changed.ndim == 3 else changed[None]
@@ -162,7 +163,7 @@ def _write_dicom(image: Image, pixels: np.ndarray, out: Path, careless: bool) ->
 def _write_raster(image: Image, pixels: np.ndarray, out: Path, jpeg_quality: int | None) -> Path:
     from PIL import Image as PILImage
 
-    dst = _new_file(out)
+    dst = new_file(out)
     bits = int(image.meta.get("bit_depth", 8))
     dtype, top = (np.uint16, 65535) if bits == 16 else (np.uint8, 255)
     arr = np.clip(np.round(pixels), 0, top).astype(dtype)
@@ -186,7 +187,7 @@ def _write_raster(image: Image, pixels: np.ndarray, out: Path, jpeg_quality: int
 def _write_nifti(image: Image, pixels: np.ndarray, out: Path) -> Path:
     import nibabel as nib
 
-    dst = _new_file(out)
+    dst = new_file(out)
     src = nib.load(str(image.sources[0]))
     data = (pixels if pixels.ndim == 3 else pixels[None]).transpose(2, 1, 0)  # back to the file's (i, j, k)
     img = nib.Nifti1Image(data.astype(np.float32), src.affine, src.header)
@@ -197,7 +198,7 @@ def _write_nifti(image: Image, pixels: np.ndarray, out: Path) -> Path:
 
 def write_mask(mask: np.ndarray, out: str | Path) -> Path:
     """Write a change mask to a new file: ``.png`` (2D, 0/255) or ``.npz`` (any shape, ``mask``)."""
-    dst = _new_file(Path(out))
+    dst = new_file(Path(out))
     m = np.asarray(mask).astype(np.uint8)
     if dst.suffix.lower() == ".png":
         if m.ndim != 2:
