@@ -61,8 +61,11 @@ def test_inventory_of_shared_data(shared_data):
         by.setdefault(s.dataset, []).append(s)
     assert len(by["mhh-covid19"]) == 243 and len({s.patient_id for s in by["mhh-covid19"]}) == 71
     assert len(by["nih-cxr14-64px"]) == 1000
-    lidc = [s for s in by["lidc-idri"] if s.kind == "ct-series"]
-    assert len(lidc) == 1 and len(lidc[0].files) == 133 and lidc[0].patient_id == "LIDC-IDRI-0001"
+    lidc = {s.patient_id: len(s.files) for s in by["lidc-idri"] if s.kind == "ct-series"}
+    assert lidc == {"LIDC-IDRI-0001": 133, "LIDC-IDRI-0002": 12, "LIDC-IDRI-0003": 11}
+    # three LIDC patients: one in each split, so every split has CT nodule classes
+    splits = assign_splits(srcs, (0.7, 0.15, 0.15), seed=0)
+    assert {splits[p] for p in lidc} == set(SPLITS) and splits["LIDC-IDRI-0001"] == "train"
     assert len(inventory(shared_data, include_nih_small=False)) == len(srcs) - 1000
 
 
@@ -82,7 +85,7 @@ def test_small_build_writes_a_consistent_patient_disjoint_dataset(shared_data, t
         shutil.copy(mhh / "images" / f"{r['image_id']}.png", root / "xray" / "mhh-covid19" / "images")
     small = next((shared_data / "ct" / "lidc-idri-small").glob("LIDC-IDRI-0002"))
     shutil.copytree(small, root / "ct" / "lidc-idri-small" / "LIDC-IDRI-0002")
-    cfg = DatasetConfig(seed=3, injections_per_series=2, removals_per_nodule=1, ct_methods=("classic",),
+    cfg = DatasetConfig(seed=3, injections_per_100_slices=0, min_injections=2, removals_per_nodule=1, ct_methods=("classic",),
                         inpaint_methods=("classic",), synthetic=0, include_nih_small=False)
     manifest = build_dataset(root, tmp_path / "ds", cfg)
     rows = list(csv.DictReader(open(manifest)))

@@ -23,7 +23,7 @@ def dataset_cmd(
     out: Path = typer.Option(..., "--out", help="New folder for the dataset (images, masks, manifest.csv)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Real images laid out like ../shared/data (default: $MEDFORENSICS_DATA or ../shared/data)."),
     seed: int = typer.Option(0, "--seed", help="Everything random follows from this."),
-    injections: int = typer.Option(60, "--injections", help="Nodules injected per full CT series (FM)."),
+    injections: float = typer.Option(45.0, "--injections", help="Nodules injected (FM) per 100 CT slices, at least 10 per series."),
     removals: int = typer.Option(4, "--removals", help="Removals per real LIDC nodule (FB)."),
     synthetic: int = typer.Option(250, "--synthetic", help="Whole synthetic radiographs (0: none)."),
     fakes_per_image: int = typer.Option(1, "--fakes-per-image", help="Forged copies of each real 2D image."),
@@ -40,7 +40,7 @@ def dataset_cmd(
     methods = tuple(m.strip() for m in ct_methods.split(",") if m.strip())
     if not methods or any(m not in ("classic", "gan") for m in methods):
         raise UsageError("--ct-methods takes classic and/or gan")
-    cfg = DatasetConfig(seed=seed, injections_per_series=injections, removals_per_nodule=removals,
+    cfg = DatasetConfig(seed=seed, injections_per_100_slices=injections, removals_per_nodule=removals,
                         synthetic=synthetic, fakes_per_image=fakes_per_image, ct_methods=methods,
                         include_nih_small=not no_nih_small, augment=augment)
     with _progress("forging") as bar:

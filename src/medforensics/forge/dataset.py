@@ -59,8 +59,10 @@ class DatasetConfig:
     """What :func:`build_dataset` makes. The defaults make about 2,500 items from ../shared/data."""
 
     seed: int = 0
-    #: Nodules injected per full CT series (FM), spread over diameters 4-20 mm and the three types.
-    injections_per_series: int = 60
+    #: Nodules injected (FM) per 100 slices of a CT series, at least ``min_injections`` per series
+    #: (so a short series does not outweigh its own real slices); diameters 4-20 mm, three types.
+    injections_per_100_slices: float = 45.0
+    min_injections: int = 10
     #: Removal runs per real nodule of at least ``min_nodule_mm`` (FB), alternating methods and seeds.
     removals_per_nodule: int = 4
     min_nodule_mm: float = 4.0
@@ -112,8 +114,8 @@ def inventory(root: str | Path, include_nih_small: bool = True) -> list[RealSour
     for base in (root / "ct" / "lidc-idri", root / "ct" / "lidc-idri-small"):
         for case in sorted(base.glob("LIDC-IDRI-*")):
             series_dirs = sorted({p.parent for p in case.rglob("*.dcm")})
-            for d in series_dirs:
-                out.append(RealSource("ct-series", sorted(d.glob("*.dcm")), base.name, case.name))
+            for d in series_dirs:  # the full and the short LIDC series are one dataset (one split pool)
+                out.append(RealSource("ct-series", sorted(d.glob("*.dcm")), "lidc-idri", case.name))
     dcmqi = root / "ct" / "slices" / "dcmqi-3slice"
     if dcmqi.is_dir():
         out.append(RealSource("ct-series", sorted(dcmqi.glob("*.dcm")), "dcmqi", "dcmqi-3slice"))
@@ -356,7 +358,8 @@ def _ct_series(w: _Writer, src: RealSource, split: str, cfg: DatasetConfig, rng:
     if n < 8:
         return  # too few slices for a nodule cube
     methods = list(cfg.ct_methods)
-    for j in range(cfg.injections_per_series):
+    n_inject = max(cfg.min_injections, int(round(cfg.injections_per_100_slices * n / 100)))
+    for j in range(n_inject):
         seed = int(rng.integers(2**31))
         method = methods[j % len(methods)]
         diameter = float(rng.uniform(4.0, 20.0))
