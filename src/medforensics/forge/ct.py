@@ -50,7 +50,7 @@ from scipy.signal import fftconvolve
 from ..core import Image, MedForensicsError
 from .base import Forgery
 
-__all__ = ["NODULE_TYPES", "METHODS", "SKETCH_SIGMA", "NoiseModel", "lung_mask", "choose_location", "cube_around",
+__all__ = ["NODULE_TYPES", "METHODS", "SKETCH_SIGMA", "sketch_lowpass", "NoiseModel", "lung_mask", "choose_location", "cube_around",
            "noise_model", "nodule_sketch", "removal_sketch", "render_classic", "inject", "remove"]
 
 NODULE_TYPES = ("solid", "part-solid", "ground-glass")
@@ -77,6 +77,12 @@ PSF_SIGMA_MM = 0.45
 # --------------------------------------------------------------------------------------------
 # checks and geometry
 
+
+
+def sketch_lowpass(x: np.ndarray) -> np.ndarray:
+    """The blur that defines a sketch (:data:`SKETCH_SIGMA`, truncated at 3 sigma, edges extended):
+    the same as :func:`medforensics.forge.gan.lowpass` for a volume."""
+    return ndi.gaussian_filter(np.asarray(x, np.float32), SKETCH_SIGMA, mode="nearest", truncate=3.0)
 
 def _check_ct(image: Image) -> None:
     if image.pixels.ndim != 3 or image.pixels.shape[0] < 3:
@@ -527,7 +533,7 @@ def nodule_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequenc
         params["spicules"] = n_spic
 
     # Built on the blurred context: the original texture is handled by the renderer (``replace``).
-    low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest", truncate=3.0)
+    low = sketch_lowpass(ctx)
     content = low.copy()
     replace = np.zeros(shape, np.float32)
     for occ, hu, rep in layers:
@@ -541,7 +547,7 @@ def nodule_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequenc
     delta[np.abs(delta) < 0.5] = 0.0
     replace[replace < 0.01] = 0.0
     mask = (delta != 0) | (replace > 0)
-    sketch = ndi.gaussian_filter(ctx + delta, SKETCH_SIGMA, mode="nearest", truncate=3.0)
+    sketch = sketch_lowpass(ctx + delta)
     return {"delta": delta, "replace": replace.astype(np.float32), "sketch": sketch.astype(np.float32),
             "mask": mask, "params": params}
 
@@ -569,7 +575,7 @@ def removal_sketch(context: np.ndarray, spacing: Sequence[float], center: Sequen
         dist = np.maximum(np.sqrt(sum(g ** 2 for g in grids)) - diameter_mm / 2.0, 0.0)
     R = diameter_mm / 2.0 + margin_mm
     w = np.clip((margin_mm + 1.0 - dist) / 2.0, 0.0, 1.0).astype(np.float32)
-    low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest", truncate=3.0)
+    low = sketch_lowpass(ctx)
     ring = (dist > margin_mm + 1.0) & (dist < margin_mm + 1.0 + max(4.0, 0.5 * diameter_mm))
     src = ring & (low < -600.0)
     if src.sum() < 0.1 * ring.sum():
@@ -599,7 +605,7 @@ def render_classic(context: np.ndarray, delta: np.ndarray, replace: np.ndarray, 
     are 0.
     """
     ctx = np.asarray(context, dtype=np.float32)
-    low = ndi.gaussian_filter(ctx, SKETCH_SIGMA, mode="nearest", truncate=3.0) if lowpass is None else lowpass
+    low = sketch_lowpass(ctx) if lowpass is None else lowpass
     resid = ctx - low
     N = noise.synthesize(ctx.shape, rng)
     rep = np.clip(replace, 0.0, 1.0)
@@ -671,24 +677,29 @@ def _thickness(image: Image) -> float | None:
 def _finish(image: Image, kind: str, method: str, center: tuple[int, int, int], cube, bbox, context, parts,
             tissue: str, seed: int, params: dict[str, Any]) -> Forgery:
     rng = np.random.default_rng([seed, 1])
-    if method == "classic":
-        ks = range(cube[0].start, cube[0].stop)
-        try:
-            nm = noise_model(image.pixels, ks, center[1:], tissue=tissue)
-        except MedForensicsError as e:
-            other = "soft" if tissue == "lung" else "lung"  # noise is noise: the other tissue will do
-            try:
-                nm = noise_model(image.pixels, ks, center[1:], tissue=other)
-            except MedForensicsError:
-                raise MedForensicsError(image.path, e.problem) from None
-        rendered = render_classic(context, parts["delta"], parts["replace"], nm, rng)
-        params["noise"] = {"tissue": nm.tissue, "sigma_hu": [round(float(s), 2) for s in nm.sigma],
-                           "slice_correlation": round(nm.rho, 3), "n_patches": nm.n_patches}
-    elif method == "gan":
-        gen_mask = ndi.binary_dilation(parts["mask"], iterations=1)
-        rendered = _render_gan(context, gen_mask, parts["sketch"], seed)
-    else:
+    if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
+    # the classic rendering; for method "gan" it is also the sketch the GAN re-renders (below)
+    ks = range(cube[0].start, cube[0].stop)
+    try:
+        nm = noise_model(image.pixels, ks, center[1:], tissue=tissue)
+    except MedForensicsError as e:
+        other = "soft" if tissue == "lung" else "lung"  # noise is noise: the other tissue will do
+        try:
+            nm = noise_model(image.pixels, ks, center[1:], tissue=other)
+        except MedForensicsError:
+            raise MedForensicsError(image.path, e.problem) from None
+    rendered = render_classic(context, parts["delta"], parts["replace"], nm, rng)
+    params["noise"] = {"tissue": nm.tissue, "sigma_hu": [round(float(s), 2) for s in nm.sigma],
+                       "slice_correlation": round(nm.rho, 3), "n_patches": nm.n_patches}
+    if method == "gan":
+        # The GAN re-renders the classic result: its sketch is the low-pass of the classic
+        # rendering, which carries the measured noise texture at low frequencies (a smooth sketch
+        # gave flat, too-white fills over large removals); the GAN makes the fine texture.
+        gen_mask = ndi.binary_dilation(parts["mask"], iterations=1)
+        sketch = np.where(gen_mask, sketch_lowpass(rendered), parts["sketch"]).astype(np.float32)
+        rendered = _render_gan(context, gen_mask, sketch, seed)
+        params["gan_sketch"] = "low-pass of the classic rendering"
     # only the cube is pasted back: every change lies inside the reported cube
     pixels, mask = _paste(image, cube, rendered, np.ones(context.shape, bool))
     params.update({"method": method, "seed": seed, "cube_shape": [s.stop - s.start for s in cube],
