@@ -322,7 +322,7 @@ def inpaint_region(arr: np.ndarray, box: Box, *, radius: int = 5, method: str = 
 
     ``method``: ``classic`` (a smooth biharmonic surface continuing the surroundings; solved at a
     reduced scale for large boxes), ``telea`` (OpenCV's Telea, ``radius`` px), or ``learned``: the in-painting network :func:`medforensics.forge.gan.render` fills a context
-    patch around the box, guided by a sketch (the classical fill, smoothed by 1 px); ``model``
+    patch around the box, guided by a sketch (the re-noised classical fill, smoothed by 1 px); ``model``
     is passed on to it. Classical fills are smooth, hence noise-free: ``noise=True`` adds noise
     with the level and grain of the surroundings (and tops up a learned fill that lacks it), as
     a careful forger does; the default keeps the plain fill. ``seed`` drives the noise and the
@@ -404,9 +404,13 @@ def _learned_fill(arr: np.ndarray, box: Box, rng: np.random.Generator, model: An
     m = np.zeros(context.shape, bool)
     m[r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0] = True
     smooth = _classic_fill(context, m.astype(np.uint8), radius)
+    # The sketch is the low-pass of the re-noised classical fill: it carries the surroundings'
+    # grain at low frequencies (a smooth sketch left the network to invent all texture, and it
+    # made a regular, visibly periodic grain); the network renders the fine texture.
+    textured, _ = _top_up_noise(smooth, m, rng)
     lowpass = getattr(gan, "lowpass", None)  # the network's own definition of a sketch (Gaussian, 1 px)
-    sketch = np.asarray(lowpass(smooth), np.float32) if lowpass else \
-        cv2.GaussianBlur(smooth, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+    sketch = np.asarray(lowpass(textured), np.float32) if lowpass else \
+        cv2.GaussianBlur(textured, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
     try:
         patch = gan.render(context, m, sketch, seed=int(rng.integers(2**31)), model=model)
     except FileNotFoundError as e:
