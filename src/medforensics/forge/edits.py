@@ -726,6 +726,11 @@ def forge_intensity(image: Image, *, box: Box | None = None, offset: float | Non
                     {"seed": s, "box": list(box), "offset": float(offset), "feather": feather})
 
 
+def _below_or_above(rng: np.random.Generator, below: tuple[float, float], above: tuple[float, float]) -> float:
+    """A factor drawn from ``below`` or ``above`` (1), each half the time: a visible change either way."""
+    return float(rng.uniform(*below) if rng.random() < 0.5 else rng.uniform(*above))
+
+
 def forge_contrast(image: Image, *, box: Box | None = None, factor: float | None = None, feather: int | None = None,
                    seed: int | np.random.Generator = 0, k: int | None = None) -> Forgery:
     """Raise or cut the contrast of a region by ``factor`` about its mean, with soft edges. Unset:
@@ -735,7 +740,7 @@ def forge_contrast(image: Image, *, box: Box | None = None, factor: float | None
     box = _auto_box(rng, arr, image, box)
     feather = int(rng.integers(3, 11)) if feather is None else int(feather)
     if factor is None:
-        factor = round(float(rng.uniform(0.5, 0.8) if rng.random() < 0.5 else rng.uniform(1.25, 1.6)), 4)
+        factor = round(_below_or_above(rng, (0.5, 0.8), (1.25, 1.6)), 4)
     if factor < 0:
         raise ValueError(f"contrast factor must not be negative, got {factor}")
     edited, mask = contrast_region(arr, box, float(factor), feather=feather)
@@ -753,7 +758,7 @@ def forge_resample(image: Image, *, box: Box | None = None, scale: float | None 
     box = _auto_box(rng, arr, image, box)
     feather = int(rng.integers(2, 9)) if feather is None else int(feather)
     if scale is None:
-        scale = round(float(rng.uniform(0.8, 0.95) if rng.random() < 0.5 else rng.uniform(1.05, 1.25)), 4)
+        scale = round(_below_or_above(rng, (0.8, 0.95), (1.05, 1.25)), 4)
     if angle is None:
         angle = round(float(rng.uniform(-15, 15)), 3)
     edited, mask = resample_region(arr, box, scale=float(scale), angle=float(angle), feather=feather,
