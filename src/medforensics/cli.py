@@ -55,10 +55,12 @@ def _fusion_config(config: Optional[Path], suspicious: Optional[float], manipula
         raise UsageError(str(e)) from None
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold]scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
-                    disable=not err.is_terminal and not _force_progress())
+def progress_bar(label: str = "scanning") -> Progress:
+    """The progress bar of every long command (on stderr; hidden when stderr is not a terminal
+    unless MEDFORENSICS_PROGRESS=1); a task's description is shown after it."""
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
+                    transient=False, disable=not err.is_terminal and not _force_progress())
 
 
 def _force_progress() -> bool:
@@ -77,8 +79,8 @@ def run_scan(paths: List[Path], *, json_out: Optional[Path] = None, report: Opti
     skipped_files: list = []
     jf = open(json_out, "x", encoding="utf-8") if json_out else None
     try:
-        with _progress() as progress:
-            task = progress.add_task("scan", total=None)
+        with progress_bar() as progress:
+            task = progress.add_task("", total=None)
 
             def started(n: int, skipped: list) -> None:
                 skipped_files.extend(skipped)

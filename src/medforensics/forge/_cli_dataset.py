@@ -9,15 +9,6 @@ import typer
 from .cli import forge_app
 
 
-def _progress(label: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..cli import _force_progress, err
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.description}"), console=err,
-                    disable=not err.is_terminal and not _force_progress())
-
-
 @forge_app.command("dataset")
 def dataset_cmd(
     out: Path = typer.Option(..., "--out", help="New folder for the dataset (images, masks, manifest.csv)."),
@@ -32,7 +23,7 @@ def dataset_cmd(
     augment: bool = typer.Option(False, "--augment", help="Eight augmented variants per fake, as the review paper did."),
 ) -> None:
     """Build a labelled dataset (CT-GAN's TB/TM/FB/FM, 2D edits, synthetic radiographs) with patient-disjoint splits."""
-    from ..cli import UsageError, out as console
+    from ..cli import UsageError, out as console, progress_bar
     from .dataset import DatasetConfig, build_dataset, default_data_root
 
     if out.exists() and any(out.iterdir()):
@@ -43,7 +34,7 @@ def dataset_cmd(
     cfg = DatasetConfig(seed=seed, injections_per_100_slices=injections, removals_per_nodule=removals,
                         synthetic=synthetic, fakes_per_image=fakes_per_image, ct_methods=methods,
                         include_nih_small=not no_nih_small, augment=augment)
-    with _progress("forging") as bar:
+    with progress_bar("forging") as bar:
         task = bar.add_task("", total=None)
 
         def tick(done: int, total: int, what: str) -> None:
@@ -68,13 +59,13 @@ def report_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Compare each method's forged regions with real tissue (HU, noise, NPS) and say which detectors flag them."""
-    from ..cli import UsageError, out as console
+    from ..cli import UsageError, out as console, progress_bar
     from .dataset import default_data_root
     from .realism import realism_report
 
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: folder exists and is not empty; choose a new one")
-    with _progress("measuring") as bar:
+    with progress_bar("measuring") as bar:
         task = bar.add_task("", total=None)
 
         def tick(done: int, total: int, what: str) -> None:

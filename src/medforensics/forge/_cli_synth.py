@@ -28,8 +28,8 @@ def synthesize_cmd(
     """Generate whole synthetic chest radiographs that look like real files (size, bit depth, format,
     histogram, noise), each with a ground-truth JSON beside it."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..cli import progress_bar
     from .synth import load_model, write_samples
 
     fmt = fmt.lower()
@@ -42,9 +42,8 @@ def synthesize_cmd(
         raise FileExistsError(f"{out}: exists and is not an empty folder; choose a new one")
     m = load_model(model)
     console = Console()
-    with Progress(TextColumn("[bold]synthesizing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True)) as bar:
-        task = bar.add_task("synthesize", total=n)
+    with progress_bar("synthesizing") as bar:
+        task = bar.add_task("", total=n)
         written = write_samples(out, n, seed, fmt, model=m, like=like, dicom_style=dicom_style,
                                 on_written=lambda p: bar.advance(task))
     kinds: dict[str, int] = {}
