@@ -211,6 +211,8 @@ from .forge.cli import forge_app  # noqa: E402
 
 app.add_typer(forge_app, name="forge")
 
+from .provenance import cli as _provenance_cli  # noqa: E402,F401  (registers keys, sign, verify, export, ledger, watermark)
+
 
 @app.callback(invoke_without_command=True)
 def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:

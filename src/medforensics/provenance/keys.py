@@ -1,0 +1,215 @@
+"""Signing identities: a private key, its X.509 certificate and the chain up to a root.
+
+Every provenance tool signs with the same kind of identity: DICOM digital signatures, C2PA
+manifests of exported images and the signed tree heads of the transparency log.
+``medforensics keys new DIR`` makes a small private PKI for trying things out and for tests: a
+root CA (``ca.pem``, ``ca-key.pem``) and a signer certificate issued by it (``cert.pem``,
+``key.pem``). In production, load the hospital's own key and certificate with
+:func:`load_identity` instead.
+
+Example
+-------
+>>> ident = new_identity("Radiology signer", algorithm="ec")          # doctest: +SKIP
+>>> ident.save("keys/")                                              # doctest: +SKIP
+>>> ident = load_identity("keys/key.pem", "keys/cert.pem")           # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..core import MedForensicsError
+
+ALGORITHMS = ("rsa", "ec")
+#: id-kp-documentSigning (RFC 9336): accepted by C2PA for claim signers.
+DOCUMENT_SIGNING = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")
+
+
+@dataclass
+class Identity:
+    """A private key with its certificate and the chain of issuers (leaf first, root last)."""
+
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    cert: x509.Certificate
+    chain: list[x509.Certificate] = field(default_factory=list)
+    #: the root CA's key when the identity was made by :func:`new_identity` (to issue more certificates)
+    ca_key: object | None = None
+
+    @property
+    def algorithm(self) -> str:
+        """``rsa`` or ``ec`` (``ed25519`` for keys loaded from elsewhere)."""
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            return "rsa"
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            return "ec"
+        return "ed25519"
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+
+    def cert_pem(self) -> bytes:
+        """The signer certificate followed by its issuers (root excluded), as PEM."""
+        issuers = [c for c in self.chain if not _self_issued(c)]
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [self.cert, *issuers])
+
+    def save(self, folder: str | Path) -> dict[str, Path]:
+        """Write ``key.pem`` (mode 0600) and ``cert.pem``, plus ``ca.pem`` when a root is in the
+        chain; refuses to replace existing files. Returns the paths written."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {"key": folder / "key.pem", "cert": folder / "cert.pem"}
+        roots = [c for c in self.chain if _self_issued(c)]
+        if roots:
+            files["ca"] = folder / "ca.pem"
+        for p in files.values():
+            if p.exists():
+                raise MedForensicsError(p, "already exists; choose a new folder")
+        _write_private(files["key"], self.key_pem())
+        files["cert"].write_bytes(self.cert_pem())
+        if roots:
+            files["ca"].write_bytes(roots[-1].public_bytes(serialization.Encoding.PEM))
+        return files
+
+
+def generate_key(algorithm: str = "ec", *, rsa_bits: int = 2048):
+    """A new private key: ``ec`` (NIST P-256) or ``rsa`` (``rsa_bits``, default 2048)."""
+    if algorithm == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if algorithm == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    raise MedForensicsError(None, f"unknown key algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+
+
+def _name(common_name: str, organisation: str | None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organisation:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation))
+    return x509.Name(attrs)
+
+
+def _hash_for(key) -> hashes.HashAlgorithm | None:
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+def issue_certificate(subject_key, common_name: str, *, issuer_key=None, issuer_cert: x509.Certificate | None = None,
+                      ca: bool = False, days: int = 825, organisation: str | None = "medforensics",
+                      not_before: _dt.datetime | None = None) -> x509.Certificate:
+    """Issue an X.509 v3 certificate for ``subject_key``: self-signed when no issuer is given.
+
+    A CA certificate may sign certificates; a leaf certificate may sign documents (digital
+    signature and non-repudiation key usage; e-mail protection and document signing extended
+    key usage, which C2PA requires of claim signers).
+    """
+    now = not_before or (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=5))
+    subject = _name(common_name, organisation)
+    issuer_key = issuer_key or subject_key
+    issuer_name = issuer_cert.subject if issuer_cert is not None else subject
+    pub = subject_key.public_key()
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name).public_key(pub)
+         .serial_number(x509.random_serial_number()).not_valid_before(now)
+         .not_valid_after(now + _dt.timedelta(days=days))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False))
+    if issuer_cert is not None:
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()), critical=False)
+    if ca:
+        b = b.add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+    else:
+        b = b.add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
+                                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION, DOCUMENT_SIGNING]),
+                            critical=False)
+    return b.sign(issuer_key, _hash_for(issuer_key))
+
+
+def new_identity(common_name: str = "medforensics signer", *, algorithm: str = "ec", days: int = 825,
+                 organisation: str | None = "medforensics", ca_name: str | None = None) -> Identity:
+    """A root CA and a signer certificate issued by it (the root travels in ``chain``)."""
+    ca_key = generate_key(algorithm)
+    ca_cert = issue_certificate(ca_key, ca_name or f"{common_name} root CA", ca=True, days=days + 365,
+                                organisation=organisation)
+    key = generate_key(algorithm)
+    cert = issue_certificate(key, common_name, issuer_key=ca_key, issuer_cert=ca_cert, days=days,
+                             organisation=organisation)
+    return Identity(key=key, cert=cert, chain=[ca_cert], ca_key=ca_key)
+
+
+def load_identity(key_path: str | Path, cert_path: str | Path, password: bytes | None = None) -> Identity:
+    """Load a PEM private key and a PEM certificate file (signer first, then its issuers).
+
+    Raises :class:`MedForensicsError` naming the file when it is missing, not PEM, or when the
+    key does not belong to the certificate.
+    """
+    key_path, cert_path = Path(key_path), Path(cert_path)
+    try:
+        key = serialization.load_pem_private_key(_read(key_path), password=password)
+    except (ValueError, TypeError) as e:
+        raise MedForensicsError(key_path, f"not a usable PEM private key ({_first_line(e)})") from None
+    certs = load_certificates(cert_path)
+    ident = Identity(key=key, cert=certs[0], chain=certs[1:])
+    if _public_der(certs[0].public_key()) != _public_der(key.public_key()):
+        raise MedForensicsError(cert_path, f"the certificate does not belong to the key in {key_path}")
+    return ident
+
+
+def load_certificates(path: str | Path) -> list[x509.Certificate]:
+    """All certificates in a PEM (or single DER) file, in file order; a clear error otherwise."""
+    path = Path(path)
+    data = _read(path)
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+    except ValueError as e:
+        raise MedForensicsError(path, f"not a readable X.509 certificate ({_first_line(e)})") from None
+    if not certs:
+        raise MedForensicsError(path, "contains no certificate")
+    return certs
+
+
+def public_key_pem(key) -> bytes:
+    """The PEM SubjectPublicKeyInfo of a private or public key."""
+    pub = key.public_key() if hasattr(key, "public_key") else key
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _public_der(pub) -> bytes:
+    return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _self_issued(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise MedForensicsError(path, "no such file") from None
+    except IsADirectoryError:
+        raise MedForensicsError(path, "is a folder, not a file") from None
+    except OSError as e:
+        raise MedForensicsError(path, f"cannot be read ({e.strerror})") from None
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    import os
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _first_line(e: Exception) -> str:
+    s = " ".join(str(e).split())
+    return s[:160] or type(e).__name__
