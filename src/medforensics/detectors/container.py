@@ -244,39 +244,13 @@ def double_compression(pixels: np.ndarray, q: np.ndarray, max_k: int = 40) -> di
 
 
 def read_c2pa(path: Path) -> dict:
-    """Read and validate an embedded C2PA manifest store; ``{"present": False}`` when there is none."""
-    try:
-        import c2pa
-    except ImportError:  # pragma: no cover - c2pa-python is a dependency
-        return {"present": False, "error": "c2pa-python not installed"}
-    try:
-        reader = c2pa.Reader(str(path))
-        store = json.loads(reader.json())
-    except Exception as e:  # noqa: BLE001 - no manifest, or an unreadable one
-        msg = " ".join(str(e).split())
-        if "ManifestNotFound" in msg or "no JUMBF" in msg.lower() or "not found" in msg.lower():
-            return {"present": False}
-        return {"present": True, "error": msg[:200], "failures": ["manifest unreadable"]}
-    active = store.get("manifests", {}).get(store.get("active_manifest", ""), {})
-    actions, sources = [], []
-    for a in active.get("assertions", []):
-        if str(a.get("label", "")).startswith("c2pa.actions"):
-            for act in a.get("data", {}).get("actions", []):
-                actions.append(str(act.get("action", "")))
-                if act.get("digitalSourceType"):
-                    sources.append(str(act["digitalSourceType"]))
-    statuses = store.get("validation_status", []) or []
-    results = store.get("validation_results", {}) or {}
-    for part in ("activeManifest",):
-        statuses += results.get(part, {}).get("failure", []) or []
-    codes = sorted({str(s.get("code", "")) for s in statuses})
-    failures = [c for c in codes if c and not c.lower().startswith(BENIGN_CODES)]
-    sig = active.get("signature_info", {}) or {}
-    gen = active.get("claim_generator") or ", ".join(g.get("name", "") for g in active.get("claim_generator_info", []))
-    return {"present": True, "claim_generator": gen, "actions": actions, "digital_source_types": sources,
-            "signer": sig.get("common_name") or sig.get("issuer"), "issuer": sig.get("issuer"),
-            "validation_codes": codes, "failures": failures,
-            "untrusted": any("untrusted" in c.lower() for c in codes)}
+    """Read and validate an embedded C2PA manifest store; ``{"present": False}`` when there is none.
+
+    Thin alias of :func:`medforensics.provenance.c2pa_manifest.read_c2pa` (one reader for the
+    detector, ``verify`` and ``export``)."""
+    from ..provenance.c2pa_manifest import read_c2pa as _read_c2pa
+
+    return _read_c2pa(path)
 
 
 def _xmp_text(info: dict, text: dict) -> str:

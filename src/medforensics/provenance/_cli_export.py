@@ -1,1 +1,149 @@
-"""(being written) CLI for provenance.export."""
+"""``medforensics export``: DICOM (and PNG/JPEG/TIFF) to new PNG/JPEG files carrying a signed C2PA manifest.
+
+Exit status: 0 when every input was exported, 1 when any input failed (the others are still
+exported), 2 for a usage error (no key without ``--no-manifest``, a bad option, an output that
+already exists -- checked for every input before anything is written).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+
+from ..cli import UsageError, app, err, progress_bar
+from ..core import MedForensicsError
+
+_DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+_RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+
+
+def parse_window(text: Optional[str]) -> Optional[tuple[float, float]]:
+    """``"C,W"`` to ``(centre, width)``; a UsageError when it is not two numbers with width > 0."""
+    if text is None:
+        return None
+    parts = text.replace(" ", "").split(",")
+    try:
+        c, w = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--window must be CENTRE,WIDTH (two numbers, e.g. 40,400), got {text!r}") from None
+    if not w > 0 or c != c or abs(c) == float("inf") or w == float("inf"):
+        raise UsageError(f"--window width must be a positive number, got {text!r}")
+    return c, w
+
+
+def output_name(rel: Path, suffix: str) -> Path:
+    """``rel`` with an image suffix: ``.dcm``/``.dicom``/``.ima`` and raster suffixes are replaced,
+    anything else (UID-style names with dots, no suffix) keeps its name and gains the suffix."""
+    if rel.suffix.lower() in _DICOM_SUFFIXES | _RASTER_SUFFIXES:
+        return rel.with_suffix(suffix)
+    return rel.with_name(rel.name + suffix)
+
+
+def plan(paths: List[Path], out_dir: Path, suffix: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(source, output) pairs mirroring the inputs' layout under ``out_dir``, and input errors.
+
+    A file named on the command line goes to ``out_dir/<name>``; a folder ``F`` to ``out_dir/F/...``
+    with its sub-folders kept. Files in folders that are neither DICOM nor PNG/JPEG/TIFF are skipped.
+    """
+    from ..io import sniff
+
+    pairs: list[tuple[Path, Path]] = []
+    errors: list[str] = []
+    for p in paths:
+        if p.is_dir():
+            base = p.resolve().name or "root"
+            for f in sorted(x for x in p.rglob("*") if x.is_file() and not any(
+                    part.startswith(".") for part in x.relative_to(p).parts)):
+                if sniff(f) in ("dicom", "raster"):
+                    pairs.append((f, out_dir / base / output_name(f.relative_to(p), suffix)))
+        elif p.is_file():
+            kind = sniff(p)
+            if kind in ("dicom", "raster"):
+                pairs.append((p, out_dir / output_name(Path(p.name), suffix)))
+            else:
+                errors.append(f"{p}: not a DICOM, PNG, JPEG or TIFF image")
+        else:
+            errors.append(f"{p}: no such file or folder")
+    return pairs, errors
+
+
+@app.command("export")
+def export_cmd(
+    paths: List[Path] = typer.Argument(..., help="DICOM files and folders (PNG/JPEG/TIFF files too)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the exported images (created if missing); "
+                                                "the inputs' layout is mirrored inside it."),
+    fmt: str = typer.Option("png", "--format", help="png or jpeg."),
+    key: Optional[Path] = typer.Option(None, "--key", help="PEM private key of the signer (keys new makes one)."),
+    cert: Optional[Path] = typer.Option(None, "--cert", help="PEM certificate of the signer, then its issuers."),
+    window: Optional[str] = typer.Option(None, "--window", help="VOI window CENTRE,WIDTH in modality units "
+                                                               "(HU for CT), e.g. 40,400 or -600,1500; default: "
+                                                               "the header's, else the full range."),
+    bits: int = typer.Option(8, "--bits", help="Bits per pixel of PNG output: 8 or 16."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG quality."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", min=1, help="Downscale so the longer side is at "
+                                                                         "most this many pixels."),
+    no_manifest: bool = typer.Option(False, "--no-manifest", help="Write plain images without a C2PA manifest."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+) -> None:
+    """Render DICOM images to new PNG/JPEG files, each carrying a C2PA manifest signed with --key/--cert
+    that names the source study (UIDs and SHA-256; no patient data) and what was done (window, resize).
+
+    Signing is the default: without --key and --cert, export refuses unless --no-manifest is given.
+    Existing files are never overwritten.
+    """
+    from .c2pa_manifest import _common_name, export
+    from .keys import load_identity
+
+    fmt = fmt.lower()
+    if fmt not in ("png", "jpeg", "jpg"):
+        raise UsageError("--format must be png or jpeg")
+    suffix = ".png" if fmt == "png" else ".jpg"
+    if bits not in (8, 16):
+        raise UsageError("--bits must be 8 or 16")
+    if bits == 16 and suffix == ".jpg":
+        raise UsageError("--bits 16 needs --format png (JPEG holds 8 bits)")
+    win = parse_window(window)
+    if no_manifest and (key or cert):
+        raise UsageError("--no-manifest and --key/--cert contradict each other; give one or the other")
+    if not no_manifest and (key is None or cert is None):
+        raise UsageError("export signs a C2PA manifest: give --key and --cert (make a test identity with "
+                         "'medforensics keys new DIR'), or pass --no-manifest for plain images")
+    identity = None if no_manifest else load_identity(key, cert)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    pairs, errors = plan(paths, out, suffix)
+    if not pairs and not errors:
+        raise UsageError("no DICOM or raster images found in the given paths")
+    existing = [d for _, d in pairs if d.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise UsageError(f"{existing[0]}: already exists{more}; export never overwrites, choose a new --out")
+    seen: dict[Path, Path] = {}
+    for s, d in pairs:
+        if d in seen:
+            raise UsageError(f"{s} and {seen[d]} would both be written to {d}; export them separately")
+        seen[d] = s
+    for e in errors:
+        err.print(f"[red]error[/red] {escape(e)}", soft_wrap=True)
+    done = 0
+    with progress_bar("exporting") as progress:
+        task = progress.add_task("", total=len(pairs))
+        for src, dst in pairs:
+            progress.update(task, description=src.name)
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                export(src, dst, identity, window=win, bits=bits, quality=quality, max_size=max_size)
+                done += 1
+            except MedForensicsError as e:
+                if debug:
+                    raise
+                errors.append(str(e))
+                progress.console.print(f"[red]error[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
+            progress.advance(task)
+    signed = f", C2PA manifest signed by {_common_name(identity.cert)}" if identity else \
+        ", without C2PA manifest"
+    err.print(f"exported {done} of {len(pairs)} image(s) to {out}{signed}", soft_wrap=True, highlight=False)
+    if errors:
+        raise typer.Exit(1)
