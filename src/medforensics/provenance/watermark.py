@@ -580,9 +580,9 @@ def restore(marked: np.ndarray, *, bits_stored: int, signed: bool, key: bytes | 
 
 
 # ----------------------------------------------------------------------------------- DICOM files
-#: Private creator of the header note written by :func:`embed_file` (group 0x0029).
+#: Private creator of the header note written by :func:`embed_file` (group 0x0077).
 PRIVATE_CREATOR = "MEDFORENSICS WATERMARK"
-_PRIVATE_GROUP = 0x0029
+_PRIVATE_GROUP = 0x0077
 #: Transfer syntaxes whose pixels can be marked (lossless); any other is refused.
 LOSSLESS_SYNTAXES = {
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
@@ -672,7 +672,7 @@ def _units(ds) -> tuple[float, str]:
 
 def embed_file(src: str | Path, dst: str | Path, key: bytes | None = None, *, block: int = 32) -> EmbedReport:
     """Watermark one DICOM file into the new file ``dst``; every header element and UID is kept, a
-    private block (0029,xx "MEDFORENSICS WATERMARK") notes the watermark. Multi-frame: per frame."""
+    private block (0077,xx "MEDFORENSICS WATERMARK") notes the watermark. Multi-frame: per frame."""
     src, dst = Path(src), Path(dst)
     ds, arr, bits, signed = _read(src)
     if _note(ds) is not None:
@@ -684,7 +684,7 @@ def embed_file(src: str | Path, dst: str | Path, key: bytes | None = None, *, bl
         raise MedForensicsError(src, e.problem) from None
     blk = ds.private_block(_PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     blk.add_new(0x01, "LO", f"reversible fragile watermark v1 block={block}")
-    blk.add_new(0x02, "CS", "HMAC-SHA256-64" if key else "SHA256-64")
+    blk.add_new(0x02, "CS", "HMAC_SHA256_64" if key else "SHA256_64")
     report.transfer_syntax = _write(ds, marked.reshape(arr.shape), dst, src)
     slope, unit = _units(ds)
     report.physical_unit = unit
