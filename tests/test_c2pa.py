@@ -174,8 +174,11 @@ def test_trust_right_ca_wrong_ca_and_files(ids, tmp_path):
     # no trust list: the signature is checked, the signer is not judged
     plain = verify_manifest(dst)
     assert plain.ok and plain.trusted is None
+    assert verify_manifest(dst, trust=[]).trusted is False  # an empty list trusts no one
     with pytest.raises(MedForensicsError, match="not a readable X.509 certificate"):
         verify_manifest(dst, trust=[paths["key"]])
+    with pytest.raises(MedForensicsError, match="cert.pem: holds no CA certificate"):
+        verify_manifest(dst, trust=[paths["cert"]])  # the signer's own certificate anchors nothing
 
 
 # ------------------------------------------------------------------ tampering and damage

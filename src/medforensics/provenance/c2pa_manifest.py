@@ -101,32 +101,43 @@ class ManifestCheck:
         return asdict(self)
 
 
-def _trust_pems(trust: Iterable[Any]) -> tuple[str, str]:
-    """(CA anchors, allowed end-entity certificates) as PEM text from paths, x509 objects or PEM bytes."""
+def _trust_pems(trust: Iterable[Any]) -> str:
+    """CA certificates as PEM text from paths, x509 objects or PEM bytes; a clear error for an entry
+    that holds no CA certificate (c2pa anchors trust on CAs only)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     from .keys import load_certificates
 
-    certs: list = []
+    pems: list[str] = []
     for t in trust:
+        where = None
         if isinstance(t, x509.Certificate):
-            certs.append(t)
+            certs = [t]
         elif isinstance(t, (bytes, bytearray)):
             try:
-                certs.extend(x509.load_pem_x509_certificates(bytes(t)))
+                certs = x509.load_pem_x509_certificates(bytes(t))
             except ValueError as e:
                 raise MedForensicsError(None, f"trust anchor is not a PEM certificate ({_line(e)})") from None
         else:
-            certs.extend(load_certificates(t))
-    anchors, allowed = [], []
-    for c in certs:
-        try:
-            is_ca = c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = c.issuer == c.subject
-        (anchors if is_ca else allowed).append(c.public_bytes(serialization.Encoding.PEM).decode())
-    return "".join(anchors), "".join(allowed)
+            where = t
+            certs = load_certificates(t)
+        cas = [c for c in certs if _is_ca(c)]
+        if not cas:
+            name = certs[0].subject.rfc4514_string()
+            raise MedForensicsError(where, f"holds no CA certificate ({name} is an end-entity certificate); "
+                                           "trust anchors must be CA certificates, e.g. the ca.pem of keys new")
+        pems.extend(c.public_bytes(serialization.Encoding.PEM).decode() for c in cas)
+    return "".join(pems)
+
+
+def _is_ca(cert) -> bool:
+    from cryptography import x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return cert.issuer == cert.subject
 
 
 def _context(trust: Sequence[Any] | None):
@@ -134,12 +145,8 @@ def _context(trust: Sequence[Any] | None):
 
     if trust is None:
         return None
-    anchors, allowed = _trust_pems(trust)
-    cfg: dict = {"verify": {"verify_trust": True}, "trust": {}}
-    if anchors:
-        cfg["trust"]["trust_anchors"] = anchors
-    if allowed:
-        cfg["trust"]["allowed_list"] = allowed
+    anchors = _trust_pems(trust)
+    cfg: dict = {"verify": {"verify_trust": True}, "trust": {"trust_anchors": anchors} if anchors else {}}
     return c2pa.Context.from_dict(cfg)
 
 
@@ -158,9 +165,9 @@ def verify_manifest(path: str | Path, *, trust: Sequence[Any] | None = None) -> 
         The file to check.
     trust : list, optional
         Trust anchors: CA certificate files (PEM/DER paths), ``cryptography`` certificates or PEM
-        bytes. They are handed to c2pa as its trust list (``trust.trust_anchors``; an end-entity
-        certificate goes to ``trust.allowed_list``). Without them ``trusted`` is None: the
-        signature is checked, not who made it.
+        bytes. They are handed to c2pa as its trust anchors (``trust.trust_anchors``); an entry
+        with no CA certificate in it is an error. Without them ``trusted`` is None: the
+        signature is checked, not who made it; an empty list trusts no one.
 
     Returns
     -------
@@ -647,7 +654,8 @@ def export(src: str | Path, dst: str | Path, identity=None, *, window: tuple[flo
             if identity is None:
                 f.write(encoded)
             else:
-                _sign(manifest, identity, alg, fmt, encoded, f, src if kind == "raster" else None, src_bytes, dst)
+                parent = (src_fmt, src_bytes) if kind == "raster" else None
+                _sign(manifest, identity, alg, fmt, encoded, f, parent, dst)
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
@@ -663,8 +671,10 @@ def export(src: str | Path, dst: str | Path, identity=None, *, window: tuple[flo
             "seconds": round(time.perf_counter() - t0, 4)}
 
 
-def _sign(manifest: dict, identity, alg: str, fmt: str, encoded: bytes, dest, parent: Path | None,
-          parent_bytes: bytes, dst: Path) -> None:
+def _sign(manifest: dict, identity, alg: str, fmt: str, encoded: bytes, dest, parent: tuple[str, bytes] | None,
+          dst: Path) -> None:
+    """Sign ``manifest`` over the encoded image into the open file ``dest``; ``parent`` = (format,
+    bytes) of a raster source, added as the parent ingredient (with its own manifest, if any)."""
     import c2pa
 
     try:
@@ -678,11 +688,10 @@ def _sign(manifest: dict, identity, alg: str, fmt: str, encoded: bytes, dest, pa
         with signer:
             builder = c2pa.Builder(json.dumps(manifest), context=ctx)
             if parent is not None:
-                mime = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff"}.get(
-                    manifest["assertions"][1]["data"]["format"], "application/octet-stream")
-                builder.add_ingredient({"title": f"source {manifest['assertions'][1]['data']['format'].upper()} image",
-                                        "relationship": "parentOf", "label": "source"}, mime,
-                                       io.BytesIO(parent_bytes))
+                pfmt, pbytes = parent
+                builder.add_ingredient({"title": f"source {pfmt.upper()} image", "relationship": "parentOf",
+                                        "label": "source"}, {"tiff": "image/tiff"}.get(pfmt, MIME.get(pfmt, "")),
+                                       io.BytesIO(pbytes))
             builder.sign(signer, MIME[fmt], io.BytesIO(encoded), dest)
     except MedForensicsError:
         raise
