@@ -38,7 +38,8 @@ def _worker(args) -> dict:
     from medforensics.provenance.keys import Identity
     from medforensics.provenance.signature import sign_dataset, verify_dataset
 
-    ident = Identity(key=serialization.load_pem_private_key(key_pem, None), cert=x509.load_pem_x509_certificate(cert_pem))
+    ident = Identity(key=serialization.load_pem_private_key(key_pem, None),
+                     cert=x509.load_pem_x509_certificate(cert_pem))
     ca = [x509.load_pem_x509_certificate(ca_pem)]
     dss = [pydicom.dcmread(io.BytesIO(b)) for b in blobs]
     t0 = time.perf_counter()

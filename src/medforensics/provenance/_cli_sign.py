@@ -189,7 +189,8 @@ def _rows(table: Table, rec: dict) -> None:
     if rec.get("error"):
         table.add_row(path, "", "", "[red]ERROR[/red]", escape(rec["error"]))
     elif rec["kind"] == "c2pa":
-        status = "[green]OK[/green]" if rec["ok"] else "[yellow]UNSIGNED[/yellow]" if rec["unsigned"] else "[red]FAILED[/red]"
+        status = ("[green]OK[/green]" if rec["ok"] else "[yellow]UNSIGNED[/yellow]" if rec["unsigned"]
+                  else "[red]FAILED[/red]")
         table.add_row(path, "C2PA manifest", escape(rec.get("signer") or ""), status,
                       escape("; ".join(rec.get("reasons") or []) or ("no C2PA manifest" if rec["unsigned"] else "")))
     elif rec["unsigned"]:

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -710,7 +710,8 @@ def verify_dataset(ds: Dataset, *, trust=None, at: _dt.datetime | None = None) -
     try:
         items = list(ds[_DIGITAL_SIGNATURES].value)
     except Exception as e:  # noqa: BLE001
-        return [SignatureCheck(ok=False, signature_uid=None, reasons=[f"malformed Digital Signatures Sequence ({_short(e)})"])]
+        return [SignatureCheck(ok=False, signature_uid=None,
+                               reasons=[f"malformed Digital Signatures Sequence ({_short(e)})"])]
     params: dict[int, Dataset] = {}
     try:
         for p in (ds[_MAC_PARAMETERS].value if _MAC_PARAMETERS in ds else []):
