@@ -128,6 +128,9 @@ def test_tampered_pixels_are_localised(ids):
     f0, r0, c0, f1, r1, c1 = chk.changed_blocks[0]
     assert r0 <= 70 and r1 >= 75 and c0 <= 10 and c1 >= 20
     assert any("pixel data changed" in r for r in chk.reasons)
+    del ds.PixelData
+    [chk] = verify_dataset(ds)
+    assert chk.pixel_changed and "signed attribute PixelData (7FE0,0010) was removed" in chk.reasons
 
 
 def test_compressed_pixels_are_localised_on_decoded_values(ids):

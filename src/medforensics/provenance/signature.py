@@ -644,6 +644,8 @@ def _check_one(ds: Dataset, item: Dataset, params: dict[int, Dataset], anchors: 
     chk.profile = ours[0].get("profile") if ours else None
     if not good:
         for t in missing:
+            if t == _PIXEL_DATA:
+                chk.pixel_changed = True
             chk.changed_tags.append(_tag_name(t))
             r.append(f"signed attribute {_tag_name(t)} was removed")
         if ours is not None:
