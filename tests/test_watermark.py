@@ -121,9 +121,13 @@ def test_multiframe_per_frame_boxes():
     assert check(swapped, bits_stored=12, signed=False).n_verified == 4
 
 
-def test_out_of_range_input_refused():
+def test_out_of_range_and_incompressible_input_refused():
     with pytest.raises(MedForensicsError, match="outside the unsigned 12-bit range"):
         embed(np.full((64, 64), 5000, np.uint16), bits_stored=12, signed=False)
+    # uniform full-range noise is incompressible: no reversible scheme has room for the digests
+    noise = np.random.default_rng(0).integers(0, 4096, (64, 64)).astype(np.uint16)
+    with pytest.raises(MedForensicsError, match="too noisy to carry a 64-bit digest"):
+        embed(noise, bits_stored=12, signed=False)
 
 
 # ------------------------------------------------------------------------------- fragility

@@ -24,8 +24,9 @@ same order; the digest tells which one was used): two-sided shifting with at mos
 values of change (``2s``), one-sided upward (``up``) or downward (``dn``) shifting for blocks that
 touch one end of the Bits Stored range, and value-histogram shifting with the peak/zero pair kept
 in the least significant bits of the first pixels (``ni``, Ni et al. 2006) for blocks that touch
-both ends. ``t`` grows 1, 2, 3, 4, 6, ... only where a noisy block needs more room, so no pixel
-ever leaves the Bits Stored range and no location map is needed.
+both ends. ``t`` grows 1, 2, 3, 4, 6, ... only where a noisy block needs more room; one-sided modes
+are used only where two-sided shifting could overflow. So no pixel ever leaves the Bits Stored
+range and no location map is needed.
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def _modes() -> list[_Mode]:
 
 
 MODES = _modes()
+#: The order ``check`` tries modes in (only speed depends on it: the digest tells which one is right).
+DECODE_ORDER = [m for m in MODES if m.kind == "2s"] + [m for m in MODES if m.kind != "2s"]
 
 
 def _range(bits_stored: int, signed: bool) -> tuple[int, int]:
@@ -305,7 +308,10 @@ def _embed_group(x: np.ndarray, digests: list[bytes], sh: _Shape, lo: int, hi: i
     for mode in MODES:
         if not remaining.size:
             break
-        idx = remaining[_fits(mode, mins[remaining], maxs[remaining], lo, hi)]
+        fit = _fits(mode, mins[remaining], maxs[remaining], lo, hi)
+        if mode.kind in ("up", "dn"):  # one-sided only where two-sided shifting could overflow
+            fit &= ~_fits(_Mode("2s", mode.t), mins[remaining], maxs[remaining], lo, hi)
+        idx = remaining[fit]
         if not idx.size:
             continue
         if mode.kind == "ni":
@@ -338,7 +344,7 @@ def _decode_group(y: np.ndarray, sh: _Shape, pos: list[tuple[int, ...]], lo: int
     verified = np.zeros(n, bool)
     names = [""] * n
     remaining = np.arange(n)
-    for mode in MODES:
+    for mode in DECODE_ORDER:
         if not remaining.size:
             break
         idx = remaining
