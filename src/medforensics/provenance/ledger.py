@@ -623,7 +623,7 @@ class Ledger:
                     "SELECT 1 FROM information_schema.tables WHERE table_name = 'ledger_meta'"):
                 raise MedForensicsError(name, "already holds a ledger; a new log needs a new database")
             head = _sign_head(private_key, 0, EMPTY_ROOT)
-            with self._db.write():
+            with self._guard("creating the log"), self._db.write():
                 for stmt in self._db.schema():
                     self._db.execute(stmt)
                 meta = {"schema_version": SCHEMA_VERSION, "public_key_pem": _public_pem(private_key).decode("ascii"),
@@ -782,10 +782,11 @@ class Ledger:
         if not 0 <= n <= size:
             raise MedForensicsError(self.name, f"tree size {n} is outside 0..{size}")
 
-    def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[bytes]:
+    def inclusion_proof(self, index: int, tree_size: int | None = None, *, _head: TreeHead | None = None) -> list[bytes]:
         """The audit path of leaf ``index`` in the tree of ``tree_size`` leaves (default: latest)."""
-        n = self.size if tree_size is None else int(tree_size)
-        self._check_size(n)
+        head = _head or self.head()
+        n = head.tree_size if tree_size is None else int(tree_size)
+        self._check_size(n, head)
         if not 0 <= index < n:
             raise MedForensicsError(self.name, f"leaf index {index} is outside a tree of size {n}")
         return self._range_hashes(inclusion_ranges(index, n))
@@ -831,7 +832,7 @@ class Ledger:
         return self._entry_from_row(rows[0]) if rows else None
 
     def _proved(self, entry: Entry, head: TreeHead) -> tuple[bytes, ...]:
-        proof = self.inclusion_proof(entry.index, head.tree_size)
+        proof = self.inclusion_proof(entry.index, head.tree_size, _head=head)
         if not verify_inclusion(entry.leaf_hash, entry.index, head.tree_size, proof, head.root_hash):
             raise MedForensicsError(self.name, f"corrupted log: the inclusion proof of entry {entry.index} does not "
                                     f"match the signed tree head of size {head.tree_size}; run 'medforensics ledger audit'")
