@@ -74,8 +74,6 @@ def _modes() -> list[_Mode]:
 
 
 MODES = _modes()
-#: The order ``check`` tries modes in (only speed depends on it: the digest tells which one is right).
-DECODE_ORDER = [m for m in MODES if m.kind == "2s"] + [m for m in MODES if m.kind != "2s"]
 
 
 def _range(bits_stored: int, signed: bool) -> tuple[int, int]:
@@ -272,6 +270,20 @@ def _ni_embed(x: np.ndarray, payload: np.ndarray, lo: int, bits: int) -> np.ndar
     return np.concatenate([head, r]) + lo
 
 
+def _ni_plausible(y: np.ndarray, lo: int, bits: int) -> np.ndarray:
+    """Vectorised pre-check of many flat blocks: do the header's peak bins hold enough carriers?"""
+    nh = 2 * bits
+    if y.shape[1] <= nh:
+        return np.zeros(y.shape[0], bool)
+    w = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
+    hb = (y[:, :nh] - lo) & 1
+    peak, zero = hb[:, :bits] @ w, hb[:, bits:] @ w
+    d = np.where(zero > peak, 1, -1)
+    r = y[:, nh:] - lo
+    n = ((r == peak[:, None]) | (r == (peak + d)[:, None])).sum(axis=1)
+    return (peak != zero) & (n >= nh + DIGEST_BITS)
+
+
 def _ni_decode(y: np.ndarray, lo: int, bits: int) -> tuple[np.ndarray, np.ndarray] | None:
     nh = 2 * bits
     if y.size <= nh:
@@ -344,10 +356,20 @@ def _decode_group(y: np.ndarray, sh: _Shape, pos: list[tuple[int, ...]], lo: int
     verified = np.zeros(n, bool)
     names = [""] * n
     remaining = np.arange(n)
-    for mode in DECODE_ORDER:
+    ymin, ymax = y.min(axis=1), y.max(axis=1)
+    for mode in MODES:
         if not remaining.size:
             break
         idx = remaining
+        # cheap filters: a one-sided block was within t of its end, so its marked values are within 2t
+        if mode.kind == "up":
+            idx = idx[ymin[idx] < lo + 2 * mode.t]
+        elif mode.kind == "dn":
+            idx = idx[ymax[idx] > hi - 2 * mode.t]
+        elif mode.kind == "ni":
+            idx = idx[_ni_plausible(y[idx], lo, bits)]
+        if not idx.size:
+            continue
         if mode.kind == "ni":
             cand = []
             for i in idx:
