@@ -172,6 +172,25 @@ def test_2000_single_bit_flips_each_detected_in_its_block():
         assert np.array_equal(res.restored[keep], a[keep])
 
 
+def test_flips_in_side_information_detected():
+    """Blocks saturated at both range ends use value-histogram shifting whose peak/zero bins sit in the
+    LSBs of the first 2*BitsStored pixels (the scheme's only side information): flipping any bit of
+    those pixels, or of the pixels that carry payload, fails the block."""
+    a = _synthetic(12, False, "extremes", np.random.default_rng(5), shape=(32, 32))
+    marked, rep = embed(a, bits_stored=12, signed=False)
+    assert rep.modes == {"ni1": 1}
+    flat = marked.ravel()
+    hits = list(range(24))  # header pixels
+    payload_px = np.flatnonzero((flat != a.ravel()))[:60]  # pixels the embedding changed
+    hits += [int(i) for i in payload_px]
+    for i in hits:
+        for bit in range(12):
+            t = flat.copy()
+            t[i] ^= np.uint16(1 << bit)
+            res = check(t.reshape(a.shape), bits_stored=12, signed=False, block=32)
+            assert not res.intact and not res.present, (i, bit)
+
+
 def test_pasted_patch_localised(lidc_series_dir):
     a = _lidc_slices(lidc_series_dir, 1)[0]
     marked, _ = embed(a, bits_stored=16, signed=True, key=b"secret")
