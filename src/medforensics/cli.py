@@ -154,11 +154,17 @@ def scan_cmd(
     suspicious: Optional[float] = typer.Option(None, "--suspicious", help="Fused score from which an item is suspicious (0.5)."),
     manipulated: Optional[float] = typer.Option(None, "--manipulated", help="Fused score from which an item is manipulated/synthetic (0.8)."),
     fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 3 if any item is labelled this or worse: suspicious, manipulated."),
+    trust: Optional[List[Path]] = typer.Option(None, "--trust", help="CA certificate (PEM) that signers must chain to; repeatable."),
+    ledger: Optional[str] = typer.Option(None, "--ledger", help="Transparency log to look images up in (file or postgresql:// URL; default $MEDFORENSICS_LEDGER)."),
+    watermark_key: Optional[Path] = typer.Option(None, "--watermark-key", help="Key file of keyed watermarks."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow replacing existing output files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
-    """Scan images and series for manipulation or synthesis; print a summary, write JSON lines and a report."""
+    """Scan images and series for manipulation or synthesis; print a summary, write JSON lines and a report.
+
+    Signatures, watermarks and the transparency log are checked by the ``provenance`` detector.
+    """
     names = [n.strip() for n in detectors.split(",") if n.strip()] if detectors else None
     if names:
         from .detectors import available_detectors
@@ -174,6 +180,7 @@ def scan_cmd(
             if p is not None and p.exists():
                 p.unlink()
     cfg = _fusion_config(config, suspicious, manipulated)
+    _provenance_settings(trust, ledger, watermark_key)
     verdicts = run_scan(paths, json_out=json_out, report=report, detectors=names, workers=workers, config=cfg,
                         debug=debug, quiet=quiet)
     if fail_on:
@@ -182,6 +189,27 @@ def scan_cmd(
             raise typer.Exit(3)
     if any(v.errors for v in verdicts):
         raise typer.Exit(1)
+
+
+def _provenance_settings(trust: Optional[List[Path]], ledger: Optional[str], watermark_key: Optional[Path]) -> None:
+    """Hand scan's provenance options to the ``provenance`` detector (and worker processes) through
+    the environment variables it reads; check them first so a typo is a usage error, not a finding."""
+    import os
+
+    from .detectors.provenance import ENV_LEDGER, ENV_TRUST, ENV_WATERMARK_KEY, read_key_file
+    from .provenance.keys import load_certificates
+
+    if trust:
+        for p in trust:
+            load_certificates(p)
+        os.environ[ENV_TRUST] = os.pathsep.join(str(p.resolve()) for p in trust)
+    if ledger:
+        from .provenance.ledger import Ledger
+        Ledger(ledger).close()
+        os.environ[ENV_LEDGER] = ledger
+    if watermark_key:
+        read_key_file(watermark_key)
+        os.environ[ENV_WATERMARK_KEY] = str(watermark_key.resolve())
 
 
 @app.command("detectors")

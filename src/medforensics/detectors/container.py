@@ -46,9 +46,8 @@ SYNTHETIC_SOURCES = ("trainedalgorithmicmedia", "compositesynthetic", "algorithm
                      "compositewithtrainedalgorithmicmedia")
 EDIT_ACTIONS = {"c2pa.edited", "c2pa.filtered", "c2pa.color_adjustments", "c2pa.cropped", "c2pa.resized",
                 "c2pa.drawing", "c2pa.placed", "c2pa.removed", "c2pa.transcoded", "c2pa.repackaged"}
-#: validation codes that say nothing about the content (no trust list is configured here)
-BENIGN_CODES = ("signingcredential.untrusted", "signingcredential.ocsp", "timestamp.untrusted", "signingcredential.trusted",
-                "claimsignature.validated", "timestamp.validated", "timestamp.trusted")
+#: actions that only render a DICOM source for display (see provenance.c2pa_manifest.export)
+RENDERING_ACTIONS = {"c2pa.color_adjustments", "c2pa.resized", "c2pa.transcoded", "c2pa.repackaged"}
 
 # IJG standard luminance quantisation table (quality 50), in natural (row-major) order
 IJG_LUMA = np.array([
@@ -116,7 +115,12 @@ class ContainerDetector(Detector):
                                                f"(signed by {c2.get('signer') or 'an unknown signer'})", "synthesis")
             elif key.startswith("composite"):
                 add("c2pa_composite", "strong", f"the C2PA manifest declares the image a {key}")
-        edits = sorted(set(c2.get("actions", [])) & EDIT_ACTIONS)
+        edits = set(c2.get("actions", [])) & EDIT_ACTIONS
+        if c2.get("source") and not c2.get("failures"):
+            # A valid export manifest of ours names its DICOM source: rendering it for display
+            # (windowing, resizing, a new container) is what an export is, not an edit.
+            edits -= RENDERING_ACTIONS
+        edits = sorted(edits)
         if edits:
             add("c2pa_edited", "moderate", f"the C2PA manifest records edits: {', '.join(edits)}")
         failures = c2.get("failures", [])

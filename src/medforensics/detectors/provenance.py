@@ -1,0 +1,230 @@
+"""Proof of origin as evidence: DICOM digital signatures, the reversible fragile watermark and the
+transparency log, next to the passive detectors.
+
+For every DICOM file of an image or series the detector
+
+* verifies its digital signatures (:mod:`medforensics.provenance.signature`): a signature whose
+  signed data changed is near-certain evidence of manipulation and, through the signed block
+  digests, points to the changed pixel blocks; an intact signature by an untrusted or expired
+  certificate is weaker evidence (anyone can sign a forgery with a key of their own);
+* checks the reversible fragile watermark (:mod:`medforensics.provenance.watermark`): tampered
+  blocks are regions; a watermark declared in the header that no longer verifies anywhere is
+  evidence too;
+* looks the instance up in the transparency log named by ``$MEDFORENSICS_LEDGER``
+  (:mod:`medforensics.provenance.ledger`): logged with other pixels or another identifying header
+  is evidence; unknown is not.
+
+PNG/JPEG/TIFF files are looked up in the log too (their C2PA manifests are the ``container``
+detector's). Configuration comes from the environment, which ``medforensics scan --trust
+--ledger --watermark-key`` set: ``MEDFORENSICS_TRUST`` (CA certificate files separated by
+``os.pathsep``), ``MEDFORENSICS_LEDGER`` and ``MEDFORENSICS_WATERMARK_KEY`` (a key file).
+
+An image with no signature, no watermark and no log entry gets no evidence from this detector
+(``None``): absence of proof is not proof of forgery, because hardly any DICOM is signed today.
+Scores are fixed by what each finding proves, not fitted: broken integrity 0.99, a changed log
+entry 0.97 (pixels) or 0.7 (header only), a declared watermark that verifies nowhere 0.9 with the
+key given and 0.5 without one, an untrusted signer 0.6 (trust anchors given), an expired
+certificate 0.2, an unsupported signature 0.1; proofs that hold give 0.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core import Evidence, Image, MedForensicsError
+from .base import Detector, regions_from_heatmap
+
+ENV_TRUST = "MEDFORENSICS_TRUST"
+ENV_LEDGER = "MEDFORENSICS_LEDGER"
+ENV_WATERMARK_KEY = "MEDFORENSICS_WATERMARK_KEY"
+
+BROKEN, LOG_PIXELS, LOG_HEADER = 0.99, 0.97, 0.7
+WM_VANISHED_KEYED, WM_VANISHED = 0.9, 0.5
+UNTRUSTED, EXPIRED, UNSUPPORTED = 0.6, 0.2, 0.1
+
+
+@dataclass
+class _Findings:
+    """What the checks of all files of one image found; ``score`` is the strongest finding."""
+
+    score: float = 0.0
+    messages: list[tuple[float, str]] = field(default_factory=list)
+    boxes: list[tuple[int, ...]] = field(default_factory=list)   # in image voxel indices
+    status: dict[str, dict[str, int]] = field(default_factory=lambda: {"signature": {}, "watermark": {}, "ledger": {}})
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, score: float, message: str) -> None:
+        self.score = max(self.score, score)
+        self.messages.append((score, message))
+
+    def count(self, what: str, status: str) -> None:
+        self.status[what][status] = self.status[what].get(status, 0) + 1
+
+    @property
+    def anything(self) -> bool:
+        return any(self.status[w] for w in self.status)
+
+
+class ProvenanceDetector(Detector):
+    name = "provenance"
+    description = ("Proof of origin: DICOM digital signatures, the reversible fragile watermark, and the "
+                   "transparency log ($MEDFORENSICS_LEDGER); broken proofs point to the changed blocks.")
+
+    def __init__(self, trust: list[str] | None = None, ledger: str | None = None, watermark_key: bytes | None = None):
+        env_trust = [p for p in os.environ.get(ENV_TRUST, "").split(os.pathsep) if p]
+        self.trust = list(trust) if trust is not None else env_trust
+        self.ledger_location = ledger if ledger is not None else (os.environ.get(ENV_LEDGER) or None)
+        if watermark_key is None and os.environ.get(ENV_WATERMARK_KEY):
+            watermark_key = read_key_file(os.environ[ENV_WATERMARK_KEY])
+        self.watermark_key = watermark_key
+        self._ledger = None
+
+    # ------------------------------------------------------------------------------------ detect
+    def detect(self, image: Image) -> Evidence | None:
+        f = _Findings()
+        multi_file = image.pixels.ndim == 3 and len(image.sources) > 1
+        for k, src in enumerate(image.sources):
+            src = Path(src)
+            offset = k if multi_file else None
+            if image.format == "dicom":
+                self._signatures(src, offset, image, f)
+                self._watermark(src, offset, image, f)
+            if self.ledger_location:
+                self._log(src, f)
+        if not f.anything and not f.errors:
+            return None
+        heatmap = None
+        regions = []
+        if f.boxes:
+            heatmap = np.zeros(image.pixels.shape, dtype=np.float32)
+            for b in f.boxes:
+                n = len(b) // 2
+                heatmap[tuple(slice(b[i], b[i + n]) for i in range(n))] = 1.0
+            regions = regions_from_heatmap(image, heatmap, threshold=0.5, max_regions=10, min_size=1,
+                                           note="changed since signed or watermarked")
+        messages = [m for s, m in sorted(f.messages, key=lambda t: -t[0])]
+        if f.score >= 0.5:
+            explanation = messages[0]
+        else:
+            proofs = [f"{w} {', '.join(f'{n} {s}' for s, n in sorted(c.items()))}" for w, c in f.status.items() if c]
+            explanation = "provenance holds: " + "; ".join(proofs) if not messages else messages[0]
+        details = {"status": {w: c for w, c in f.status.items() if c}, "findings": messages[:20],
+                   "provenance": _summary(f), "trust_anchors": len(self.trust),
+                   "ledger": bool(self.ledger_location), "watermark_key": self.watermark_key is not None}
+        if f.errors:
+            details["errors"] = f.errors[:10]
+        return Evidence(self.name, f.score, explanation, heatmap=heatmap, regions=regions, details=details)
+
+    # ----------------------------------------------------------------------------- signatures
+    def _signatures(self, path: Path, offset: int | None, image: Image, f: _Findings) -> None:
+        from ..provenance.signature import verify_file
+
+        res = verify_file(path, trust=self.trust or None)
+        if res.error:
+            f.errors.append(res.error)
+            return
+        if res.unsigned:
+            return
+        for sig in res.signatures:
+            if sig.ok:
+                f.count("signature", "valid")
+                continue
+            if not sig.integrity:
+                f.count("signature", "broken")
+                what = []
+                if sig.pixel_changed:
+                    what.append("pixel data")
+                what += list(sig.changed_tags)[:5]
+                f.add(BROKEN, f"{path.name}: the DICOM signature by {sig.signer or 'an unknown signer'} no longer matches "
+                              f"({', '.join(what) or 'signed data'} changed)")
+                for b in sig.changed_blocks:
+                    f.boxes.append(_to_image_box(b, offset, image))
+                continue
+            reasons = "; ".join(sig.reasons[:2])
+            if sig.trusted is False:
+                f.count("signature", "untrusted")
+                f.add(UNTRUSTED, f"{path.name}: signed by {sig.signer}, whom no trust anchor vouches for ({reasons})")
+            elif any("expired" in r or "not yet valid" in r for r in sig.reasons):
+                f.count("signature", "expired")
+                f.add(EXPIRED, f"{path.name}: intact signature, but {reasons}")
+            else:
+                f.count("signature", "unsupported")
+                f.add(UNSUPPORTED, f"{path.name}: signature cannot be checked ({reasons})")
+
+    # ------------------------------------------------------------------------------ watermark
+    def _watermark(self, path: Path, offset: int | None, image: Image, f: _Findings) -> None:
+        from ..provenance.watermark import check_file
+
+        try:
+            res = check_file(path, key=self.watermark_key)
+        except MedForensicsError:
+            return  # lossy or colour pixel data cannot carry the watermark: nothing to say
+        if res.intact:
+            f.count("watermark", "intact")
+        elif res.present:
+            f.count("watermark", "tampered")
+            f.add(BROKEN, f"{path.name}: the fragile watermark is broken in {len(res.tampered_blocks)} of "
+                          f"{res.n_blocks} block(s)")
+            for b in res.tampered_blocks:
+                f.boxes.append(_to_image_box(b, offset, image))
+        elif res.header_declared:
+            f.count("watermark", "vanished")
+            keyed = self.watermark_key is not None
+            f.add(WM_VANISHED_KEYED if keyed else WM_VANISHED,
+                  f"{path.name}: the header declares a watermark but none verifies"
+                  + ("" if keyed else " (a keyed watermark needs --watermark-key)"))
+
+    # ---------------------------------------------------------------------------------- ledger
+    def _log(self, path: Path, f: _Findings) -> None:
+        from ..provenance.ledger import Ledger, fingerprint
+
+        try:
+            if self._ledger is None:
+                self._ledger = Ledger(self.ledger_location)
+            res = self._ledger.lookup(fingerprint(path))
+        except MedForensicsError as e:
+            f.errors.append(str(e))
+            return
+        f.count("ledger", res.status)
+        if res.status == "changed":
+            pixels = "pixels" in res.changed
+            f.add(LOG_PIXELS if pixels else LOG_HEADER,
+                  f"{path.name}: logged at leaf {res.leaf_index} with other {' and '.join(res.changed)}")
+
+
+def _to_image_box(box: tuple[int, ...], offset: int | None, image: Image) -> tuple[int, ...]:
+    """A box of a file's stored pixels -- ``(r0, c0, r1, c1)`` or ``(f0, r0, c0, f1, r1, c1)`` -- in
+    the voxel indices of ``image`` (slice ``offset`` of a series of single-frame files)."""
+    box = tuple(int(v) for v in box)
+    if len(box) == 4:
+        box = (0, box[0], box[1], 1, box[2], box[3])
+    if image.pixels.ndim == 2:
+        return (box[1], box[2], box[4], box[5])
+    if offset is not None:
+        return (offset, box[1], box[2], offset + 1, box[4], box[5])
+    return box
+
+
+def _summary(f: _Findings) -> str:
+    """One word per proof for ``Verdict.provenance``: e.g. ``signature:valid watermark:tampered``."""
+    parts = []
+    for what, counts in f.status.items():
+        if counts:
+            worst = max(counts, key=lambda s: (s not in ("valid", "intact", "unchanged", "unknown"), counts[s]))
+            parts.append(f"{what}:{worst}")
+    return " ".join(parts) or "none"
+
+
+def read_key_file(path: str | Path) -> bytes:
+    """The bytes of a watermark key file (surrounding whitespace stripped); a clear error otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes().strip()
+    except OSError as e:
+        raise MedForensicsError(path, f"watermark key cannot be read ({e.strerror or e})") from None
+    if not data:
+        raise MedForensicsError(path, "watermark key file is empty")
+    return data
