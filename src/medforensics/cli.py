@@ -249,6 +249,24 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
         raise typer.Exit(0)
 
 
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error and abort classes: typer >= 0.2x raises those of its vendored click,
+    and a separate ``click`` may be installed beside it (uvicorn brings one): catch both."""
+    import importlib
+
+    exc: list[type] = []
+    aborts: list[type] = [typer.Abort]
+    for mod in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        exc.append(m.ClickException)
+        if hasattr(m, "Abort"):
+            aborts.append(m.Abort)
+    return tuple(exc), tuple(aborts)
+
+
 def main() -> None:
     """Entry point: one-line errors instead of tracebacks unless ``--debug`` is given."""
     debug = "--debug" in sys.argv
@@ -271,15 +289,11 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback without --debug
-        try:
-            from click.exceptions import Abort, ClickException
-        except ImportError:  # typer >= 0.2x vendors click instead of depending on it
-            from typer import Abort
-            from typer._click.exceptions import ClickException
-        if isinstance(e, ClickException):
+        click_exc, aborts = _click_exception_types()
+        if isinstance(e, click_exc):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, Abort):
+        if isinstance(e, aborts):
             sys.exit(1)
         if debug:
             raise

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..core import MedForensicsError
+from .keys import read_bytes
 
 __all__ = ["export", "verify_manifest", "read_c2pa", "ManifestCheck", "render_dicom", "apply_window",
            "SOURCE_LABEL", "MIME"]
@@ -179,14 +180,7 @@ def verify_manifest(path: str | Path, *, trust: Sequence[Any] | None = None) -> 
 
     path = Path(path)
     chk = ManifestCheck(path=str(path))
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MedForensicsError(path, "no such file") from None
-    except IsADirectoryError:
-        raise MedForensicsError(path, "is a folder, not a file") from None
-    except OSError as e:
-        raise MedForensicsError(path, f"cannot be read ({e.strerror})") from None
+    data = read_bytes(path)
     ctx = _context(trust)
     if not data:
         chk.reasons.append("the file is empty")
@@ -580,14 +574,7 @@ def export(src: str | Path, dst: str | Path, identity=None, *, window: tuple[flo
         raise MedForensicsError(dst, f"folder {dst.parent} does not exist")
     extra = _extra_actions(actions)
     alg = _c2pa_alg(identity) if identity is not None else None
-    try:
-        src_bytes = src.read_bytes()
-    except FileNotFoundError:
-        raise MedForensicsError(src, "no such file") from None
-    except IsADirectoryError:
-        raise MedForensicsError(src, "is a folder, not a file") from None
-    except OSError as e:
-        raise MedForensicsError(src, f"cannot be read ({e.strerror})") from None
+    src_bytes = read_bytes(src)
     kind = sniff(src)
     agent = {"name": "medforensics", "version": __version__}
     if kind == "dicom":

@@ -152,7 +152,7 @@ def load_identity(key_path: str | Path, cert_path: str | Path, password: bytes |
     """
     key_path, cert_path = Path(key_path), Path(cert_path)
     try:
-        key = serialization.load_pem_private_key(_read(key_path), password=password)
+        key = serialization.load_pem_private_key(read_bytes(key_path), password=password)
     except (ValueError, TypeError) as e:
         raise MedForensicsError(key_path, f"not a usable PEM private key ({_first_line(e)})") from None
     certs = load_certificates(cert_path)
@@ -165,7 +165,7 @@ def load_identity(key_path: str | Path, cert_path: str | Path, password: bytes |
 def load_certificates(path: str | Path) -> list[x509.Certificate]:
     """All certificates in a PEM (or single DER) file, in file order; a clear error otherwise."""
     path = Path(path)
-    data = _read(path)
+    data = read_bytes(path)
     try:
         if b"-----BEGIN" in data:
             certs = x509.load_pem_x509_certificates(data)
@@ -192,7 +192,10 @@ def _self_issued(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject
 
 
-def _read(path: Path) -> bytes:
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a file, or a one-line :class:`MedForensicsError` naming it (missing, a folder,
+    unreadable). Shared by the provenance tools."""
+    path = Path(path)
     try:
         return path.read_bytes()
     except FileNotFoundError:
