@@ -1,5 +1,6 @@
 """`medforensics demo` runs on PyPI-only sample data and catches its own manipulated copies."""
 import json
+import os
 from pathlib import Path
 
 from medforensics.demo import new_folder, run_demo
@@ -16,5 +17,12 @@ def test_demo_end_to_end(tmp_path):
     assert len(caught) >= len(truth) - 1, [(Path(t["file"]).name, records[Path(t["file"]).name]["label"]) for t in truth]
     false_alarms = [n for n, r in records.items() if "originals" in r["path"] and r["label"] != "authentic"]
     assert len(false_alarms) <= 1, false_alarms
+    # provenance: the signed original holds, its invisibly changed copy is caught where it changed
+    assert records["ct_signed.dcm"]["provenance"] == "signature:valid watermark:intact"
+    tampered = records["ct_signed_tampered.dcm"]
+    assert tampered["label"] == "manipulated" and tampered["evidence"][0]["detector"] == "provenance"
+    r0, c0, r1, c1 = tampered["evidence"][0]["regions"][0]["bbox_voxel"]
+    assert r0 <= 60 and c0 <= 80 and r1 >= 70 and c1 >= 90
+    assert "MEDFORENSICS_TRUST" not in os.environ  # the demo's trust setting does not leak
     # a second run never overwrites the first
     assert new_folder(root) != root

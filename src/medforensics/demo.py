@@ -4,8 +4,11 @@ The sample images are real, de-identified DICOM files that install from PyPI wit
 pydicom-data: a Philips and a Fuji chest radiograph (CR), a GE CT slice and an MR slice. The demo
 writes into a new folder::
 
-    originals/       the untouched samples (and a PNG export of a radiograph)
-    manipulated/     edited copies, and ground_truth.json saying what changed where
+    originals/       the untouched samples (and a PNG export of a radiograph), and signed/: a
+                     watermarked and signed CT slice
+    manipulated/     edited copies, and ground_truth.json saying what changed where (one of
+                     them: the signed slice changed by 25 HU in a small patch)
+    keys/            the demo signer's CA, certificate and key (its CA is trusted by the scan)
     scan.jsonl       one JSON object per image (the scan contract)
     report.html      the self-contained report with overlays
 
@@ -14,6 +17,7 @@ and prints, for every manipulated copy, whether the scan caught it and where.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .core import MedForensicsError
+from .detectors.provenance import ENV_TRUST
 from .forge.edits import copy_move, inpaint_region, rescale_region, splice
 
 SAMPLES = {"chest_cr_philips.dcm": "RG1_UNCR.dcm", "chest_cr_fuji.dcm": "RG3_UNCI.dcm",
@@ -128,6 +133,28 @@ def make_samples(root: Path) -> list[dict]:
     PILImage.fromarray(png).save(fake / "cr_generator_tagged.png", pnginfo=info)
     record("cr_generator_tagged.png", "PNG carrying a Stable Diffusion generation record", None, "container")
 
+    # Provenance: a watermarked and signed CT slice, and a copy with a change too small to see
+    # (+25 HU in a 10x10 patch) that only the broken signature and watermark reveal.
+    import tempfile
+
+    from .provenance.keys import new_identity
+    from .provenance.signature import sign_file
+    from .provenance.watermark import embed_file
+
+    ident = new_identity("medforensics demo signer", algorithm="ec")
+    ident.save(root / "keys")
+    (orig / "signed").mkdir()
+    with tempfile.TemporaryDirectory() as tmp:  # watermark first: the signature covers the marked pixels
+        embed_file(orig / "ct_slice.dcm", Path(tmp) / "marked.dcm")
+        sign_file(Path(tmp) / "marked.dcm", orig / "signed" / "ct_signed.dcm", ident)
+    signed = pydicom.dcmread(orig / "signed" / "ct_signed.dcm")
+    stored = signed.pixel_array.astype(np.float32)
+    stored[60:70, 80:90] += 25.0 / float(signed.get("RescaleSlope", 1) or 1)
+    (fake / "signed").mkdir()
+    _save_stored(signed, stored, fake / "signed" / "ct_signed_tampered.dcm")
+    record("signed/ct_signed_tampered.dcm", "signed and watermarked CT slice, +25 HU in a 10x10 patch after signing",
+           (60, 80, 70, 90), "provenance")
+
     (fake / "ground_truth.json").write_text(json.dumps(truth, indent=2))
     return truth
 
@@ -152,9 +179,17 @@ def run_demo(out_dir: Path | None = None, *, workers: int = 1, debug: bool = Fal
     root = new_folder(Path(out_dir) if out_dir else Path("medforensics-demo"))
     console.print(f"[bold]medforensics demo[/bold]: writing sample images and manipulated copies to {root}/")
     truth = make_samples(root)
-    verdicts = run_scan([root / "originals", root / "manipulated"], json_out=root / "scan.jsonl",
-                        report=root / "report.html", workers=workers, debug=debug,
-                        title="medforensics demo: real sample images and manipulated copies")
+    before = os.environ.get(ENV_TRUST)
+    os.environ[ENV_TRUST] = str((root / "keys" / "ca.pem").resolve())  # the demo signer's CA is trusted
+    try:
+        verdicts = run_scan([root / "originals", root / "manipulated"], json_out=root / "scan.jsonl",
+                            report=root / "report.html", workers=workers, debug=debug,
+                            title="medforensics demo: real sample images and manipulated copies")
+    finally:
+        if before is None:
+            os.environ.pop(ENV_TRUST, None)
+        else:
+            os.environ[ENV_TRUST] = before
     by_path = {Path(v.path).name: v for v in verdicts}
     table = Table(title="manipulated copies: caught, and where")
     for col in ("file", "manipulation", "label", "score", "found by", "region on the change"):
