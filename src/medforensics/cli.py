@@ -240,6 +240,7 @@ from .forge.cli import forge_app  # noqa: E402
 app.add_typer(forge_app, name="forge")
 
 from .provenance import cli as _provenance_cli  # noqa: E402,F401  (registers keys, sign, verify, export, ledger, watermark)
+from .learn import cli as _learn_cli  # noqa: E402,F401  (registers train, evaluate)
 
 
 @app.callback(invoke_without_command=True)
