@@ -1,1 +1,68 @@
-"""(being written) CLI: medforensics train."""
+"""``medforensics train``: train a 2D classifier on a forge dataset into a safetensors checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import UsageError, app, err, new_output, out, progress_bar
+
+
+def _config_path(config: str) -> Path:
+    """A config given as a path, or as the name of a shipped one (``review``, ``fast-cpu``)."""
+    from .train import SHIPPED_CONFIGS, shipped_config
+
+    p = Path(config)
+    if p.is_file():
+        return p
+    if config in SHIPPED_CONFIGS:
+        return shipped_config(config)
+    raise UsageError(f"--config {config}: no such file, and not a shipped configuration "
+                     f"({', '.join(SHIPPED_CONFIGS)})")
+
+
+@app.command("train")
+def train_cmd(
+    config: str = typer.Option(..., "--config", help="TOML file with a [train] table, or a shipped one: review, fast-cpu."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Forge dataset manifest.csv (default: the config's 'manifest')."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="New checkpoint file (default: <model>-<task>.safetensors)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the config's model: resnet50, efficientnet_b0, densenet121, vgg16, inception_v3, vit_b_16, fastnet."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the number of epochs."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="Override the time budget (0: none)."),
+) -> None:
+    """Train a classifier (the review's protocol, or the fast CPU profile) and write a checkpoint."""
+    from ..core import MedForensicsError
+    from .models import MODELS
+    from .train import TrainConfig, train
+
+    if model is not None and model not in MODELS:
+        raise UsageError(f"--model must be one of {', '.join(MODELS)}")
+    path = _config_path(config)
+    cfg = TrainConfig.from_toml(path, model=model, epochs=epochs, seed=seed, max_minutes=max_minutes)
+    manifest = manifest or (Path(cfg.manifest) if cfg.manifest else None)
+    if manifest is None:
+        raise UsageError("no dataset: give --manifest (a forge dataset's manifest.csv) or set 'manifest' in the config")
+    if not manifest.is_file():
+        raise MedForensicsError(manifest, "manifest not found")
+    out_path = new_output(out_path or Path(f"{cfg.model}-{cfg.task}.safetensors"))
+    err.print(f"training {cfg.model} on {cfg.task} from {manifest} ({path.name}: {cfg.epochs} epochs, "
+              f"batch {cfg.batch}, {cfg.image_size} px"
+              + (f", at most {cfg.max_minutes:g} min" if cfg.max_minutes else "") + ")")
+    with progress_bar("training") as bar:
+        task = bar.add_task("", total=None)
+
+        def tick(step: int, total: int, text: str) -> None:
+            bar.update(task, completed=step, total=total, description=text)
+
+        ckpt = train(cfg, manifest, out_path, progress=tick)
+    from .checkpoint import load_checkpoint
+
+    _, card = load_checkpoint(ckpt)
+    best, tr = card["metrics"]["best"], card["training"]
+    out.print(f"best validation: epoch {best['epoch']} accuracy {best['accuracy']:.4f} loss {best['loss']:.4f} "
+              f"({card['data']['validation_items_used']} items)")
+    out.print(f"{tr['steps']} steps, {tr['epochs_done']:g} epochs in {tr['seconds']:.0f} s on {tr['device']} "
+              f"(stopped by {tr['stopped_by']})")
+    out.print(f"checkpoint: {ckpt}")

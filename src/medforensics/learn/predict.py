@@ -1,0 +1,94 @@
+"""Inference with a trained 2D classifier checkpoint.
+
+>>> clf = load_classifier("fastnet-ct4.safetensors")                        # doctest: +SKIP
+>>> probs = clf.predict_files(["a.dcm", "b.png"], ["ct-slice", "radiograph"])  # doctest: +SKIP
+>>> clf.fake_probability(probs)                                              # doctest: +SKIP
+array([0.03, 0.91], dtype=float32)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..core import MedForensicsError
+from .checkpoint import load_checkpoint
+from .data import load_item, to_tensor
+from .models import MODELS, build_model
+
+__all__ = ["Classifier", "load_classifier"]
+
+_CARD_KEYS = ("architecture", "config", "classes", "fake_classes", "preprocess")
+
+
+class Classifier:
+    """A trained classifier in eval mode with the preprocessing it was trained with.
+
+    Attributes: ``model`` (torch module, eval mode), ``classes``, ``fake_classes``, ``card`` (the
+    checkpoint's model card), ``preprocess``, ``batch`` (inference batch size), ``device``.
+    """
+
+    def __init__(self, model: torch.nn.Module, card: dict[str, Any], *, batch: int = 32,
+                 num_threads: int | None = None, device: str | torch.device = "cpu"):
+        self.card = card
+        self.classes: list[str] = list(card["classes"])
+        self.fake_classes: list[str] = list(card["fake_classes"])
+        self.preprocess: dict[str, Any] = dict(card["preprocess"])
+        self.batch = int(batch)
+        self.num_threads = num_threads
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self._fake_idx = [self.classes.index(c) for c in self.fake_classes]
+
+    def tensor(self, array2d: np.ndarray) -> torch.Tensor:
+        """The model input ``(1, crop, crop)`` for a [0, 1] array (the training-time eval transform)."""
+        return to_tensor(np.asarray(array2d, dtype=np.float32), self.preprocess)
+
+    def predict_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)`` (float32) for 2D arrays already scaled to [0, 1]
+        (as :func:`medforensics.learn.data.load_item` gives them)."""
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(arrays), self.batch):
+                x = torch.stack([self.tensor(a) for a in arrays[i:i + self.batch]]).to(self.device)
+                out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
+        if not out:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def predict_files(self, paths: Sequence[str | Path], kinds: Sequence[str]) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)`` for image files; ``kinds[i]`` is ``ct-slice`` or
+        ``radiograph`` (how the file is scaled to [0, 1]). Files are read one batch at a time."""
+        if len(paths) != len(kinds):
+            raise ValueError(f"{len(paths)} paths but {len(kinds)} kinds")
+        out = [self.predict_arrays([load_item(p, k) for p, k in zip(paths[i:i + self.batch], kinds[i:i + self.batch])])
+               for i in range(0, len(paths), self.batch)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def fake_probability(self, probs: np.ndarray) -> np.ndarray:
+        """Probability that each item is fake: the sum over the fake classes, shape ``(n,)``."""
+        return np.asarray(probs, dtype=np.float32)[:, self._fake_idx].sum(axis=1)
+
+
+def load_classifier(path: str | Path, *, batch: int = 32, num_threads: int | None = None,
+                    device: str = "cpu") -> Classifier:
+    """A :class:`Classifier` from a checkpoint written by :func:`medforensics.learn.train.train`.
+
+    Raises MedForensicsError naming the file when it is not such a checkpoint.
+    """
+    state, card = load_checkpoint(path)
+    missing = [k for k in _CARD_KEYS if k not in card]
+    if missing:
+        raise MedForensicsError(path, f"not a 2D classifier checkpoint: model card lacks {', '.join(missing)}")
+    if card["architecture"] not in MODELS:
+        raise MedForensicsError(path, f"unknown architecture {card['architecture']!r} (known: {', '.join(MODELS)})")
+    try:
+        model = build_model(card["architecture"], **card["config"], image_size=int(card["preprocess"]["crop"]))
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise MedForensicsError(path, f"weights do not fit {card['architecture']}: {' '.join(str(e).split())[:200]}") from None
+    return Classifier(model, card, batch=batch, num_threads=num_threads, device=device)

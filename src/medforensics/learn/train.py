@@ -1,0 +1,344 @@
+"""Training the 2D classifiers on a forge dataset: :class:`TrainConfig` and :func:`train`.
+
+>>> cfg = TrainConfig.from_toml("review.toml")                            # doctest: +SKIP
+>>> train(cfg, "forge-ds/manifest.csv", "resnet50-ct4.safetensors")       # doctest: +SKIP
+
+The loop: seeded model, Adam, weighted cross-entropy (inverse class frequency of the training
+items as seen, augmentations included), one validation pass after each epoch; the weights of the
+best validation epoch (accuracy, then loss) go to a safetensors checkpoint whose card says what,
+on what, how and how well. A time budget (``max_minutes``) or a step budget (``max_steps``) stops
+training cleanly: the partial epoch is validated and the card records what stopped it.
+Training refuses to start when a patient appears in two splits of the manifest.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import random
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from ..core import MedForensicsError
+from .checkpoint import save_checkpoint
+from .data import TASKS, ItemDataset, default_preprocess, read_manifest, refuse_leaks, select_rows
+from .models import MODELS, build_model
+
+__all__ = ["TrainConfig", "train", "shipped_config", "SHIPPED_CONFIGS"]
+
+SHIPPED_CONFIGS = ("review", "fast-cpu")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Read from the ``[train]`` table of a TOML file with :meth:`from_toml`.
+
+    Defaults are the review's protocol (ResNet-50 on the CT-GAN classes).
+    """
+
+    model: str = "resnet50"
+    task: str = "ct4"                   # ct4 | binary
+    kinds: list[str] = field(default_factory=list)    # binary: ct-slice and/or radiograph; empty = all
+    methods: list[str] = field(default_factory=list)  # binary: only fakes of these forge methods; empty = all
+    manifest: str = ""                  # default manifest (the command line's --manifest wins)
+    image_size: int = 224               # bilinear resize of the shorter side to this
+    resize: str = "bilinear"
+    crop: int = 224                     # then a centre crop of crop x crop
+    normalise: str = "dataset"          # dataset: mean/std of the training images; none: keep [0, 1]
+    optimizer: str = "adam"
+    lr: float = 0.001
+    batch: int = 64
+    epochs: int = 50
+    weight_decay: float = 0.0001
+    dropout: float = 0.5
+    loss: str = "weighted-ce"           # weighted-ce (inverse class frequency) | ce
+    augment_fakes: bool = True          # each fake also in the review's eight variants
+    seed: int = 0
+    max_minutes: float = 0.0            # time budget, 0 = none
+    max_steps: int = 0                  # step budget, 0 = none
+    max_validation: int = 0             # validate on at most this many items (evenly spaced), 0 = all
+    num_threads: int = 0                # torch CPU threads, 0 = torch's default
+    device: str = "auto"                # auto (cuda if available) | cpu | cuda
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError for a value out of range."""
+        checks = [
+            (self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}"),
+            (self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}"),
+            (self.resize == "bilinear", f"resize must be 'bilinear', got {self.resize!r}"),
+            (self.normalise in ("dataset", "none"), f"normalise must be 'dataset' or 'none', got {self.normalise!r}"),
+            (self.optimizer == "adam", f"optimizer must be 'adam', got {self.optimizer!r}"),
+            (self.loss in ("weighted-ce", "ce"), f"loss must be 'weighted-ce' or 'ce', got {self.loss!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (16 <= self.crop <= self.image_size, f"crop must be between 16 and image_size, got {self.crop}"),
+            (self.model != "vit_b_16" or self.crop % 16 == 0, "vit_b_16 needs a crop that is a multiple of 16"),
+            (self.model != "inception_v3" or self.crop >= 75, "inception_v3 needs a crop of at least 75"),
+            (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
+            (self.batch >= 1 and self.epochs >= 1, "batch and epochs must be at least 1"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.max_minutes >= 0 and self.max_steps >= 0 and self.max_validation >= 0 and self.num_threads >= 0,
+             "max_minutes, max_steps, max_validation and num_threads must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """The ``[train]`` table of a TOML file (keys: the fields of this class), then ``overrides``
+        (those that are not None). Unknown keys or bad values raise MedForensicsError naming the file."""
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise MedForensicsError(path, f"cannot read training configuration: {' '.join(str(e).split())}") from None
+        extra = set(doc) - {"train"}
+        if extra:
+            raise MedForensicsError(path, f"unknown table(s) or key(s) outside [train]: {', '.join(sorted(extra))}")
+        table = doc.get("train", {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise MedForensicsError(path, f"unknown [train] key(s): {', '.join(unknown)} "
+                                    f"(known: {', '.join(sorted(known))})")
+        values = {**table, **{k: v for k, v in overrides.items() if v is not None}}
+        try:
+            return cls(**_typed(values))
+        except (TypeError, ValueError) as e:
+            raise MedForensicsError(path, str(e)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Check the types of TOML values against the fields (ints are fine where floats are wanted)."""
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for k, v in values.items():
+        t = types[k]
+        if t == "float" and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        want = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}[t]
+        if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+            raise ValueError(f"{k} must be a {t}, got {v!r}")
+        if t == "list[str]":
+            v = [str(x) for x in v]
+        out[k] = v
+    return out
+
+
+def shipped_config(name: str) -> Path:
+    """The path of a shipped configuration (``review`` or ``fast-cpu``)."""
+    from importlib.resources import files
+
+    if name not in SHIPPED_CONFIGS:
+        raise ValueError(f"no shipped configuration {name!r}; shipped: {', '.join(SHIPPED_CONFIGS)}")
+    return Path(str(files("medforensics.learn") / "configs" / f"{name}.toml"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _norm_stats(ds: ItemDataset, limit: int = 256) -> tuple[float, float]:
+    """Mean and standard deviation of the (resized, cropped) training images, on up to ``limit`` rows."""
+    from .data import to_tensor
+
+    idx = np.linspace(0, len(ds.rows) - 1, num=min(limit, len(ds.rows))).round().astype(int)
+    pre = {**ds.preprocess, "mean": 0.0, "std": 1.0}
+    vals = torch.stack([to_tensor(ds.array(int(i)), pre) for i in np.unique(idx)])
+    mean, std = float(vals.mean()), float(vals.std())
+    return mean, (std if std > 1e-6 else 1.0)
+
+
+def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+              n_classes: int) -> dict[str, Any]:
+    """Accuracy and (unweighted) mean cross-entropy of ``model`` on a loader, plus the confusion counts."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    confusion = np.zeros((n_classes, n_classes), dtype=int)
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x).float()
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            pred = logits.argmax(1)
+            correct += int((pred == y).sum())
+            n += int(y.numel())
+            np.add.at(confusion, (y.cpu().numpy(), pred.cpu().numpy()), 1)
+    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n, "confusion": confusion.tolist()}
+
+
+def train(config: TrainConfig, manifest: str | Path, out: str | Path, *,
+          progress: Optional[Callable[[int, int, str], None]] = None) -> Path:
+    """Train ``config.model`` on the forge dataset ``manifest``; write the checkpoint ``out`` (a new
+    file) and return its path.
+
+    ``progress(step, total_steps, text)`` is called after every optimisation step (and with the
+    validation result after each epoch). Raises MedForensicsError for a patient leak, an unusable
+    manifest or no training/validation items; FileExistsError if ``out`` exists.
+    """
+    manifest, out = Path(manifest), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; choose a new name")
+    threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _train(config, manifest, out, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Callable[[int, int, str], None]]) -> Path:
+    t0 = time.perf_counter()
+    device = _device(config.device)
+    rows = read_manifest(manifest)
+    patients = refuse_leaks(rows, manifest)
+    classes, fake_classes = TASKS[config.task]
+    try:
+        used = select_rows(rows, config.task, kinds=config.kinds, methods=config.methods)
+    except ValueError as e:
+        raise MedForensicsError(manifest, str(e)) from None
+    split_rows = {s: [r for r in used if r["split"] == s] for s in ("train", "validation", "test")}
+    for s in ("train", "validation"):
+        if not split_rows[s]:
+            raise MedForensicsError(manifest, f"no {s} items for task {config.task}"
+                                    + (f" (kinds {config.kinds})" if config.kinds else "")
+                                    + (f" (methods {config.methods})" if config.methods else ""))
+    val_rows = [r for r in split_rows["validation"] if not r.get("augmentation")]
+    if config.max_validation and len(val_rows) > config.max_validation:
+        keep = np.linspace(0, len(val_rows) - 1, num=config.max_validation).round().astype(int)
+        val_rows = [val_rows[i] for i in np.unique(keep)]
+
+    _seed_everything(config.seed)
+    fake_targets = [classes.index(c) for c in fake_classes]
+    preprocess = default_preprocess(config.image_size, config.crop)
+    train_ds = ItemDataset(split_rows["train"], preprocess, fake_targets, augment_fakes=config.augment_fakes)
+    if config.normalise == "dataset":
+        preprocess["mean"], preprocess["std"] = _norm_stats(train_ds)
+        train_ds.preprocess = dict(preprocess)
+    val_ds = ItemDataset(val_rows, preprocess, fake_targets, cache_dtype=np.float32)
+
+    targets = np.array(train_ds.targets())
+    counts = np.bincount(targets, minlength=len(classes)).astype(float)
+    if config.loss == "weighted-ce":
+        weights = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0)
+    else:
+        weights = np.ones(len(classes))
+
+    gen = torch.Generator().manual_seed(config.seed)
+    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch, shuffle=True, generator=gen,
+                                               num_workers=0, drop_last=False)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=config.batch, shuffle=False, num_workers=0)
+    model_config = {"num_classes": len(classes), "dropout": config.dropout, "in_channels": 1}
+    model = build_model(config.model, **model_config, image_size=config.crop).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
+
+    steps_per_epoch = len(train_loader)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state = None
+    step, stopped_by, epochs_done = 0, "epochs", 0.0
+    t_train = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        loss_sum, seen, stop = 0.0, 0, False
+        for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += float(loss.detach()) * int(y.numel())
+            seen += int(y.numel())
+            if progress:
+                progress(step, total, f"epoch {epoch}/{config.epochs} loss {loss_sum / seen:.4f}")
+            if config.max_steps and step >= config.max_steps:
+                stopped_by, stop = "max_steps", True
+            elif config.max_minutes and time.perf_counter() - t0 >= config.max_minutes * 60:
+                stopped_by, stop = "max_minutes", True
+            if stop:
+                break
+        epochs_done = epoch - 1 + seen / len(train_ds)
+        val = _evaluate(model, val_loader, device, len(classes))
+        rec = {"epoch": epoch, "epochs_done": round(epochs_done, 4), "steps": step,
+               "train_loss": loss_sum / max(seen, 1), "accuracy": val["accuracy"], "loss": val["loss"],
+               "confusion": val["confusion"]}
+        history.append(rec)
+        if progress:
+            progress(step, total, f"epoch {epoch} validation accuracy {val['accuracy']:.4f} loss {val['loss']:.4f}")
+        if best is None or (rec["accuracy"], -rec["loss"]) > (best["accuracy"], -best["loss"]):
+            best = rec
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        if stop:
+            break
+    seconds = time.perf_counter() - t0
+    model.load_state_dict(best_state)
+
+    def split_counts(rs: list[dict[str, str]]) -> dict[str, int]:
+        c = np.bincount([int(r["_target"]) for r in rs], minlength=len(classes))
+        return {cls: int(n) for cls, n in zip(classes, c)}
+
+    card = {
+        "architecture": config.model,
+        "config": model_config,
+        "classes": list(classes),
+        "fake_classes": list(fake_classes),
+        "task": config.task,
+        "preprocess": preprocess,
+        "training": {
+            "config": config.to_dict(), "seed": config.seed, "steps": step, "epochs_done": round(epochs_done, 4),
+            "seconds": round(seconds, 2), "train_seconds": round(time.perf_counter() - t_train, 2),
+            "device": str(device), "stopped_by": stopped_by, "num_threads": torch.get_num_threads(),
+            "class_weights": [round(float(w), 6) for w in weights], "torch": torch.__version__,
+            "train_items_seen_per_epoch": len(train_ds),
+        },
+        "data": {
+            "manifest": str(manifest.resolve()), "sha256": _sha256(manifest),
+            "counts": {s: split_counts(rs) for s, rs in split_rows.items()},
+            "validation_items_used": len(val_rows),
+            "train_items_with_augmentation": split_counts([train_ds.rows[i] for i, _ in train_ds.items]),
+            "patients": {s: sorted(p) for s, p in sorted(patients.items())},
+            "kinds": config.kinds, "methods": config.methods,
+        },
+        "metrics": {
+            "validation": history,
+            "best": {k: best[k] for k in ("epoch", "epochs_done", "steps", "accuracy", "loss", "confusion")},
+        },
+    }
+    return save_checkpoint(model, out, card)
