@@ -312,3 +312,20 @@ def test_cross_generator(tiny_dataset, tmp_path):
     assert (tmp_path / "cg" / "cross_generator.json").is_file()
     with pytest.raises(ValueError, match="both trained on and held out"):
         cross_generator(tiny_dataset, ["copymove"], ["copymove"], _tiny_config(), tmp_path / "cg2")
+
+
+def test_select_rows_follows_the_card():
+    from types import SimpleNamespace
+
+    from medforensics.learn.evaluate import model_kinds, select_rows
+
+    rows = [_row(1, "TB", "real", "p"), _row(2, "FM", "fake", "p"), _row(3, "authentic", "real", "q", kind="radiograph"),
+            {**_row(4, "FM", "fake", "p"), "augmentation": "rotate+5"}, {**_row(5, "TB", "real", "p"), "split": "train"}]
+    ct4 = SimpleNamespace(classes=CT4, fake_classes=["FB", "FM"], card={"task": "ct4", "data": {"kinds": []}})
+    assert [r["id"] for r in select_rows(rows, ct4, "test")] == ["r1", "r2"]
+    both = SimpleNamespace(classes=["real", "fake"], fake_classes=["fake"], card={"task": "binary", "data": {"kinds": []}})
+    assert model_kinds(both.card) == ["ct-slice", "radiograph"]
+    assert [r["id"] for r in select_rows(rows, both, "test")] == ["r1", "r2", "r3"]
+    xray = SimpleNamespace(classes=["real", "fake"], fake_classes=["fake"],
+                           card={"task": "binary", "data": {"kinds": ["radiograph"]}})
+    assert [r["id"] for r in select_rows(rows, xray, None)] == ["r3"]

@@ -237,15 +237,16 @@ def model_kinds(card: dict) -> list[str]:
 
 def select_rows(rows: Iterable[dict], clf: Any, split: str | None) -> list[dict]:
     """The rows of ``split`` (all if None) that ``clf`` is meant for: its kinds, and for a
-    multi-class model only rows of its classes (a ct4 model sees CT slices of TB/TM/FB/FM)."""
+    multi-class model only rows of its classes (a ct4 model sees CT slices of TB/TM/FB/FM).
+    Augmented copies (rows with an ``augmentation``) are left out: they are not test items."""
     kinds = set(model_kinds(clf.card))
     binary = len(clf.classes) == 2 and bool(clf.fake_classes)
     sel = []
     for r in rows:
         if split is not None and r.get("split") != split:
             continue
-        if r.get("kind") not in kinds:
-            continue
+        if r.get("kind") not in kinds or r.get("augmentation"):
+            continue  # augmented copies of fakes (the review's eight variants) are training material
         if not binary and r.get("class") not in clf.classes:
             continue
         sel.append(r)
