@@ -283,7 +283,7 @@ def _profile(card: dict) -> str:
         return f"full protocol ({tr.get('device', '?')})"
     what = "fast CPU profile" if cfg.get("model") == "fastnet" or cfg.get("image_size", 224) < 224 else "shortened run"
     done = tr.get("epochs_done")
-    detail = f"{done:g} of {cfg.get('epochs')} epochs" if isinstance(done, (int, float)) else f"{cfg.get('epochs')} epochs"
+    detail = f"{done:.2f} of {cfg.get('epochs')} epochs" if isinstance(done, (int, float)) else f"{cfg.get('epochs')} epochs"
     if tr.get("stopped_by") not in (None, "epochs"):
         detail += f", stopped by {tr['stopped_by']}"
     return f"{what} ({detail}, {cfg.get('crop', '?')} px)"
