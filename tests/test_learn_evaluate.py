@@ -329,3 +329,17 @@ def test_select_rows_follows_the_card():
     xray = SimpleNamespace(classes=["real", "fake"], fake_classes=["fake"],
                            card={"task": "binary", "data": {"kinds": ["radiograph"]}})
     assert [r["id"] for r in select_rows(rows, xray, None)] == ["r3"]
+
+
+def test_profile_from_card():
+    from medforensics.learn.evaluate import _profile
+    from medforensics.learn.train import TrainConfig, shipped_config
+
+    review = TrainConfig.from_toml(shipped_config("review")).to_dict()
+    card = {"training": {"config": review, "epochs_done": 50.0, "stopped_by": "epochs", "device": "cuda"}}
+    assert _profile(card) == "full protocol (cuda)"
+    card["training"].update(epochs_done=12.5, stopped_by="max_minutes")
+    assert _profile(card).startswith("shortened run (12.50 of 50 epochs, stopped by max_minutes")
+    fast = TrainConfig.from_toml(shipped_config("fast-cpu")).to_dict()
+    assert _profile({"training": {"config": fast, "epochs_done": 5.0, "stopped_by": "epochs"}}) == \
+        "fast CPU profile (5.00 of 5 epochs, 128 px)"

@@ -267,8 +267,8 @@ def predict_rows(clf: Any, rows: list[dict], root: Path, *, name: str = "",
 
 
 #: Settings of the review's full protocol (the shipped ``review`` config) that a card must match.
-FULL_PROTOCOL = {"epochs": 50, "image_size": 224, "crop": 224, "batch": 64, "lr": 0.001, "weight_decay": 0.0001,
-                 "dropout": 0.5}
+FULL_PROTOCOL = {"epochs": 50, "image_size": 224, "crop": 224, "batch": 64, "optimizer": "adam", "lr": 0.001,
+                 "weight_decay": 0.0001, "dropout": 0.5, "loss": "weighted-ce", "augment_fakes": True}
 
 
 def _profile(card: dict) -> str:
@@ -283,7 +283,8 @@ def _profile(card: dict) -> str:
         return f"full protocol ({tr.get('device', '?')})"
     what = "fast CPU profile" if cfg.get("model") == "fastnet" or cfg.get("image_size", 224) < 224 else "shortened run"
     done = tr.get("epochs_done")
-    detail = f"{done:.2f} of {cfg.get('epochs')} epochs" if isinstance(done, (int, float)) else f"{cfg.get('epochs')} epochs"
+    epochs = cfg.get("epochs")
+    detail = f"{done:.2f} of {epochs} epochs" if isinstance(done, (int, float)) else f"{epochs} epochs"
     if tr.get("stopped_by") not in (None, "epochs"):
         detail += f", stopped by {tr['stopped_by']}"
     return f"{what} ({detail}, {cfg.get('crop', '?')} px)"
