@@ -17,8 +17,8 @@ their state-dict names, under ``net.``) stay exactly as published.
 (three classic noise-residual kernels of steganalysis/forensics: first- and second-order
 differences and the 5x5 "KV" kernel) feeding a small ReLU CNN. Looking at the noise residual
 rather than at the image makes the network learn texture and noise statistics (where pasted,
-in-painted or synthesised pixels differ) instead of anatomy, and keeps it ~100x cheaper than
-ResNet-50.
+in-painted or synthesised pixels differ) instead of anatomy; at 0.26 M parameters and about
+0.17 G multiply-adds per 224 px image it is ~24x cheaper than ResNet-50 (4.1 G).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class FastNet(nn.Module):
-    """Small CNN on fixed noise residuals, for CPUs (about 0.3 M parameters, ~0.2 GFLOP at 224 px).
+    """Small CNN on fixed noise residuals, for CPUs (0.26 M parameters, ~0.17 G multiply-adds at 224 px).
 
     ``highpass=False`` replaces the fixed front end with a plain trainable 3x3 convolution of
     the image (for ablations; :func:`build_model` always uses the high-pass version).
