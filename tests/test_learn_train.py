@@ -296,3 +296,14 @@ def test_cli_train_exit_codes(toy, tmp_path, monkeypatch, capsys):
     assert _cli(monkeypatch, "train", "--config", cfg, "--manifest", toy, "--out", tmp_path / "k.st") == 1
     err = capsys.readouterr().err
     assert "batchsize" in err and "Traceback" not in err
+
+
+def test_load_item_real_ct_slice_uses_lung_window(lidc_series_dir):
+    from medforensics.io import load
+
+    path = sorted(lidc_series_dir.glob("*.dcm"))[60]
+    hu = load(path)[0].pixels
+    a = load_item(path, "ct-slice")
+    assert a.shape == hu.shape and a.dtype == np.float32
+    assert np.allclose(a, np.clip((hu + 1000.0) / 1400.0, 0, 1), atol=1e-6)
+    assert (a == 0).mean() > 0.05 and (a == 1).mean() > 0.001  # air outside the body, bone above 400 HU
