@@ -235,6 +235,8 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
                                     + (f" (kinds {config.kinds})" if config.kinds else "")
                                     + (f" (methods {config.methods})" if config.methods else ""))
     val_rows = [r for r in split_rows["validation"] if not r.get("augmentation")]
+    if not val_rows:
+        raise MedForensicsError(manifest, "no validation items left once augmented copies are set aside")
     if config.max_validation and len(val_rows) > config.max_validation:
         keep = np.linspace(0, len(val_rows) - 1, num=config.max_validation).round().astype(int)
         val_rows = [val_rows[i] for i in np.unique(keep)]
