@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     data = args.data or default_data_root()
     series = ct3d._series_by_patient(data)
+    if not any(p in series for p in ("LIDC-IDRI-0003", "LIDC-IDRI-0002")):
+        print(f"{data}: no held-out LIDC-IDRI series (0002, 0003) found; give --data ../shared/data", file=sys.stderr)
+        return 2
     net, card = ct3d.load_model(args.checkpoint)
     cal = card["calibration"]
     trained_on = card["data"]["patients"]

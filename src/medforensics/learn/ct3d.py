@@ -138,13 +138,24 @@ class CubeSet:
         return out
 
 
-def _lung_points(image: Image, rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
-    """``n`` random voxels inside the lung mask (computed on a 4x coarser in-plane grid)."""
+def _scan_region(image: Image) -> np.ndarray:
+    """What a scan covers: the lung mask on a 4x coarser in-plane grid, dilated by ~10 mm (so the
+    pleura, chest wall, mediastinum and diaphragm next to the lung are scanned too)."""
+    from scipy import ndimage as ndi
+
     from ..forge.ct import lung_mask
 
-    sp = [float(s or 1.0) for s in image.spacing]
+    sp = [float(s) if s else 1.0 for s in image.spacing]
     lung = lung_mask(image.pixels[:, ::4, ::4], spacing=(sp[0], sp[1] * 4, sp[2] * 4))
-    pts = np.argwhere(lung)
+    if lung.any():
+        it = (max(1, int(round(10.0 / sp[0]))), max(1, int(round(10.0 / (sp[1] * 4)))))
+        lung = ndi.maximum_filter(lung.astype(np.uint8), size=(2 * it[0] + 1, 2 * it[1] + 1, 2 * it[1] + 1)) > 0
+    return lung
+
+
+def _lung_points(image: Image, rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
+    """``n`` random voxels of the region a scan covers (:func:`_scan_region`)."""
+    pts = np.argwhere(_scan_region(image))
     if len(pts) == 0:
         return []
     pick = pts[rng.integers(len(pts), size=n)]
@@ -153,13 +164,13 @@ def _lung_points(image: Image, rng: np.random.Generator, n: int) -> list[tuple[i
 
 
 def make_cubes(image: Image, *, n_injections: int, n_random: int, seed: int, removal_repeats: int = 2,
-               nodule_views: int = 6, progress=None) -> CubeSet:
+               nodule_views: int = 12, progress=None) -> CubeSet:
     """Training or validation cubes from one authentic CT series.
 
     Positives: ``n_injections`` tumours injected (diameter 4-20 mm, the three nodule types and the
     two renderers in turn, seeded), and every real LIDC nodule removed ``removal_repeats`` times per
-    renderer. Negatives: ``n_random`` random lung cubes of the untouched series and
-    ``nodule_views`` slightly shifted cubes around each real nodule.
+    renderer. Negatives: ``n_random`` random cubes of the untouched series' scanned region (lung
+    and 10 mm around it) and ``nodule_views`` slightly shifted cubes around each real nodule.
     """
     from ..forge import ct
     from ..forge.lidc import nodules_for
@@ -192,7 +203,7 @@ def make_cubes(image: Image, *, n_injections: int, n_random: int, seed: int, rem
                 out.add(f.pixels, f.center_voxel, 1, "remove", method=method, diameter_mm=round(n.diameter_mm, 1),
                         seed=s, center_voxel=list(f.center_voxel))
         for v in range(nodule_views):
-            shift = rng.integers(-2, 3, size=3) * np.array([1, 4, 4]) if v else np.zeros(3, int)
+            shift = rng.integers(-4, 5, size=3) * np.array([1, 4, 4]) if v else np.zeros(3, int)
             c = np.clip(np.array(n.center_voxel) + shift, 0, np.array(vol.shape) - 1)
             out.add(vol, c, 0, "real-nodule", diameter_mm=round(n.diameter_mm, 1), center_voxel=[int(x) for x in c])
     for c in _lung_points(image, rng, n_random):
@@ -238,8 +249,9 @@ def patient_splits(manifest: str | Path | None = None) -> dict[str, str]:
 # ------------------------------------------------------------------------------------- training
 
 def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random crop of :data:`CUBE` from each stored crop, flips on every axis, a small gain and
-    offset: the same for real and fake cubes."""
+    """Random crop of :data:`CUBE` from each stored crop, flips on every axis, a quarter of the
+    cubes cut as near the end of a series (1-7 edge slices repeated, as the scan pads short
+    series), a small gain and offset: the same for real and fake cubes."""
     out = np.empty((len(batch), 1, *CUBE), np.float32)
     for b, x in enumerate(batch):
         o = [int(rng.integers(0, s + 1)) for s in STRIDE]
@@ -247,6 +259,10 @@ def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         for ax in range(3):
             if rng.random() < 0.5:
                 c = np.flip(c, ax)
+        if rng.random() < 0.25:  # as near the first or last slice of a (short) series: edge slices repeated
+            t = int(rng.integers(1, CUBE[0] // 2))
+            c = np.ascontiguousarray(c)
+            c[:t] = c[t]
         out[b, 0] = c * (1.0 + rng.uniform(-0.03, 0.03)) + rng.uniform(-0.02, 0.02)
     return out
 
@@ -371,13 +387,14 @@ def train_ct3d(data_root: str | Path, out: str | Path, *, max_minutes: float = 8
                                 "spacing": [float(s) for s in series[p].spacing]} for p in series},
                  "train_cubes": train.counts(), "validation_cubes": val.counts(),
                  "forgeries": "medforensics.forge.ct.inject (classic and gan; solid, part-solid, ground-glass; 4-20 mm) "
-                              "and remove (every LIDC nodule, classic and gan); negatives: random lung cubes and "
-                              "cubes around real nodules of the untouched series"},
+                              "and remove (every LIDC nodule, classic and gan); negatives: random cubes of the scanned "
+                              "region (lung dilated 10 mm) and cubes around real nodules of the untouched series"},
         "training": {"seed": seed, "optimizer": "Adam", "lr": lr, "weight_decay": weight_decay,
                      "batch_size": batch_size, "balanced_batches": True, "removal_repeats": removal_repeats,
                      "validation_injections": val_injections, "n_random": n_random, "loss": "BCEWithLogits",
                      "augmentation": "random crop (target anywhere in the central 8x32x32 block), flips on 3 axes, "
-                                     "gain +-3%, offset +-0.02, same for real and fake",
+                                     "25% with 1-7 edge slices repeated (as at a series' end), gain +-3%, "
+                                     "offset +-0.02, same for real and fake",
                      "steps": step, "max_minutes": max_minutes, "data_seconds": round(t_data, 1),
                      "train_seconds": round(time.time() - t_train, 1), "threads": threads, "history": history,
                      "command": f"python -m medforensics.learn.ct3d train --data {data_root} --out {out.name} "
@@ -436,16 +453,8 @@ class SeriesScan:
 
 
 def _scan_lung_cells(image: Image, grid: tuple[int, int, int]) -> np.ndarray:
-    """Heatmap cells that touch the lung (mask on a 4x coarser in-plane grid, dilated ~10 mm)."""
-    from scipy import ndimage as ndi
-
-    from ..forge.ct import lung_mask
-
-    sp = [float(s) if s else 1.0 for s in image.spacing]
-    lung = lung_mask(image.pixels[:, ::4, ::4], spacing=(sp[0], sp[1] * 4, sp[2] * 4))
-    if lung.any():
-        it = (max(1, int(round(10.0 / sp[0]))), max(1, int(round(10.0 / (sp[1] * 4)))))
-        lung = ndi.maximum_filter(lung.astype(np.uint8), size=(2 * it[0] + 1, 2 * it[1] + 1, 2 * it[1] + 1)) > 0
+    """Heatmap cells that touch the region a scan covers (:func:`_scan_region`)."""
+    lung = _scan_region(image)
     cells = np.zeros(grid, bool)
     f1, f2 = FINE[1] // 4, FINE[2] // 4
     idx = np.argwhere(lung)
