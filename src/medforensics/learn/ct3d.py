@@ -288,7 +288,7 @@ def _logits(net, cubes: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(res) if res else np.zeros(0)
 
 
-def train_ct3d(data_root: str | Path, out: str | Path, *, max_minutes: float = 8.0, seed: int = 0,
+def train_ct3d(data_root: str | Path, out: str | Path, *, max_minutes: float = 10.0, seed: int = 0,
                n_injections: int = 90, n_random: int = 240, val_injections: int = 30, val_random: int = 120,
                batch_size: int = 24, lr: float = 1e-3, weight_decay: float = 1e-4, removal_repeats: int = 2,
                manifest: str | Path | None = None,
@@ -547,7 +547,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     @cli.command("train")
     def _train(out: Path = typer.Option(..., "--out", help="new .safetensors checkpoint"),
                data: Path = typer.Option(None, "--data", help="../shared/data (LIDC-IDRI series); default: $MEDFORENSICS_DATA or ../shared/data"),
-               minutes: float = typer.Option(8.0, "--minutes", help="training-loop time limit"),
+               minutes: float = typer.Option(10.0, "--minutes", help="training-loop time limit"),
                seed: int = typer.Option(0, "--seed"),
                injections: int = typer.Option(90, "--injections", help="tumours injected into the train series"),
                manifest: Path = typer.Option(None, "--manifest", help="forge dataset manifest.csv giving the patient splits")) -> None:
