@@ -116,3 +116,12 @@ def test_cli_usage_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     r = run_cli("detectors")
     assert r.returncode == 0 and all(n in r.stdout for n in BUILTIN)
+
+
+def test_detectors_off_by_default_run_only_when_named():
+    from medforensics.detectors.base import load_detectors
+    registry = available_detectors()
+    assert "ct_patch3d" in registry and registry["ct_patch3d"].default is False
+    default = {d.name for d in load_detectors()}
+    assert "ct_patch3d" not in default and "provenance" in default
+    assert [d.name for d in load_detectors(["ct_patch3d"])] == ["ct_patch3d"]

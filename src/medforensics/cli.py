@@ -220,7 +220,8 @@ def detectors_cmd() -> None:
     for col in ("name", "applies to", "what it looks for"):
         table.add_column(col, overflow="fold")
     for name, cls in available_detectors().items():
-        table.add_row(name, cls.applies_to(), cls.description)
+        note = "" if getattr(cls, "default", True) else " (runs only when named: scan --detectors)"
+        table.add_row(name, cls.applies_to(), cls.description + note)
     out.print(table)
 
 

@@ -39,6 +39,10 @@ class Detector:
         2 for 2D images, 3 for volumes.
     formats : frozenset of str or None
         Containers it applies to (``dicom``, ``png``, ``jpeg``, ``tiff``, ``nifti``); ``None``: any.
+    default : bool
+        Whether ``scan`` runs it when no detectors are named. A detector whose false-alarm rate on
+        authentic data (``benchmarks/authentic_rate.py``) is not yet acceptable sets ``False``: it
+        runs only when named (``scan --detectors ...``) and says so in ``medforensics detectors``.
     """
 
     name: ClassVar[str] = ""
@@ -46,6 +50,7 @@ class Detector:
     modalities: ClassVar[frozenset[str] | None] = None
     dims: ClassVar[frozenset[int]] = frozenset({2, 3})
     formats: ClassVar[frozenset[str] | None] = None
+    default: ClassVar[bool] = True
 
     def applies(self, image: Image) -> bool:
         """True if this detector has something to say about ``image``."""
@@ -87,10 +92,11 @@ def available_detectors() -> dict[str, type[Detector]]:
 
 
 def load_detectors(names: Iterable[str] | None = None) -> list[Detector]:
-    """Instantiate the named detectors (all registered ones when ``names`` is None)."""
+    """Instantiate the named detectors (when ``names`` is None: every registered one whose
+    ``default`` is true)."""
     registry = available_detectors()
     if names is None:
-        return [cls() for cls in registry.values()]
+        return [cls() for cls in registry.values() if getattr(cls, "default", True)]
     chosen = []
     for n in names:
         if n not in registry:

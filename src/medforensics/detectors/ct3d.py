@@ -18,6 +18,9 @@ class CTPatch3DDetector(Detector):
     modalities = frozenset({"CT"})
     dims = frozenset({3})
     formats = frozenset({"dicom", "nifti"})
+    # Not in the default scan yet: trained on one patient, it flags a real 31 mm tumour of a held-out
+    # patient and finds 2-4 false regions per authentic series (docs/learn/ct3d.md).
+    default = False
 
     def __init__(self, checkpoint: str | Path | None = None, threshold: float = 0.5):
         self.checkpoint = checkpoint
