@@ -13,7 +13,9 @@ No fake was seen in training or calibration, so the detector does not depend on 
   score 0.05 at their median and 0.2 at their 95th percentile.
 * Heatmap: per-block score, aligned to ``Image.pixels``; regions where it reaches 0.5.
 * CT series: every ``stride``-th slice (at most :data:`MAX_SLICES` slices are scored); a scored
-  slice's map stands for the slices up to the next scored one.
+  slice's map stands for the slices up to the next scored one. The calibration is per slice, so
+  the series' strongest local peak is lowered by ``scale * ln(slices scored)``. For CT only
+  blocks inside the body count (the table and the air around are left out).
 
 Print raw values: ``python -m medforensics.detectors.autoencoder DATA...``.
 """
@@ -105,8 +107,11 @@ class AutoencoderDetector(Detector):
         me, mc = float(np.median([mes[i] for i in finite])), float(np.median([mcs[i] for i in finite]))
         gz = global_z(me, mc, ref)
         lp = local_peak(z)
-        raw = raw_statistic(lp, gz)
         mid, sc = float(cal["midpoint"]), float(cal["scale"])
+        # the calibration is per plane; the largest of n planes' peaks is lowered by scale * ln n
+        # (the shift of the maximum of n logistic tails), so that a series is not flagged for its size
+        correction = sc * math.log(len(ks))
+        raw = raw_statistic(lp - correction, gz)
         score = logistic(raw, mid, sc)
         heat_grid = (1.0 / (1.0 + np.exp(-np.clip((z - mid) / sc, -40, 40)))).astype(np.float32)
         heat = np.zeros(vol.shape, np.float32)
@@ -121,17 +126,17 @@ class AutoencoderDetector(Detector):
         where = f" in slice {ks[int(np.argmax(z.reshape(len(ks), -1).max(axis=1)))]}" if image.pixels.ndim == 3 else ""
         if score < 0.5:
             expl = "The autoencoder's residual (noise level and grain) is like that of authentic images."
-        elif gz >= lp:
+        elif gz >= lp - correction:
             expl = (f"The residual's noise level and grain over the whole image lie {gz:.1f} reference spreads from "
                     f"held-out authentic images, as in synthetic or wholly resampled images.")
         else:
             expl = (f"{len(regions) or 'A'} region(s){where} have a residual {lp:.1f} reference spreads unlike the rest "
                     f"of the image, as left by in-painting, smoothing, splicing or local synthesis.")
         return Evidence(self.name, score, expl, heatmap=heat, regions=regions,
-                        indicates="synthesis" if gz >= lp and score >= 0.5 else "manipulation",
+                        indicates="synthesis" if gz >= lp - correction and score >= 0.5 else "manipulation",
                         details={"raw": round(raw, 4), "local_peak": round(lp, 4), "global_z": round(gz, 4),
                                  "energy_offset": round(me, 4), "grain_offset": round(mc, 4),
-                                 "block_px": b, "slices_scored": len(ks), "slice_stride": stride,
+                                 "block_px": b, "slices_scored": len(ks), "series_correction": round(correction, 4), "slice_stride": stride,
                                  "model": kind, "size_group": size_group(image.pixels.shape), "calibration": {"midpoint": mid, "scale": sc}})
 
 
