@@ -39,7 +39,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..core import Image, MedForensicsError
+from ..core import MedForensicsError
 from .checkpoint import load_checkpoint, save_checkpoint
 
 KINDS = ("ct", "xray")
