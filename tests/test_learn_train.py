@@ -161,6 +161,12 @@ def test_select_rows_tasks_and_methods():
     b = select_rows(rows, "binary", kinds=["radiograph"], methods=["copymove"])
     assert [r["class"] for r in b] == ["authentic"]
     assert len(select_rows(rows, "binary", methods=["splice", "gan"])) == 4
+    # the forge manifest's method column says how (classic, learned, ...); its class says what
+    real_manifest_like = [dict(base, kind="radiograph", label="fake", **{"class": "inpaint"}, method="learned"),
+                          dict(base, kind="radiograph", label="fake", **{"class": "copymove"}, method="classic"),
+                          dict(base, kind="radiograph", label="real", **{"class": "authentic"}, method="none")]
+    assert [r["class"] for r in select_rows(real_manifest_like, "binary", methods=["inpaint"])] == ["inpaint", "authentic"]
+    assert [r["class"] for r in select_rows(real_manifest_like, "binary", methods=["classic"])] == ["copymove", "authentic"]
 
 
 def test_patient_leak_refused_in_one_line(toy, tmp_path):

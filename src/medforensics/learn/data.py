@@ -156,7 +156,8 @@ def select_rows(rows: Sequence[dict[str, str]], task: str, *, kinds: Iterable[st
 
     ``ct4``: CT slices whose class is TB, TM, FB or FM. ``binary``: every row (or only the given
     ``kinds``); ``methods`` keeps real rows and only the fakes made by those forge methods (for
-    cross-generator runs).
+    cross-generator runs), named by the manifest's ``class`` (``copymove``, ``FM``, ``synthetic``)
+    or its ``method`` (``classic``, ``gan``, ``learned``, ...).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -176,7 +177,7 @@ def select_rows(rows: Sequence[dict[str, str]], task: str, *, kinds: Iterable[st
         else:
             if r["label"] not in classes:
                 continue
-            if methods and r["label"] == "fake" and r["method"] not in methods:
+            if methods and r["label"] == "fake" and r["method"] not in methods and r["class"] not in methods:
                 continue
             target = classes.index(r["label"])
         out.append({**r, "_target": str(target)})
