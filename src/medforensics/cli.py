@@ -196,7 +196,8 @@ def _provenance_settings(trust: Optional[List[Path]], ledger: Optional[str], wat
     the environment variables it reads; check them first so a typo is a usage error, not a finding."""
     import os
 
-    from .detectors.provenance import ENV_LEDGER, ENV_TRUST, ENV_WATERMARK_KEY, read_key_file
+    from .detectors.provenance import ENV_LEDGER, ENV_TRUST, ENV_WATERMARK_KEY
+    from .provenance.watermark import read_key_file
     from .provenance.keys import load_certificates
 
     if trust:

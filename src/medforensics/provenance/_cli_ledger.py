@@ -208,10 +208,8 @@ def check_cmd(
     image: Optional[Path] = typer.Option(None, "--image", help="Also check that this file is the logged image."),
 ) -> None:
     """Check a proof bundle with the log's public key alone (exit 0 valid, 3 invalid, 1 malformed)."""
-    try:
-        pem = public_key.read_bytes()
-    except OSError as e:
-        raise MedForensicsError(public_key, f"cannot be read ({e.strerror})") from None
+    from .keys import read_bytes
+    pem = read_bytes(public_key)
     res = check_bundle(bundle, pem, image=image)
     if res.ok:
         out.print(f"[green]valid[/green]: entry {res.leaf_index} ({res.fingerprint.key}) is in the log's tree of size "

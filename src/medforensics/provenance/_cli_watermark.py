@@ -20,12 +20,11 @@ app.add_typer(watermark_app, name="watermark")
 def _key(key_file: Optional[Path]) -> Optional[bytes]:
     if key_file is None:
         return None
-    if not key_file.is_file():
-        raise UsageError(f"{key_file}: key file not found")
-    key = key_file.read_bytes().strip()
-    if not key:
-        raise UsageError(f"{key_file}: key file is empty")
-    return key
+    from .watermark import read_key_file
+    try:
+        return read_key_file(key_file)
+    except MedForensicsError as e:
+        raise UsageError(str(e)) from None
 
 
 def _inputs(paths: List[Path]) -> list[tuple[Path, Path]]:

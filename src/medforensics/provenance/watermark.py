@@ -43,7 +43,7 @@ import numpy as np
 
 from ..core import MedForensicsError
 
-__all__ = ["embed", "check", "restore", "embed_file", "check_file", "restore_file", "EmbedReport",
+__all__ = ["embed", "check", "restore", "embed_file", "check_file", "restore_file", "declared", "read_key_file", "EmbedReport",
            "WatermarkCheck", "DIGEST_BITS", "LOSSLESS_SYNTAXES", "PRIVATE_CREATOR"]
 
 DIGEST_BITS = 64
@@ -655,6 +655,23 @@ def _read(path: str | Path):
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     return ds, arr, bits, signed
+
+
+def declared(ds) -> bool:
+    """Whether a DICOM header (pixel data not needed) carries the note that :func:`embed_file` writes."""
+    return _note(ds) is not None
+
+
+def read_key_file(path: str | Path) -> bytes:
+    """The secret key in a key file (its bytes, outer whitespace stripped); a clear error otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes().strip()
+    except OSError as e:
+        raise MedForensicsError(path, f"watermark key cannot be read ({e.strerror or e})") from None
+    if not data:
+        raise MedForensicsError(path, "watermark key file is empty")
+    return data
 
 
 def _note(ds) -> Any:
