@@ -1,6 +1,6 @@
 """Seconds per image and peak memory of ``analyze`` with all detectors, on 2 cores.
 
-    python benchmarks/speed.py [DATA_DIR] [--repeat 3]
+    python benchmarks/speed.py [DATA_DIR] [--repeat 3] [--detectors autoencoder,ct_patch3d]
 
 Cases: a 2,000x2,000 16-bit radiograph (a real chest radiograph from ../shared/data resized to
 2,000x2,000, written as PNG), the real 1,955x1,841 Philips CR from pydicom-data, a 640x524 PNG
@@ -23,12 +23,12 @@ from pathlib import Path
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def one_case(path: str, repeat: int) -> dict:
+def one_case(path: str, repeat: int, names: list[str] | None = None) -> dict:
     from medforensics.detectors import load_detectors
     from medforensics.io import discover, load_source
     from medforensics.scan import analyze
 
-    detectors = load_detectors()
+    detectors = load_detectors(names)
     (src,), _ = discover([path])
     loads, analyses, per_det = [], [], {}
     for _ in range(repeat):
@@ -64,10 +64,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", type=Path, default=DEFAULT)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--detectors", default=None, help="comma-separated detectors (default: the default scan's)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    names = args.detectors.split(",") if args.detectors else None
     if args.case:
-        print(json.dumps(one_case(args.case, args.repeat)))
+        print(json.dumps(one_case(args.case, args.repeat, names)))
         return
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: data folder not found (it is ../shared/data in the workspace)")
@@ -85,7 +87,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         for name, path in cases.items():
-            r = subprocess.run([sys.executable, __file__, "--case", str(path), "--repeat", str(args.repeat)],
+            extra = ["--detectors", args.detectors] if args.detectors else []
+            r = subprocess.run([sys.executable, __file__, "--case", str(path), "--repeat", str(args.repeat), *extra],
                                capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 print(f"| {name} | failed: {r.stderr.strip().splitlines()[-1]} |")
