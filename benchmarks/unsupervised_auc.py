@@ -1,16 +1,20 @@
-"""AUC of the unsupervised autoencoder detector on a forge dataset's TEST split, per method and kind.
+"""AUC of a detector (default: the unsupervised autoencoder) on a forge dataset's TEST split, per method and kind.
 
-The detector was trained on authentic images of the train patients only and calibrated on
-authentic images of the validation patients: none of the forge methods below was seen.
+The autoencoder was trained on authentic images of the train patients only and calibrated on
+authentic images of the validation patients: none of the forge methods below was seen. The
+learned tile model (``--detector learned_2d``) was trained on the train patients' fakes and
+calibrated on the validation patients' authentic images.
 
     python benchmarks/unsupervised_auc.py /work/forge-ds/manifest.csv --out unsupervised_auc.json
+    python benchmarks/unsupervised_auc.py /work/forge-ds/manifest.csv --detector learned_2d --min-size 128
 
 Prints, per kind (``ct-slice``, ``radiograph``) and per forged class (CT: FM, FB; 2D: copymove,
 splice, inpaint, intensity, contrast, resample, synthetic), the ROC-AUC of the raw statistic
 between that class and the authentic items of the same kind, the detection rate at the default
 threshold (score >= 0.5), and the share of fakes whose strongest region overlaps the forged box;
 then the false-alarm rate on authentic test items at 0.5 and at 0.2. ``--limit N`` scores at most N
-items per (kind, class), drawn with a fixed seed.
+items per (kind, class), drawn with a fixed seed; ``--min-size N`` leaves out images smaller than
+N px on a side (the 64 px NIH thumbnails).
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from medforensics.core import MedForensicsError
-from medforensics.detectors.autoencoder import AutoencoderDetector
 from medforensics.io import load_instance, load_raster
+from medforensics.detectors.base import load_detectors
 
 REAL_CLASSES = {"TB", "TM", "authentic"}
 
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", type=Path, default=None, help="new JSON file for the results")
     ap.add_argument("--limit", type=int, default=0, help="at most N items per (kind, class); 0: all")
+    ap.add_argument("--detector", default="autoencoder", help="a registered detector's name")
+    ap.add_argument("--min-size", type=int, default=0, help="leave out images smaller than this on a side")
     a = ap.parse_args(argv)
     if a.out is not None and a.out.exists():
         print(f"{a.out}: already exists; choose a new name", file=sys.stderr)
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         for g, rs in groups.items():
             if len(rs) > a.limit:
                 groups[g] = [rs[i] for i in sorted(rng.choice(len(rs), a.limit, replace=False))]
-    det = AutoencoderDetector()
+    det = load_detectors([a.detector])[0]
     res: dict[tuple[str, str], list[tuple[float, float, bool | None, str]]] = defaultdict(list)
     t0, n = time.time(), 0
     for (kind, cls), rs in sorted(groups.items()):
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             except MedForensicsError as e:
                 print(f"skipped {e}", file=sys.stderr)
                 continue
-            if not det.applies(img):
+            if not det.applies(img) or min(img.pixels.shape[-2:]) < a.min_size:
                 continue
             ev = det.detect(img)
             hit = None
@@ -80,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             n += 1
         print(f"  {kind}/{cls}: {len(res[(kind, cls)])} items ({time.time() - t0:.0f} s)", file=sys.stderr)
     secs = time.time() - t0
-    out: dict = {"manifest": str(a.manifest), "split": a.split, "items": n, "seconds": round(secs, 1),
+    out: dict = {"manifest": str(a.manifest), "split": a.split, "detector": a.detector, "min_size": a.min_size,
+                 "items": n, "seconds": round(secs, 1),
                  "kinds": {}}
     print(f"{'kind':<11} {'class':<10} {'n':>5} {'AUC':>6} {'det@0.5':>8} {'top-region hit':>15}")
     for kind in sorted({k for k, _ in res}):

@@ -10,7 +10,7 @@ from ..cli import UsageError, app, err, new_output, out, progress_bar
 
 
 def _config_path(config: str) -> Path:
-    """A config given as a path, or as the name of a shipped one (``review``, ``fast-cpu``)."""
+    """A config given as a path, or as the name of a shipped one (:data:`~.train.SHIPPED_CONFIGS`)."""
     from .train import SHIPPED_CONFIGS, shipped_config
 
     p = Path(config)
@@ -24,7 +24,7 @@ def _config_path(config: str) -> Path:
 
 @app.command("train")
 def train_cmd(
-    config: str = typer.Option(..., "--config", help="TOML file with a \\[train] table, or a shipped one: review, fast-cpu."),
+    config: str = typer.Option(..., "--config", help="TOML file with a \\[train] table, or a shipped one: review, fast-cpu, detector-ct, detector-xray."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Forge dataset manifest.csv (default: the config's 'manifest')."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="New checkpoint file (default: <model>-<task>.safetensors)."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the config's model: resnet50, efficientnet_b0, densenet121, vgg16, inception_v3, vit_b_16, fastnet."),
@@ -48,7 +48,8 @@ def train_cmd(
         raise MedForensicsError(manifest, "manifest not found")
     out_path = new_output(out_path or Path(f"{cfg.model}-{cfg.task}.safetensors"))
     err.print(f"training {cfg.model} on {cfg.task} from {manifest} ({path.name}: {cfg.epochs} epochs, "
-              f"batch {cfg.batch}, {cfg.image_size} px"
+              f"batch {cfg.batch}, "
+              + (f"native {cfg.crop} px tiles" if cfg.resize == "none" else f"{cfg.image_size} px")
               + (f", at most {cfg.max_minutes:g} min" if cfg.max_minutes else "") + ")")
     with progress_bar("training") as bar:
         task = bar.add_task("", total=None)

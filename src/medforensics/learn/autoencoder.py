@@ -40,6 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core import MedForensicsError
+from .calibration import CAL_TARGETS, fit_logistic, size_group
 from .checkpoint import load_checkpoint, save_checkpoint
 
 KINDS = ("ct", "xray")
@@ -55,8 +56,6 @@ PATCH = 48
 N_MEAN_BINS, N_GRAD_BINS = 8, 5
 #: Standard deviation (in normalised units) of the extra noise added to training inputs: uniform in [0, this].
 NOISE_MAX = 0.02
-#: Logistic calibration targets on held-out authentic images: median -> 0.05, 95th percentile -> 0.2.
-CAL_TARGETS = ((50.0, 0.05), (95.0, 0.2))
 #: Least logistic scale: a few dozen held-out images do not pin the tail of the raw statistic.
 SCALE_FLOOR = 1.0
 
@@ -342,12 +341,6 @@ def _rsd(a: np.ndarray, floor: float = 1e-3) -> float:
     return float(max(1.4826 * np.median(np.abs(a - np.median(a))), floor))
 
 
-def size_group(shape: tuple[int, ...]) -> str:
-    """``small`` for thumbnails below 128 px on a side (8-px blocks, noise mostly gone with the
-    downscaling), ``native`` otherwise: each has its own reference statistics and calibration."""
-    return "small" if min(shape[-2:]) < 128 else "native"
-
-
 def reference_for(card: dict[str, Any], shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(reference, calibration)`` of a card for an image of ``shape`` (the other size group's
     when the card has none for this one)."""
@@ -414,18 +407,9 @@ def _reference_group(model, planes: list[np.ndarray], kind: str) -> dict[str, An
     for st in sts:
         z, oe, oc = score_plane(st, ref)
         raws.append(raw_statistic(local_peak(z), global_z(oe, oc, ref)))
-    raws = np.asarray(raws)
-    (p_lo, s_lo), (p_hi, s_hi) = CAL_TARGETS
-    q_lo, q_hi = float(np.percentile(raws, p_lo)), float(np.percentile(raws, p_hi))
-    l_lo, l_hi = math.log(s_lo / (1 - s_lo)), math.log(s_hi / (1 - s_hi))
-    scale = max((q_hi - q_lo) / (l_hi - l_lo), SCALE_FLOOR)
-    midpoint = q_hi - l_hi * scale
     ref["n_images"] = len(sts)
     ref["n_blocks"] = int(cat["energy"].size)
-    cal = {"midpoint": round(midpoint, 4), "scale": round(scale, 4),
-           "raw_quantiles": {str(q): round(float(np.percentile(raws, q)), 4) for q in (5, 25, 50, 75, 95, 99)},
-           "rule": f"logistic(raw, midpoint, scale) with held-out authentic median -> {s_lo}, "
-                   f"{p_hi:g}th percentile -> {s_hi}"}
+    cal = fit_logistic(raws, targets=CAL_TARGETS, scale_floor=SCALE_FLOOR)
     return {"reference": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in ref.items()},
             "calibration": cal}
 

@@ -12,6 +12,13 @@ An item goes through three steps, kept apart as in MONAI:
    ``(x - mean) / std`` with the mean and standard deviation of the training images; a
    ``(1, crop, crop)`` tensor.
 
+Native-resolution tiles (``resize = "none"``): resizing blurs away the acquisition noise and the
+seams that local edits leave, so the tile mode never resamples. Training sees random
+``crop`` x ``crop`` tiles of the images at their own resolution (:class:`TileDataset`; a fake's
+tile always covers part of its ground-truth mask, so the label is true of the tile), and
+inference cuts an image into overlapping tiles (:func:`tiles`) and scores each: an image is as
+fake as its most suspicious tile, and the tile scores form a heatmap.
+
 Tasks: ``ct4`` (CT slices of the CT-GAN classes TB, TM, FB, FM; FB and FM are fakes) and
 ``binary`` (``real`` / ``fake``, optionally only some kinds and some forge methods).
 """
@@ -34,14 +41,20 @@ AUGMENTATIONS = ("rotate-10", "rotate-5", "rotate+5", "rotate+10",
                  "brightness-25%", "brightness-10%", "brightness+10%", "brightness+25%")
 REQUIRED_COLUMNS = ("file", "split", "label", "class", "kind", "method", "patient_id")
 
-__all__ = ["CT_WINDOW", "RADIOGRAPH_PERCENTILES", "TASKS", "AUGMENTATIONS", "read_manifest", "load_item",
-           "normalise_image", "to_tensor", "augment", "select_rows", "refuse_leaks", "ItemDataset", "default_preprocess"]
+RESIZES = ("bilinear", "none")
+#: Most tiles :func:`tiles` cuts from one image (the step grows beyond ``stride`` to keep within it).
+MAX_TILES = 512
+
+__all__ = ["CT_WINDOW", "RADIOGRAPH_PERCENTILES", "TASKS", "AUGMENTATIONS", "RESIZES", "read_manifest", "load_item",
+           "load_mask", "item_shape", "normalise_image", "to_tensor", "tiles", "augment", "select_rows", "refuse_leaks",
+           "ItemDataset", "TileDataset", "default_preprocess"]
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:
     """Rows of a forge ``manifest.csv`` as dicts (every value a string), in file order.
 
-    Each row gets ``_path``: the item's file resolved against the manifest's folder.
+    Each row gets ``_path`` and ``_mask``: the item's file and mask resolved against the
+    manifest's folder (``_mask`` is empty where the row has no mask).
     Raises MedForensicsError for a missing or malformed manifest.
     """
     path = Path(path)
@@ -59,6 +72,7 @@ def read_manifest(path: str | Path) -> list[dict[str, str]]:
     root = path.parent
     for r in rows:
         r["_path"] = str(root / r["file"])
+        r["_mask"] = str(root / r["mask"]) if r.get("mask") else ""
     return rows
 
 
@@ -74,6 +88,46 @@ def load_item(path: str | Path, kind: str) -> np.ndarray:
         raise MedForensicsError(path, f"unknown item kind {kind!r} (expected {' or '.join(KINDS)})")
     images = load(path)
     return normalise_image(images[0].slice2d(), kind)
+
+
+def load_mask(row: dict[str, str], shape: tuple[int, int]) -> np.ndarray:
+    """The ground-truth mask of a manifest row (from :func:`read_manifest`) as a boolean array of
+    ``shape``: its mask file where the row has one, else all False for real rows and all True for
+    fakes (a fake without a mask is taken as wholly fake)."""
+    if row.get("_mask"):
+        from PIL import Image as PILImage
+
+        path = Path(row["_mask"])
+        try:
+            m = np.asarray(PILImage.open(path)) > 0
+        except OSError as e:
+            raise MedForensicsError(path, f"cannot read mask: {e}") from None
+        if m.ndim == 3:
+            m = m.any(axis=-1)
+        if m.shape == tuple(shape):
+            return m
+        raise MedForensicsError(path, f"mask is {m.shape[0]}x{m.shape[1]} but its image is {shape[0]}x{shape[1]}")
+    return np.full(shape, row.get("label") == "fake", dtype=bool)
+
+
+def item_shape(path: str | Path) -> tuple[int, int]:
+    """``(rows, columns)`` of an item file without decoding its pixels where the format allows
+    (PNG/JPEG/TIFF headers, DICOM Rows/Columns); other files are loaded."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+            from PIL import Image as PILImage
+
+            with PILImage.open(p) as im:
+                return im.size[1], im.size[0]
+        if p.suffix.lower() == ".dcm":
+            import pydicom
+
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            return int(ds.Rows), int(ds.Columns)
+    except (OSError, ValueError, AttributeError) as e:
+        raise MedForensicsError(p, f"cannot read the image size: {' '.join(str(e).split())[:200]}") from None
+    return tuple(load_item(p, "radiograph").shape)  # type: ignore[return-value]
 
 
 def normalise_image(pixels: np.ndarray, kind: str) -> np.ndarray:
@@ -116,11 +170,55 @@ def augment(array2d: np.ndarray, variant: str) -> np.ndarray:
     raise ValueError(f"unknown augmentation {variant!r}")
 
 
-def default_preprocess(image_size: int = 224, crop: int = 224, *, mean: float = 0.0, std: float = 1.0) -> dict[str, Any]:
-    """Everything :func:`to_tensor` needs (stored in a checkpoint's card as ``preprocess``)."""
-    return {"image_size": int(image_size), "resize": "bilinear", "crop": int(crop), "mean": float(mean),
-            "std": float(std), "in_channels": 1, "ct_window_hu": list(CT_WINDOW),
-            "radiograph_percentiles": list(RADIOGRAPH_PERCENTILES)}
+def default_preprocess(image_size: int = 224, crop: int = 224, *, mean: float = 0.0, std: float = 1.0,
+                       resize: str = "bilinear", stride: int = 0) -> dict[str, Any]:
+    """Everything :func:`to_tensor` and :func:`tiles` need (stored in a checkpoint's card as
+    ``preprocess``). ``resize="none"`` is the native-resolution tile mode (``image_size`` unused;
+    ``stride``: step between inference tiles, half a tile when 0)."""
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+    out = {"image_size": int(image_size), "resize": resize, "crop": int(crop), "mean": float(mean),
+           "std": float(std), "in_channels": 1, "ct_window_hu": list(CT_WINDOW),
+           "radiograph_percentiles": list(RADIOGRAPH_PERCENTILES)}
+    if resize == "none":
+        out["stride"] = int(stride) or max(1, int(crop) // 2)
+        out["max_tiles"] = MAX_TILES
+    return out
+
+
+def _pad_to(a: np.ndarray, crop: int) -> np.ndarray:
+    """Reflect-pad a 2D array (symmetric, edge pixel repeated) to at least ``crop`` on each side."""
+    h, w = a.shape
+    ph, pw = max(0, crop - h), max(0, crop - w)
+    if ph or pw:
+        a = np.pad(a, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
+    return a
+
+
+def tiles(array2d: np.ndarray, preprocess: dict[str, Any]) -> tuple[torch.Tensor, list[tuple[int, int]], tuple[int, int]]:
+    """Native-resolution tiles of a [0, 1] array for inference: ``(batch (n, 1, crop, crop)
+    normalised, [(top, left) of each tile], padded shape)``. Tiles step by ``stride`` and the last
+    row and column are aligned to the far edges; an image smaller than a tile is reflect-padded to
+    one. At most ``max_tiles`` (default :data:`MAX_TILES`) are cut: a large image gets a longer
+    step (a 2,000 px radiograph: about 90 px for 64 px tiles), which bounds the time and keeps the
+    "worst of n tiles" statistic comparable across image sizes."""
+    crop, stride = int(preprocess["crop"]), int(preprocess.get("stride") or max(1, int(preprocess["crop"]) // 2))
+    max_tiles = int(preprocess.get("max_tiles") or MAX_TILES)
+    a = _pad_to(np.asarray(array2d, dtype=np.float32), crop)
+    h, w = a.shape
+
+    def starts(n: int, step: int) -> list[int]:
+        s = list(range(0, n - crop + 1, step))
+        if s[-1] != n - crop:
+            s.append(n - crop)
+        return s
+
+    while len(starts(h, stride)) * len(starts(w, stride)) > max_tiles and stride < max(h, w):
+        stride += 1
+    pos = [(t, l) for t in starts(h, stride) for l in starts(w, stride)]
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    batch = torch.stack([t[y:y + crop, x:x + crop] for y, x in pos])[:, None]
+    return (batch - float(preprocess["mean"])) / float(preprocess["std"]), pos, (h, w)
 
 
 def _resize_crop(array2d: np.ndarray, image_size: int, crop: int) -> torch.Tensor:
@@ -135,10 +233,18 @@ def _resize_crop(array2d: np.ndarray, image_size: int, crop: int) -> torch.Tenso
 
 
 def to_tensor(array2d: np.ndarray, preprocess: dict[str, Any]) -> torch.Tensor:
-    """The evaluation transform: a [0, 1] array to a normalised ``(1, crop, crop)`` float tensor."""
-    if preprocess.get("resize", "bilinear") != "bilinear":
-        raise ValueError(f"unsupported resize {preprocess.get('resize')!r} (only bilinear)")
-    t = _resize_crop(array2d, int(preprocess["image_size"]), int(preprocess["crop"]))
+    """The evaluation transform: a [0, 1] array to a normalised ``(1, crop, crop)`` float tensor
+    (in the native tile mode: the centre tile, no resizing)."""
+    resize = preprocess.get("resize", "bilinear")
+    if resize == "none":
+        crop = int(preprocess["crop"])
+        a = _pad_to(np.asarray(array2d, dtype=np.float32), crop)
+        top, left = (a.shape[0] - crop) // 2, (a.shape[1] - crop) // 2
+        t = torch.from_numpy(np.ascontiguousarray(a[top:top + crop, left:left + crop]))[None]
+    elif resize == "bilinear":
+        t = _resize_crop(array2d, int(preprocess["image_size"]), int(preprocess["crop"]))
+    else:
+        raise ValueError(f"unsupported resize {resize!r} (choose {' or '.join(RESIZES)})")
     return (t - float(preprocess["mean"])) / float(preprocess["std"])
 
 
@@ -255,3 +361,73 @@ class ItemDataset(torch.utils.data.Dataset):
         if variant:
             a = augment(a, variant)
         return to_tensor(a, self.preprocess), int(self.rows[i]["_target"])
+
+
+class TileDataset(torch.utils.data.Dataset):
+    """Manifest rows as random native-resolution tiles: ``(tensor (1, crop, crop), class_index)``.
+
+    Each epoch every row gives ``tiles_per_item`` tiles. A real row's tile lies anywhere in the
+    image; a fake row's tile contains a pixel of the row's mask (:func:`load_mask`) well inside
+    it (at least a quarter tile from its edges where the image allows), so every fake tile shows
+    manipulated pixels. Half the tiles of a real row with a mask (a real nodule of the CT classes
+    TB and TM) are drawn the same way, so real findings are seen as real. Tiles are flipped left-right at random, real and fake alike. Which tile
+    is drawn depends only on ``seed``, the epoch (:meth:`set_epoch`) and the index, so runs
+    repeat. Images and masks are cached in memory (float16 and bool) after the first read.
+    """
+
+    def __init__(self, rows: Sequence[dict[str, str]], preprocess: dict[str, Any], fake_targets: Iterable[int],
+                 *, tiles_per_item: int = 8, seed: int = 0, fixed: bool = False):
+        self.rows = list(rows)
+        self.preprocess = dict(preprocess)
+        self.fake_targets = set(int(t) for t in fake_targets)
+        self.tiles_per_item = max(1, int(tiles_per_item))
+        self.seed, self.epoch, self.fixed = int(seed), 0, fixed
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.tiles_per_item
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other tiles in the next pass (unless ``fixed``: validation always sees the same)."""
+        self.epoch = int(epoch)
+
+    def targets(self) -> list[int]:
+        return [int(r["_target"]) for r in self.rows for _ in range(self.tiles_per_item)]
+
+    def array(self, i: int) -> np.ndarray:
+        """Row ``i`` as a native-resolution [0, 1] array (padded to one tile at least)."""
+        return self._load(i)[0].astype(np.float32)
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        got = self._cache.get(i)
+        if got is None:
+            r = self.rows[i]
+            a = load_item(r["_path"], r["kind"])
+            m = load_mask(r, a.shape)
+            crop = int(self.preprocess["crop"])
+            got = (_pad_to(a, crop).astype(np.float16), _pad_to(m, crop))
+            self._cache[i] = got
+        return got
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        i = index // self.tiles_per_item
+        a, m = self._load(i)
+        crop = int(self.preprocess["crop"])
+        rng = np.random.default_rng([self.seed, 0 if self.fixed else self.epoch, index])
+        h, w = a.shape
+        target = int(self.rows[i]["_target"])
+        fake = target in self.fake_targets
+        if m.any() and not m.all() and (fake or rng.random() < 0.5):
+            ys, xs = np.nonzero(m)
+            k = int(rng.integers(len(ys)))
+            cy, cx = int(ys[k]), int(xs[k])
+            q = crop // 4
+            top = int(np.clip(cy - rng.integers(q, crop - q), 0, h - crop))
+            left = int(np.clip(cx - rng.integers(q, crop - q), 0, w - crop))
+        else:
+            top, left = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
+        t = a[top:top + crop, left:left + crop].astype(np.float32)
+        if rng.random() < 0.5:
+            t = t[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(t))[None]
+        return (x - float(self.preprocess["mean"])) / float(self.preprocess["std"]), target

@@ -15,7 +15,7 @@ import torch
 
 from ..core import MedForensicsError
 from .checkpoint import load_checkpoint
-from .data import load_item, to_tensor
+from .data import load_item, tiles, to_tensor
 from .models import MODELS, build_model
 
 __all__ = ["Classifier", "load_classifier"]
@@ -27,7 +27,9 @@ class Classifier:
     """A trained classifier in eval mode with the preprocessing it was trained with.
 
     Attributes: ``model`` (torch module, eval mode), ``classes``, ``fake_classes``, ``card`` (the
-    checkpoint's model card), ``preprocess``, ``batch`` (inference batch size), ``device``.
+    checkpoint's model card), ``preprocess``, ``batch`` (inference batch size), ``device``,
+    ``native`` (a native-resolution tile model: an image's probabilities are those of its most
+    suspicious tile; :meth:`tile_probabilities` gives them all).
     """
 
     def __init__(self, model: torch.nn.Module, card: dict[str, Any], *, batch: int = 32,
@@ -41,7 +43,31 @@ class Classifier:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self._fake_idx = [self.classes.index(c) for c in self.fake_classes]
+        self.native = self.preprocess.get("resize") == "none"
 
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        """Softmax probabilities of a batch, in chunks of ``batch``."""
+        out = []
+        with torch.no_grad():
+            for i in range(0, x.shape[0], self.batch):
+                out.append(torch.softmax(self.model(x[i:i + self.batch].to(self.device)).float(), dim=1).cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def tile_probabilities(self, array2d: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]], tuple[int, int]]:
+        """Native tile model: ``(class probabilities per tile (n, n_classes), [(top, left)], padded
+        shape)`` of a [0, 1] array (see :func:`medforensics.learn.data.tiles`)."""
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        x, pos, shape = tiles(array2d, self.preprocess)
+        self.model.eval()
+        return self._forward(x), pos, shape
+
+    def image_statistic(self, array2d: np.ndarray) -> float:
+        """Native tile model: the log-odds that the most suspicious tile is fake (the raw statistic
+        that the card's ``calibration`` turns into a score)."""
+        p, _, _ = self.tile_probabilities(array2d)
+        top = float(np.clip(self.fake_probability(p).max(), 1e-7, 1 - 1e-7))
+        return float(np.log(top / (1 - top)))
     def tensor(self, array2d: np.ndarray) -> torch.Tensor:
         """The model input ``(1, crop, crop)`` for a [0, 1] array (the training-time eval transform)."""
         return to_tensor(np.asarray(array2d, dtype=np.float32), self.preprocess)
@@ -51,11 +77,14 @@ class Classifier:
         (as :func:`medforensics.learn.data.load_item` gives them)."""
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(arrays), self.batch):
-                x = torch.stack([self.tensor(a) for a in arrays[i:i + self.batch]]).to(self.device)
-                out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
+        if self.native:
+            out = []
+            for a in arrays:
+                p, _, _ = self.tile_probabilities(a)
+                out.append(p[int(np.argmax(self.fake_probability(p)))][None])
+        else:
+            out = [self._forward(torch.stack([self.tensor(a) for a in arrays[i:i + self.batch]]))
+                   for i in range(0, len(arrays), self.batch)]
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)

@@ -27,12 +27,14 @@ import torch
 
 from ..core import MedForensicsError
 from .checkpoint import save_checkpoint
-from .data import TASKS, ItemDataset, default_preprocess, read_manifest, refuse_leaks, select_rows
+from .calibration import fit_logistic, size_group
+from .data import (RESIZES, TASKS, ItemDataset, TileDataset, default_preprocess, item_shape, read_manifest,
+                   refuse_leaks, select_rows)
 from .models import MODELS, build_model
 
 __all__ = ["TrainConfig", "train", "shipped_config", "SHIPPED_CONFIGS"]
 
-SHIPPED_CONFIGS = ("review", "fast-cpu")
+SHIPPED_CONFIGS = ("review", "fast-cpu", "detector-ct", "detector-xray")
 
 
 @dataclass
@@ -48,8 +50,11 @@ class TrainConfig:
     methods: list[str] = field(default_factory=list)  # binary: only fakes of these forge methods; empty = all
     manifest: str = ""                  # default manifest (the command line's --manifest wins)
     image_size: int = 224               # bilinear resize of the shorter side to this
-    resize: str = "bilinear"
+    resize: str = "bilinear"            # bilinear | none (native-resolution tiles of crop x crop)
     crop: int = 224                     # then a centre crop of crop x crop
+    tiles_per_item: int = 8             # resize = none: random tiles per item and epoch
+    stride: int = 0                     # resize = none: step of inference tiles, 0 = crop / 2
+    min_size: int = 0                   # leave out items smaller than this on a side (e.g. 64 px thumbnails)
     normalise: str = "dataset"          # dataset: mean/std of the training images; none: keep [0, 1]
     optimizer: str = "adam"
     lr: float = 0.001
@@ -74,12 +79,16 @@ class TrainConfig:
         checks = [
             (self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}"),
             (self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}"),
-            (self.resize == "bilinear", f"resize must be 'bilinear', got {self.resize!r}"),
+            (self.resize in RESIZES, f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}"),
             (self.normalise in ("dataset", "none"), f"normalise must be 'dataset' or 'none', got {self.normalise!r}"),
             (self.optimizer == "adam", f"optimizer must be 'adam', got {self.optimizer!r}"),
             (self.loss in ("weighted-ce", "ce"), f"loss must be 'weighted-ce' or 'ce', got {self.loss!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (16 <= self.crop <= self.image_size, f"crop must be between 16 and image_size, got {self.crop}"),
+            (16 <= self.crop and (self.resize == "none" or self.crop <= self.image_size),
+             f"crop must be between 16 and image_size, got {self.crop}"),
+            (self.tiles_per_item >= 1 and 0 <= self.stride <= self.crop,
+             "tiles_per_item must be at least 1 and stride between 0 and crop"),
+            (self.min_size >= 0, "min_size must be >= 0"),
             (self.model != "vit_b_16" or self.crop % 16 == 0, "vit_b_16 needs a crop that is a multiple of 16"),
             (self.model != "inception_v3" or self.crop >= 75, "inception_v3 needs a crop of at least 75"),
             (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
@@ -197,6 +206,27 @@ def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, devic
     return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n, "confusion": confusion.tolist()}
 
 
+def _calibrate_tiles(model: torch.nn.Module, val_ds: TileDataset, preprocess: dict[str, Any],
+                     classes: list[str], fake_classes: list[str], device: torch.device) -> dict[str, Any]:
+    """Native tile mode: the logistic calibration of the image statistic (log-odds of the most
+    suspicious tile) per size group, fitted on the validation split's *real* images only
+    (:func:`medforensics.learn.calibration.fit_logistic`); fakes play no part."""
+    from .predict import Classifier
+
+    clf = Classifier(model, {"classes": classes, "fake_classes": fake_classes, "preprocess": preprocess},
+                     batch=256, device=device)
+    groups: dict[str, list[float]] = {}
+    for i, r in enumerate(val_ds.rows):
+        if classes[int(r["_target"])] in fake_classes:
+            continue
+        a = val_ds.array(i)
+        groups.setdefault(size_group(a.shape), []).append(clf.image_statistic(a))
+    out = {g: {**fit_logistic(v), "n_images": len(v)} for g, v in sorted(groups.items()) if len(v) >= 5}
+    if not out:
+        raise MedForensicsError(None, "too few real validation images to calibrate the tile model (5 per size group)")
+    return out
+
+
 def train(config: TrainConfig, manifest: str | Path, out: str | Path, *,
           progress: Optional[Callable[[int, int, str], None]] = None) -> Path:
     """Train ``config.model`` on the forge dataset ``manifest``; write the checkpoint ``out`` (a new
@@ -228,6 +258,8 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
         used = select_rows(rows, config.task, kinds=config.kinds, methods=config.methods)
     except ValueError as e:
         raise MedForensicsError(manifest, str(e)) from None
+    if config.min_size:
+        used = [r for r in used if min(item_shape(r["_path"])) >= config.min_size]
     split_rows = {s: [r for r in used if r["split"] == s] for s in ("train", "validation", "test")}
     for s in ("train", "validation"):
         if not split_rows[s]:
@@ -243,12 +275,20 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
 
     _seed_everything(config.seed)
     fake_targets = [classes.index(c) for c in fake_classes]
-    preprocess = default_preprocess(config.image_size, config.crop)
-    train_ds = ItemDataset(split_rows["train"], preprocess, fake_targets, augment_fakes=config.augment_fakes)
+    native = config.resize == "none"
+    preprocess = default_preprocess(config.image_size, config.crop, resize=config.resize, stride=config.stride)
+    if native:
+        train_ds = TileDataset(split_rows["train"], preprocess, fake_targets, tiles_per_item=config.tiles_per_item,
+                               seed=config.seed)
+    else:
+        train_ds = ItemDataset(split_rows["train"], preprocess, fake_targets, augment_fakes=config.augment_fakes)
     if config.normalise == "dataset":
         preprocess["mean"], preprocess["std"] = _norm_stats(train_ds)
         train_ds.preprocess = dict(preprocess)
-    val_ds = ItemDataset(val_rows, preprocess, fake_targets, cache_dtype=np.float32)
+    if native:
+        val_ds = TileDataset(val_rows, preprocess, fake_targets, tiles_per_item=2, seed=config.seed + 1, fixed=True)
+    else:
+        val_ds = ItemDataset(val_rows, preprocess, fake_targets, cache_dtype=np.float32)
 
     targets = np.array(train_ds.targets())
     counts = np.bincount(targets, minlength=len(classes)).astype(float)
@@ -276,6 +316,8 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
     step, stopped_by, epochs_done = 0, "epochs", 0.0
     t_train = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
+        if native:
+            train_ds.set_epoch(epoch)
         model.train()
         loss_sum, seen, stop = 0.0, 0, False
         for x, y in train_loader:
@@ -308,8 +350,9 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         if stop:
             break
-    seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
+    calibration = _calibrate_tiles(model, val_ds, preprocess, list(classes), list(fake_classes), device) if native else None
+    seconds = time.perf_counter() - t0
 
     def split_counts(rs: list[dict[str, str]]) -> dict[str, int]:
         c = np.bincount([int(r["_target"]) for r in rs], minlength=len(classes))
@@ -333,7 +376,8 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
             "manifest": str(manifest.resolve()), "sha256": _sha256(manifest),
             "counts": {s: split_counts(rs) for s, rs in split_rows.items()},
             "validation_items_used": len(val_rows),
-            "train_items_with_augmentation": split_counts([train_ds.rows[i] for i, _ in train_ds.items]),
+            "train_items_with_augmentation": (split_counts([train_ds.rows[i] for i, _ in train_ds.items])
+                                              if not native else split_counts(train_ds.rows)),
             "patients": {s: sorted(p) for s, p in sorted(patients.items())},
             "kinds": config.kinds, "methods": config.methods,
         },
@@ -342,4 +386,6 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
             "best": {k: best[k] for k in ("epoch", "epochs_done", "steps", "accuracy", "loss", "confusion")},
         },
     }
+    if calibration is not None:
+        card["calibration"] = calibration
     return save_checkpoint(model, out, card)
