@@ -221,6 +221,18 @@ def test_card_keys_and_predict_reproduces_validation(trained, toy):
     assert np.allclose(clf.predict_arrays(arrays), probs[:3], atol=1e-6)
 
 
+def test_best_epoch_selection_criteria(toy, tmp_path):
+    for select in ("balanced_accuracy", "auc"):
+        ckpt = train(_toy_config(epochs=3, select=select), toy, tmp_path / f"{select}.safetensors")
+        _, card = load_checkpoint(ckpt)
+        hist, best = card["metrics"]["validation"], card["metrics"]["best"]
+        assert card["metrics"]["selected_by"] == select
+        assert best[select] == max(h[select] for h in hist)
+        assert all(0.0 <= h["balanced_accuracy"] <= 1.0 and 0.0 <= h["auc"] <= 1.0 for h in hist)
+    with pytest.raises(ValueError, match="select must be one of"):
+        _toy_config(select="f1")
+
+
 def test_same_seed_same_weights(toy, tmp_path):
     cfg = _toy_config(max_steps=3, epochs=1, augment_fakes=True)
     a = load_checkpoint(train(cfg, toy, tmp_path / "a.safetensors"))[0]

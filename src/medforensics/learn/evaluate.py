@@ -237,9 +237,13 @@ def model_kinds(card: dict) -> list[str]:
 
 def select_rows(rows: Iterable[dict], clf: Any, split: str | None) -> list[dict]:
     """The rows of ``split`` (all if None) that ``clf`` is meant for: its kinds, and for a
-    multi-class model only rows of its classes (a ct4 model sees CT slices of TB/TM/FB/FM).
-    Augmented copies (rows with an ``augmentation``) are left out: they are not test items."""
+    multi-class model only rows of its classes (a ct4 model sees CT slices of TB/TM/FB/FM), and
+    no image smaller than its training ``min_size``. Augmented copies (rows with an
+    ``augmentation``) are left out: they are not test items."""
+    from .data import item_shape
+
     kinds = set(model_kinds(clf.card))
+    min_size = int(clf.card.get("training", {}).get("config", {}).get("min_size", 0) or 0)
     binary = len(clf.classes) == 2 and bool(clf.fake_classes)
     sel = []
     for r in rows:
@@ -248,6 +252,8 @@ def select_rows(rows: Iterable[dict], clf: Any, split: str | None) -> list[dict]
         if r.get("kind") not in kinds or r.get("augmentation"):
             continue  # augmented copies of fakes (the review's eight variants) are training material
         if not binary and r.get("class") not in clf.classes:
+            continue
+        if min_size and min(item_shape(r.get("_path") or r["file"])) < min_size:
             continue
         sel.append(r)
     return sel

@@ -35,6 +35,7 @@ from .models import MODELS, build_model
 __all__ = ["TrainConfig", "train", "shipped_config", "SHIPPED_CONFIGS"]
 
 SHIPPED_CONFIGS = ("review", "fast-cpu", "detector-ct", "detector-xray")
+SELECT = ("accuracy", "balanced_accuracy", "auc")
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainConfig:
     max_minutes: float = 0.0            # time budget, 0 = none
     max_steps: int = 0                  # step budget, 0 = none
     max_validation: int = 0             # validate on at most this many items (evenly spaced), 0 = all
+    select: str = "accuracy"            # best epoch by: accuracy | balanced_accuracy | auc (fake probability), then loss
     num_threads: int = 0                # torch CPU threads, 0 = torch's default
     device: str = "auto"                # auto (cuda if available) | cpu | cuda
 
@@ -83,6 +85,7 @@ class TrainConfig:
             (self.normalise in ("dataset", "none"), f"normalise must be 'dataset' or 'none', got {self.normalise!r}"),
             (self.optimizer == "adam", f"optimizer must be 'adam', got {self.optimizer!r}"),
             (self.loss in ("weighted-ce", "ce"), f"loss must be 'weighted-ce' or 'ce', got {self.loss!r}"),
+            (self.select in SELECT, f"select must be one of {', '.join(SELECT)}, got {self.select!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
             (16 <= self.crop and (self.resize == "none" or self.crop <= self.image_size),
              f"crop must be between 16 and image_size, got {self.crop}"),
@@ -189,10 +192,14 @@ def _norm_stats(ds: ItemDataset, limit: int = 256) -> tuple[float, float]:
 
 
 def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-              n_classes: int) -> dict[str, Any]:
-    """Accuracy and (unweighted) mean cross-entropy of ``model`` on a loader, plus the confusion counts."""
+              n_classes: int, fake_targets: list[int]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean recall over the classes present), the ROC-AUC of the fake
+    probability (None with one kind only) and the (unweighted) mean cross-entropy of ``model`` on a
+    loader, plus the confusion counts."""
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
+    ys: list[np.ndarray] = []
+    ps: list[np.ndarray] = []
     confusion = np.zeros((n_classes, n_classes), dtype=int)
     with torch.no_grad():
         for x, y in loader:
@@ -203,7 +210,17 @@ def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, devic
             correct += int((pred == y).sum())
             n += int(y.numel())
             np.add.at(confusion, (y.cpu().numpy(), pred.cpu().numpy()), 1)
-    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n, "confusion": confusion.tolist()}
+            ys.append(y.cpu().numpy())
+            ps.append(torch.softmax(logits, 1)[:, fake_targets].sum(1).cpu().numpy())
+    recall = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    present = confusion.sum(axis=1) > 0
+    fake = np.isin(np.concatenate(ys), fake_targets) if ys else np.zeros(0, bool)
+    auc = None
+    if fake.any() and not fake.all():
+        from sklearn.metrics import roc_auc_score
+        auc = float(roc_auc_score(fake, np.concatenate(ps)))
+    return {"accuracy": correct / max(n, 1), "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+            "auc": auc, "loss": loss_sum / max(n, 1), "n": n, "confusion": confusion.tolist()}
 
 
 def _calibrate_tiles(model: torch.nn.Module, val_ds: TileDataset, preprocess: dict[str, Any],
@@ -338,14 +355,15 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
             if stop:
                 break
         epochs_done = epoch - 1 + seen / len(train_ds)
-        val = _evaluate(model, val_loader, device, len(classes))
+        val = _evaluate(model, val_loader, device, len(classes), fake_targets)
         rec = {"epoch": epoch, "epochs_done": round(epochs_done, 4), "steps": step,
-               "train_loss": loss_sum / max(seen, 1), "accuracy": val["accuracy"], "loss": val["loss"],
+               "train_loss": loss_sum / max(seen, 1), "accuracy": val["accuracy"],
+               "balanced_accuracy": val["balanced_accuracy"], "auc": val["auc"], "loss": val["loss"],
                "confusion": val["confusion"]}
         history.append(rec)
         if progress:
             progress(step, total, f"epoch {epoch} validation accuracy {val['accuracy']:.4f} loss {val['loss']:.4f}")
-        if best is None or (rec["accuracy"], -rec["loss"]) > (best["accuracy"], -best["loss"]):
+        if best is None or (rec[config.select] or 0.0, -rec["loss"]) > (best[config.select] or 0.0, -best["loss"]):
             best = rec
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         if stop:
@@ -383,7 +401,9 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
         },
         "metrics": {
             "validation": history,
-            "best": {k: best[k] for k in ("epoch", "epochs_done", "steps", "accuracy", "loss", "confusion")},
+            "best": {k: best[k] for k in ("epoch", "epochs_done", "steps", "accuracy", "balanced_accuracy", "auc",
+                                          "loss", "confusion")},
+            "selected_by": config.select,
         },
     }
     if calibration is not None:
