@@ -10,6 +10,8 @@ an error to that image's verdict; the others still run.
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
@@ -86,7 +88,12 @@ def scan_source(source: Source, detectors: Sequence[Detector] | None = None, con
 _WORKER: dict = {}
 
 
-def _init_worker(names: list[str] | None, config: FusionConfig, figures: bool, debug: bool) -> None:
+def _init_worker(names: list[str] | None, config: FusionConfig, figures: bool, debug: bool, threads: int = 1) -> None:
+    # each worker's learned detectors get their share of the cores: n workers x torch's default
+    # threads on n cores would make every worker wait for the others
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     _WORKER.update(detectors=load_detectors(names), config=config, figures=figures, debug=debug)
 
 
@@ -112,6 +119,7 @@ def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, conf
         for src in sources:
             yield scan_source(src, detectors, config, figures=figures, debug=debug)
         return
+    threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                             initargs=(names, config, figures, debug)) as pool:
+                             initargs=(names, config, figures, debug, threads)) as pool:
         yield from pool.map(_work, sources, chunksize=1)

@@ -1,0 +1,69 @@
+"""The shipped learned_2d checkpoints: present, tile models calibrated on authentic images, in the
+default scan, and quiet on real images they never saw."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from medforensics.detectors import learned2d
+from medforensics.detectors.base import load_detectors
+from medforensics.detectors.learned2d import Learned2DDetector
+from medforensics.io import load
+from medforensics.learn.checkpoint import load_checkpoint
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def shipped(monkeypatch):
+    monkeypatch.delenv("MEDFORENSICS_LEARNED_CT2D", raising=False)
+    monkeypatch.delenv("MEDFORENSICS_LEARNED_XRAY", raising=False)
+    learned2d._CACHE.clear()
+    yield
+    learned2d._CACHE.clear()
+
+
+@pytest.mark.parametrize("which,kind", [("ct", "ct-slice"), ("xray", "radiograph")])
+def test_shipped_checkpoints_are_calibrated_tile_models(which, kind):
+    path = learned2d.checkpoint_path(which)
+    assert path.is_file() and path.stat().st_size < 5_000_000
+    _, card = load_checkpoint(path)
+    assert card["architecture"] == "fastnet" and card["preprocess"]["resize"] == "none"
+    assert card["training"]["config"]["kinds"] == [kind] and card["training"]["stopped_by"] == "epochs"
+    assert card["calibration"]["native"]["n_images"] >= 20
+    assert all(card["data"]["patients"][s] for s in ("train", "validation", "test"))
+
+
+def test_learned_2d_is_in_the_default_scan():
+    assert "learned_2d" in [d.name for d in load_detectors()]
+
+
+def test_real_ct_slice_of_another_scanner_is_not_flagged():
+    image = load(get_testdata_file("CT_small.dcm"))[0]
+    ev = Learned2DDetector().detect(image)
+    assert ev.details["mode"] == "native-tiles" and ev.score < 0.5 and not ev.regions
+    assert ev.heatmap.shape == image.pixels.shape
+
+
+def test_real_radiographs_are_not_flagged():
+    files = sorted((SHARED / "xray" / "mhh-covid19" / "images").glob("*.png"))[:12]
+    if not files:
+        pytest.skip(f"{SHARED}: shared data folder not found")
+    det = Learned2DDetector()
+    scores = [det.detect(load(f)[0]).score for f in files]
+    assert max(scores) < 0.5, scores
+    thumb = sorted((SHARED / "xray" / "nih-cxr14" / "NIH1000").rglob("*.png"))[0]
+    ev = det.detect(load(thumb)[0])
+    assert ev.details.get("abstained") and ev.score == 0.0  # 64 px: below the model's min_size
+
+
+def test_real_cr_dicom_from_another_source_is_not_flagged():
+    image = load(get_testdata_file("RG1_UNCR.dcm"))[0] if get_testdata_file("RG1_UNCR.dcm") else None
+    if image is None:
+        pytest.skip("pydicom-data's RG1_UNCR.dcm is not installed")
+    ev = Learned2DDetector().detect(image)
+    assert ev.score < 0.5, ev.explanation
+    assert np.isfinite(ev.details["raw"])
