@@ -6,7 +6,6 @@ random place, given by its mask (a local edit), so only tiles that cover the squ
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from medforensics.learn.data import (TileDataset, default_preprocess, load_item,
                                      select_rows, tiles, to_tensor)
 from medforensics.learn.predict import load_classifier
 from medforensics.learn.train import TrainConfig, train
-from test_learn_train import COLUMNS
+from test_learn_train import _write_manifest
 
 SIZE, SQUARE = 96, 24
 
@@ -54,16 +53,11 @@ def _edits_dataset(root: Path, n_patients: int = 12, per_patient: int = 6, seed:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             PILImage.fromarray(img).save(root / rel)
             PILImage.fromarray(mask.astype(np.uint8) * 255).save(root / mrel)
-            rows.append({c: "" for c in COLUMNS} | {
-                "id": f"{p:02d}{k}", "file": rel, "mask": mrel, "split": split, "label": "fake" if fake else "real",
-                "class": cls, "modality": "XR", "kind": "radiograph", "method": "classic" if fake else "none",
-                "patient_id": f"P{p}", "source_dataset": "toy", "params": "{}"})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+            rows.append({"id": f"{p:02d}{k}", "file": rel, "mask": mrel, "split": split,
+                         "label": "fake" if fake else "real", "class": cls, "modality": "XR", "kind": "radiograph",
+                         "method": "classic" if fake else "none", "patient_id": f"P{p}", "source_dataset": "toy",
+                         "params": "{}"})
+    return _write_manifest(root, rows)
 
 
 def _tile_config(**kw) -> TrainConfig:

@@ -50,11 +50,16 @@ def _toy_dataset(root: Path, *, n_patients: int = 12, per_patient: int = 6, size
                          "method": ("classic" if ct4 else "copymove") if fake else "none", "patient_id": f"P{p}",
                          "source_dataset": "toy", "source_file": "", "slice": "", "center_voxel": "",
                          "bbox_voxel": "", "center_mm": "", "seed": "", "augmentation": "", "parent_id": "", "params": "{}"})
+    return _write_manifest(root, rows)
+
+
+def _write_manifest(root: Path, rows: list[dict]) -> Path:
+    """``root/manifest.csv`` with the forge columns (missing values empty)."""
     manifest = root / "manifest.csv"
     with open(manifest, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows([{c: "" for c in COLUMNS} | r for r in rows])
     return manifest
 
 
