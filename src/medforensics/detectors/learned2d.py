@@ -96,10 +96,9 @@ class Learned2DDetector(Detector):
         clf = classifier(which)
         arr = normalise_image(image.pixels, "ct-slice" if which == "ct" else "radiograph")
         if clf.native:
-            min_size = int(clf.card.get("training", {}).get("config", {}).get("min_size", 0) or 0)
-            if min(arr.shape) < min_size:
+            if min(arr.shape) < clf.min_size:
                 return Evidence(self.name, 0.0, f"The image ({arr.shape[0]}x{arr.shape[1]} px) is smaller than the "
-                                f"{min_size} px the learned tile model was trained on; not scored.",
+                                f"{clf.min_size} px the learned tile model was trained on; not scored.",
                                 details=self._details(clf, which, abstained=True, mode="native-tiles"))
             return self._detect_tiles(image, clf, arr, which)
         return self._detect_whole(image, clf, arr, which)
@@ -136,15 +135,15 @@ class Learned2DDetector(Detector):
         worst covering tile, and Grad-CAM of the deciding tile shows where in it the network looked."""
         import torch
 
-        from ..learn.calibration import size_group
+        from ..learn.calibration import group_for, size_group
         from ..learn.data import tiles
 
-        probs, pos, padded = clf.tile_probabilities(arr)
-        fake = np.clip(clf.fake_probability(probs), 1e-7, 1 - 1e-7)
+        batch, pos, padded = tiles(arr, clf.preprocess)
+        fake = np.clip(clf.fake_probability(clf.predict_tensors(batch)), 1e-7, 1 - 1e-7)
         logits = np.log(fake / (1 - fake))
-        group = size_group(arr.shape)
         cals = clf.card.get("calibration") or {}
-        cal = cals.get(group) or (next(iter(cals.values())) if cals else {"midpoint": 0.0, "scale": 1.0})
+        cal = cals[group_for(cals, arr.shape)] if cals else {"midpoint": 0.0, "scale": 1.0}
+        group = size_group(arr.shape)
         mid, sc = float(cal["midpoint"]), float(cal["scale"])
         tile_scores = 1.0 / (1.0 + np.exp(-np.clip((logits - mid) / sc, -40, 40)))
         top = int(np.argmax(logits))
@@ -153,9 +152,8 @@ class Learned2DDetector(Detector):
         heat = np.zeros(padded, np.float32)
         for (y, x), s in zip(pos, tile_scores):
             np.maximum(heat[y:y + crop, x:x + crop], s, out=heat[y:y + crop, x:x + crop])
-        x_top = tiles(arr, clf.preprocess)[0][top:top + 1]
         with torch.enable_grad():
-            cam = grad_cam(clf, x_top, clf.classes.index(clf.fake_classes[0]))
+            cam = grad_cam(clf, batch[top:top + 1], clf.classes.index(clf.fake_classes[0]))
         if cam is not None:
             import cv2
             y, x = pos[top]

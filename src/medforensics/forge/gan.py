@@ -296,7 +296,7 @@ def default_model_path(dim: int) -> Path:
 def load_model(dim: int, path: str | Path | None = None):
     """The in-painting generator for ``dim``-D arrays, in eval mode, on CPU, with its model card
     as ``model.card``. ``path=None`` loads the shipped checkpoint; models are cached."""
-    from ..learn.checkpoint import load_checkpoint
+    from ..learn.checkpoint import load_checkpoint, load_weights
 
     if dim not in (2, 3):
         raise MedForensicsError(None, f"no in-painting model for {dim}D arrays (2D and 3D only)")
@@ -314,11 +314,7 @@ def load_model(dim: int, path: str | Path | None = None):
     if int(cfg.get("dim", -1)) != dim:
         raise MedForensicsError(p, f"checkpoint holds a {cfg.get('dim')}D model, a {dim}D one is needed")
     model = InpaintUNet(dim=dim, width=int(cfg["width"]), levels=int(cfg["levels"]))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise MedForensicsError(p, f"checkpoint tensors do not fit the model ({' '.join(str(e).split())[:160]})") from None
-    model.eval()
+    load_weights(model, state, p)
     model.card = card
     model.norm = card.get("normalization", {"kind": "ct_hu" if dim == 3 else "robust"}).get("kind")
     _CACHE[key] = model

@@ -40,8 +40,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core import MedForensicsError
-from .calibration import CAL_TARGETS, fit_logistic, size_group
-from .checkpoint import load_checkpoint, save_checkpoint
+from .calibration import CAL_TARGETS, fit_logistic, group_for, size_group
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 KINDS = ("ct", "xray")
 ARCHITECTURE = "monai.networks.nets.AutoEncoder"
@@ -344,11 +344,8 @@ def _rsd(a: np.ndarray, floor: float = 1e-3) -> float:
 def reference_for(card: dict[str, Any], shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(reference, calibration)`` of a card for an image of ``shape`` (the other size group's
     when the card has none for this one)."""
-    g = size_group(shape)
-    refs, cals = card["reference"], card["calibration"]
-    if g not in refs:
-        g = next(iter(refs))
-    return refs[g], cals[g]
+    g = group_for(card["reference"], shape)
+    return card["reference"][g], card["calibration"][g]
 
 
 def reference_statistics(model, planes: list[np.ndarray], kind: str) -> dict[str, Any]:
@@ -532,13 +529,7 @@ def load_autoencoder(path: str | Path):
     for key in ("reference", "calibration"):
         if key not in card:
             raise MedForensicsError(path, f"autoencoder checkpoint has no {key} statistics in its model card")
-    model = build_model(card.get("config"))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise MedForensicsError(path, f"checkpoint tensors do not fit the model ({str(e).splitlines()[0][:150]})") from None
-    model.eval()
-    return model, card
+    return load_weights(build_model(card.get("config")), state, path), card
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,13 +17,20 @@ import numpy as np
 #: Logistic calibration targets on held-out authentic images: (percentile, score) pairs.
 CAL_TARGETS = ((50.0, 0.05), (95.0, 0.2))
 
-__all__ = ["CAL_TARGETS", "size_group", "fit_logistic"]
+__all__ = ["CAL_TARGETS", "size_group", "group_for", "fit_logistic"]
 
 
 def size_group(shape: tuple[int, ...]) -> str:
     """``small`` for thumbnails below 128 px on a side, ``native`` otherwise: each has its own
     reference statistics and calibration."""
     return "small" if min(shape[-2:]) < 128 else "native"
+
+
+def group_for(table: dict[str, Any], shape: tuple[int, ...]) -> str:
+    """The key of ``table`` (per size group) for an image of ``shape``: its own group, or the
+    table's first group when the table has none for it."""
+    g = size_group(shape)
+    return g if g in table else next(iter(table))
 
 
 def fit_logistic(raws: Sequence[float], *, targets: tuple[tuple[float, float], tuple[float, float]] = CAL_TARGETS,

@@ -37,6 +37,16 @@ def save_checkpoint(model_or_state: Any, path: str | Path, card: dict[str, Any],
     return path
 
 
+def load_weights(model: Any, state: dict[str, Any], path: str | Path) -> Any:
+    """Load ``state`` into ``model`` (returned, in eval mode); tensors that do not fit are a one-line
+    :class:`MedForensicsError` naming the checkpoint ``path``."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise MedForensicsError(path, f"checkpoint tensors do not fit the model ({' '.join(str(e).split())[:160]})") from None
+    return model.eval()
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(state_dict, card)`` from a checkpoint written by :func:`save_checkpoint` (tensors on CPU).
 

@@ -26,7 +26,6 @@ around its real nodules, so that "nodule" does not mean "fake".
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -414,7 +413,7 @@ _MODELS: dict[str, tuple[Any, dict[str, Any]]] = {}
 
 def load_model(path: str | Path | None = None):
     """``(network in eval mode, card)`` from a checkpoint (default: the shipped one), once per process."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_weights
 
     path = Path(path) if path is not None else default_checkpoint()
     key = str(path.resolve())
@@ -422,13 +421,7 @@ def load_model(path: str | Path | None = None):
         state, card = load_checkpoint(path)
         if card.get("architecture") != ARCHITECTURE:
             raise MedForensicsError(path, f"not a CT patch model checkpoint (architecture {card.get('architecture')!r})")
-        net = build_network(card.get("config"))
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise MedForensicsError(path, f"weights do not fit the network ({str(e).splitlines()[0][:150]})") from None
-        net.eval()
-        _MODELS[key] = (net, card)
+        _MODELS[key] = (load_weights(build_network(card.get("config")), state, path), card)
     return _MODELS[key]
 
 

@@ -241,9 +241,10 @@ def select_rows(rows: Iterable[dict], clf: Any, split: str | None) -> list[dict]
     no image smaller than its training ``min_size``. Augmented copies (rows with an
     ``augmentation``) are left out: they are not test items."""
     from .data import item_shape
+    from .predict import card_min_size
 
     kinds = set(model_kinds(clf.card))
-    min_size = int(clf.card.get("training", {}).get("config", {}).get("min_size", 0) or 0)
+    min_size = card_min_size(clf.card)
     binary = len(clf.classes) == 2 and bool(clf.fake_classes)
     sel = []
     for r in rows:

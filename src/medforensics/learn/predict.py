@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from ..core import MedForensicsError
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .data import load_item, tiles, to_tensor
 from .models import MODELS, build_model
 
-__all__ = ["Classifier", "load_classifier"]
+__all__ = ["Classifier", "load_classifier", "card_min_size"]
 
 _CARD_KEYS = ("architecture", "config", "classes", "fake_classes", "preprocess")
 
@@ -45,8 +45,15 @@ class Classifier:
         self._fake_idx = [self.classes.index(c) for c in self.fake_classes]
         self.native = self.preprocess.get("resize") == "none"
 
-    def _forward(self, x: torch.Tensor) -> np.ndarray:
-        """Softmax probabilities of a batch, in chunks of ``batch``."""
+    @property
+    def min_size(self) -> int:
+        """The least image side the model was trained on (see :func:`card_min_size`)."""
+        return card_min_size(self.card)
+
+    def predict_tensors(self, x: torch.Tensor) -> np.ndarray:
+        """Softmax probabilities ``(n, n_classes)`` of model inputs ``(n, 1, H, W)``, in chunks of ``batch``."""
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
         out = []
         with torch.no_grad():
             for i in range(0, x.shape[0], self.batch):
@@ -56,11 +63,8 @@ class Classifier:
     def tile_probabilities(self, array2d: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]], tuple[int, int]]:
         """Native tile model: ``(class probabilities per tile (n, n_classes), [(top, left)], padded
         shape)`` of a [0, 1] array (see :func:`medforensics.learn.data.tiles`)."""
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
         x, pos, shape = tiles(array2d, self.preprocess)
-        self.model.eval()
-        return self._forward(x), pos, shape
+        return self.predict_tensors(x), pos, shape
 
     def image_statistic(self, array2d: np.ndarray) -> float:
         """Native tile model: the log-odds that the most suspicious tile is fake (the raw statistic
@@ -75,15 +79,13 @@ class Classifier:
     def predict_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` (float32) for 2D arrays already scaled to [0, 1]
         (as :func:`medforensics.learn.data.load_item` gives them)."""
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
         if self.native:
             out = []
             for a in arrays:
                 p, _, _ = self.tile_probabilities(a)
                 out.append(p[int(np.argmax(self.fake_probability(p)))][None])
         else:
-            out = [self._forward(torch.stack([self.tensor(a) for a in arrays[i:i + self.batch]]))
+            out = [self.predict_tensors(torch.stack([self.tensor(a) for a in arrays[i:i + self.batch]]))
                    for i in range(0, len(arrays), self.batch)]
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
@@ -103,6 +105,11 @@ class Classifier:
         return np.asarray(probs, dtype=np.float32)[:, self._fake_idx].sum(axis=1)
 
 
+def card_min_size(card: dict[str, Any]) -> int:
+    """The least image side a model card's training used (its config's ``min_size``; 0: any)."""
+    return int(card.get("training", {}).get("config", {}).get("min_size", 0) or 0)
+
+
 def load_classifier(path: str | Path, *, batch: int = 32, num_threads: int | None = None,
                     device: str = "cpu") -> Classifier:
     """A :class:`Classifier` from a checkpoint written by :func:`medforensics.learn.train.train`.
@@ -117,7 +124,7 @@ def load_classifier(path: str | Path, *, batch: int = 32, num_threads: int | Non
         raise MedForensicsError(path, f"unknown architecture {card['architecture']!r} (known: {', '.join(MODELS)})")
     try:
         model = build_model(card["architecture"], **card["config"], image_size=int(card["preprocess"]["crop"]))
-        model.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        raise MedForensicsError(path, f"weights do not fit {card['architecture']}: {' '.join(str(e).split())[:200]}") from None
-    return Classifier(model, card, batch=batch, num_threads=num_threads, device=device)
+    except (TypeError, ValueError, KeyError) as e:
+        raise MedForensicsError(path, f"model card does not describe a {card['architecture']}: "
+                                f"{' '.join(str(e).split())[:200]}") from None
+    return Classifier(load_weights(model, state, path), card, batch=batch, num_threads=num_threads, device=device)
