@@ -225,3 +225,52 @@ def test_shipped_tile_configs():
         cfg = TrainConfig.from_toml(shipped_config(name))
         assert (cfg.model, cfg.task, cfg.kinds, cfg.resize) == ("fastnet", "binary", [kind], "none")
         assert not cfg.augment_fakes and cfg.max_minutes == 0  # deterministic: no time budget
+
+
+def _phantom_series(rng: np.random.Generator, n: int = 6, size: int = 160, patch: tuple[int, int, int] | None = None,
+                    noise_hu: float = 20.0) -> np.ndarray:
+    """A chest-like CT volume in HU: air around a soft-tissue body with two lungs, edges blurred; ``patch``
+    (slice, row, column) adds 6x stronger noise on a 24 px square there (the toy models' "edit")."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    body = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.46) ** 2 < 1
+    lungs = (((yy - 0.5) / 0.3) ** 2 + ((xx - 0.3) / 0.13) ** 2 < 1) | (((yy - 0.5) / 0.3) ** 2 + ((xx - 0.7) / 0.13) ** 2 < 1)
+    from scipy.ndimage import gaussian_filter
+
+    # soft edges: the toy models saw smooth fields only, so a sharp edge would be news to them
+    base = gaussian_filter(np.where(body, np.where(lungs, -850.0, 40.0), -1000.0), 4.0)
+    vol = np.stack([base + rng.normal(0, noise_hu, base.shape) for _ in range(n)]).astype(np.float32)
+    if patch is not None:
+        k, y, x = patch
+        vol[k, y:y + SQUARE, x:x + SQUARE] += rng.normal(0, 6 * noise_hu, (SQUARE, SQUARE)).astype(np.float32)
+    return vol
+
+
+def test_detector_scans_a_ct_series_over_its_lungs_and_finds_the_edit(tile_model, monkeypatch):
+    monkeypatch.setenv("MEDFORENSICS_LEARNED_CT2D", str(tile_model))
+    learned2d._CACHE.clear()
+    try:
+        det = Learned2DDetector()
+        rng = np.random.default_rng(5)
+        clean = Image.from_array(_phantom_series(rng), modality="CT", format="dicom", name="series",
+                                 spacing=(2.5, 1.0, 1.0))
+        assert det.applies(clean)
+        ev = det.detect(clean)
+        assert ev.details["mode"] == "series-tiles" and ev.details["slices_scored"] == 6
+        assert ev.heatmap.shape == clean.pixels.shape and ev.score < 0.5 and not ev.regions
+        k0, y0, x0 = 3, 68, 36  # inside the left lung
+        forged = Image.from_array(_phantom_series(np.random.default_rng(5), patch=(k0, y0, x0)), modality="CT",
+                                  format="dicom", name="series", spacing=(2.5, 1.0, 1.0))
+        ev = det.detect(forged)
+        assert ev.score >= 0.5 and ev.details["grad_cam"] and ev.regions, ev.explanation
+        k, y, x = ev.details["worst_tile"]
+        assert k == k0 and y < y0 + SQUARE and y0 < y + 32 and x < x0 + SQUARE and x0 < x + 32
+        top = ev.regions[0].center_voxel
+        assert top[0] == k0 and abs(top[1] - (y0 + SQUARE // 2)) <= 24 and abs(top[2] - (x0 + SQUARE // 2)) <= 24
+        assert ev.heatmap[k0].max() >= 0.5 and ev.heatmap[k0 + 2].max() < 0.5  # the other slices stay quiet
+        no_lungs = Image.from_array(np.full((4, 96, 96), 40.0, np.float32), modality="CT", format="dicom", name="s")
+        ev = det.detect(no_lungs)
+        assert ev.score == 0.0 and ev.details["abstained"] and "No lung" in ev.explanation
+        mr = Image.from_array(_phantom_series(rng), modality="MR", format="dicom", name="mr")
+        assert not det.applies(mr)
+    finally:
+        learned2d._CACHE.clear()

@@ -67,3 +67,33 @@ def test_real_cr_dicom_from_another_source_is_not_flagged():
     ev = Learned2DDetector().detect(image)
     assert ev.score < 0.5, ev.explanation
     assert np.isfinite(ev.details["raw"])
+
+
+def _lidc_small(patient: str):
+    path = SHARED / "ct" / "lidc-idri-small" / patient
+    if not path.is_dir():
+        pytest.skip(f"{path}: shared data folder not found")
+    return load(path)[0]
+
+
+def test_real_ct_series_is_scanned_over_its_lungs_and_not_flagged():
+    image = _lidc_small("LIDC-IDRI-0003")  # the CT model's test patient, with a real 31 mm tumour
+    ev = Learned2DDetector().detect(image)
+    assert ev.details["mode"] == "series-tiles" and ev.details["slices_scored"] == image.pixels.shape[0]
+    assert ev.score < 0.5 and not ev.regions, ev.explanation
+    assert ev.heatmap.shape == image.pixels.shape
+
+
+def test_injected_tumour_in_a_held_out_series_is_found_where_it_is():
+    from medforensics.core import Image
+    from medforensics.forge import ct
+
+    image = _lidc_small("LIDC-IDRI-0003")
+    f = ct.inject(image, diameter_mm=16.0, nodule_type="solid", method="classic", seed=3)
+    forged = Image(pixels=f.pixels.astype(np.float32), spacing=image.spacing, modality="CT", format=image.format,
+                   sources=image.sources, uid=image.uid + ".forged", affine=image.affine)
+    ev = Learned2DDetector().detect(forged)
+    assert ev.score >= 0.5 and ev.regions and ev.details["grad_cam"], ev.explanation
+    top = np.asarray(ev.regions[0].center_voxel, float)
+    dist_mm = np.linalg.norm((top - np.asarray(f.center_voxel, float)) * np.asarray(image.spacing, float))
+    assert dist_mm <= 16.0, (ev.regions[0].center_voxel, f.center_voxel)

@@ -15,6 +15,16 @@ score of its worst covering tile; inside the deciding tile it is Grad-CAM (pytor
 the fake class on the last convolution: where in that tile the network looked. Images smaller
 than the model's training ``min_size`` are not scored (abstained).
 
+A **CT series** is scanned with the CT tile model too: tiles of 64 px at a step of 48 px whose
+centre lies in the lungs (or within about 10 mm of them: :func:`medforensics.learn.ct3d.scan_region`),
+on every slice -- or every ``k``-th slice, so that at most :data:`MAX_SERIES_TILES` tiles are
+scored; an unscored slice's heatmap is that of the scored slice before it. Around the (at most
+eight) tiles that score 0.2 or more, a second pass steps by 12 px on their slice and the next ones,
+so that a tile centred on the edit is scored too. The series is as
+suspicious as its worst tile, through the same calibration as a single slice ("as suspicious as
+its worst slice would be alone"); regions are connected groups of 16 px cells whose worst
+covering tile scores 0.5 or more, with slice, row and column.
+
 A whole-image classifier (any checkpoint of ``medforensics train`` with ``resize = "bilinear"``,
 e.g. a review-protocol network trained on a GPU) works too: its score is its fake probability and
 its heatmap Grad-CAM of the class it decided. ``MEDFORENSICS_LEARNED_CT2D`` and
@@ -34,6 +44,13 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 CHECKPOINTS = {"ct": ("MEDFORENSICS_LEARNED_CT2D", "learned_ct2d.safetensors"),
                "xray": ("MEDFORENSICS_LEARNED_XRAY", "learned_xray.safetensors")}
 RADIOGRAPHS = frozenset({"XR", "CR", "DX", "DR", "RG", "OT"})
+#: Most tiles scored in one CT series (a slice step is chosen to keep within it).
+MAX_SERIES_TILES = 3000
+#: Cell of a series' heatmap grid and regions, in pixels.
+CELL_PX = 16
+#: Series refinement: tiles from this calibrated score on are re-scanned at a quarter of the step
+#: on their slice and the next ones, for at most this many seed tiles.
+REFINE_FROM, REFINE_SEEDS = 0.2, 8
 _CACHE: dict[str, object] = {}
 
 
@@ -80,11 +97,14 @@ def grad_cam(clf, x, target: int) -> np.ndarray | None:
 class Learned2DDetector(Detector):
     name = "learned_2d"
     description = ("Learned classifiers of CT slices and radiographs trained on forge data: native-resolution tiles "
-                   "scored for edits and synthesis, with a heatmap and Grad-CAM of every decision.")
-    dims = frozenset({2})
+                   "scored for edits and synthesis (CT series: tiles of the lungs, slice by slice), with a heatmap "
+                   "and Grad-CAM of every decision.")
+    dims = frozenset({2, 3})
 
     def applies(self, image: Image) -> bool:
         if not super().applies(image):
+            return False
+        if image.pixels.ndim == 3 and image.modality != "CT":
             return False
         which = "ct" if image.modality == "CT" else "xray" if image.modality in RADIOGRAPHS else None
         return which is not None and checkpoint_path(which).is_file()
@@ -94,6 +114,12 @@ class Learned2DDetector(Detector):
 
         which = "ct" if image.modality == "CT" else "xray"
         clf = classifier(which)
+        if image.pixels.ndim == 3:
+            if not clf.native:
+                return Evidence(self.name, 0.0, "The CT checkpoint is a whole-image classifier of single slices; it "
+                                "does not scan series.", details=self._details(clf, which, abstained=True,
+                                                                                mode="whole-image"))
+            return self._detect_series(image, clf)
         arr = normalise_image(image.pixels, "ct-slice" if which == "ct" else "radiograph")
         if clf.native:
             if min(arr.shape) < clf.min_size:
@@ -129,22 +155,44 @@ class Learned2DDetector(Detector):
                                 probabilities={c: round(float(p), 4) for c, p in zip(clf.classes, probs)}, raw=fake)
         return Evidence(self.name, fake, explanation, heatmap=heatmap, regions=[], details=details)
 
+    def _calibration(self, clf, shape: tuple[int, ...]) -> tuple[float, float, str]:
+        """``(midpoint, scale, size group)`` of the card's calibration for a plane of ``shape``."""
+        from ..learn.calibration import group_for, size_group
+
+        cals = clf.card.get("calibration") or {}
+        cal = cals[group_for(cals, shape)] if cals else {"midpoint": 0.0, "scale": 1.0}
+        return float(cal["midpoint"]), float(cal["scale"]), size_group(shape)
+
+    @staticmethod
+    def _tile_logits(clf, batch) -> np.ndarray:
+        """Log-odds that each tile is fake."""
+        fake = np.clip(clf.fake_probability(clf.predict_tensors(batch)), 1e-7, 1 - 1e-7)
+        return np.log(fake / (1 - fake))
+
+    def _grad_cam_into(self, clf, tile, heat: np.ndarray, y: int, x: int, score: float) -> bool:
+        """Grad-CAM of the fake class for ``tile`` (1, 1, crop, crop), scaled by ``score``, written
+        over the tile's square of the 2D ``heat``; False when the network has none."""
+        import cv2
+        import torch
+
+        with torch.enable_grad():
+            cam = grad_cam(clf, tile, clf.classes.index(clf.fake_classes[0]))
+        if cam is None:
+            return False
+        crop = int(clf.preprocess["crop"])
+        cam = cv2.resize(cam, (crop, crop), interpolation=cv2.INTER_LINEAR)
+        heat[y:y + crop, x:x + crop] = np.clip(score * cam, 0.0, 1.0)
+        return True
+
     def _detect_tiles(self, image: Image, clf, arr: np.ndarray, which: str) -> Evidence:
         """A native-resolution tile model: every tile scored; the image is as suspicious as its
         worst tile (calibrated on authentic validation images); the heatmap holds each pixel's
         worst covering tile, and Grad-CAM of the deciding tile shows where in it the network looked."""
-        import torch
-
-        from ..learn.calibration import group_for, size_group
         from ..learn.data import tiles
 
         batch, pos, padded = tiles(arr, clf.preprocess)
-        fake = np.clip(clf.fake_probability(clf.predict_tensors(batch)), 1e-7, 1 - 1e-7)
-        logits = np.log(fake / (1 - fake))
-        cals = clf.card.get("calibration") or {}
-        cal = cals[group_for(cals, arr.shape)] if cals else {"midpoint": 0.0, "scale": 1.0}
-        group = size_group(arr.shape)
-        mid, sc = float(cal["midpoint"]), float(cal["scale"])
+        logits = self._tile_logits(clf, batch)
+        mid, sc, group = self._calibration(clf, arr.shape)
         tile_scores = 1.0 / (1.0 + np.exp(-np.clip((logits - mid) / sc, -40, 40)))
         top = int(np.argmax(logits))
         raw, score = float(logits[top]), float(tile_scores[top])
@@ -152,13 +200,7 @@ class Learned2DDetector(Detector):
         heat = np.zeros(padded, np.float32)
         for (y, x), s in zip(pos, tile_scores):
             np.maximum(heat[y:y + crop, x:x + crop], s, out=heat[y:y + crop, x:x + crop])
-        with torch.enable_grad():
-            cam = grad_cam(clf, batch[top:top + 1], clf.classes.index(clf.fake_classes[0]))
-        if cam is not None:
-            import cv2
-            y, x = pos[top]
-            cam = cv2.resize(cam, (crop, crop), interpolation=cv2.INTER_LINEAR)
-            heat[y:y + crop, x:x + crop] = np.clip(score * cam, 0.0, 1.0)
+        has_cam = self._grad_cam_into(clf, batch[top:top + 1], heat, *pos[top], score)
         oy, ox = (padded[0] - arr.shape[0]) // 2, (padded[1] - arr.shape[1]) // 2
         heat = heat[oy:oy + arr.shape[0], ox:ox + arr.shape[1]]
         regions = regions_from_heatmap(image, heat, threshold=0.5, note="learned tile model: unlike authentic tiles")
@@ -170,8 +212,101 @@ class Learned2DDetector(Detector):
         else:
             explanation = (f"The learned {kind} tile model finds all {len(pos)} native-resolution tiles like "
                            f"authentic ones (worst tile score {score:.2f}).")
-        details = self._details(clf, which, grad_cam=cam is not None, mode="native-tiles", raw=round(raw, 4),
+        details = self._details(clf, which, grad_cam=has_cam, mode="native-tiles", raw=round(raw, 4),
                                 tiles=len(pos), tile_px=crop, tiles_flagged=int((tile_scores >= 0.5).sum()),
                                 worst_tile=list(pos[top]), size_group=group,
+                                calibration={"midpoint": mid, "scale": sc})
+        return Evidence(self.name, score, explanation, heatmap=heat, regions=regions, details=details)
+
+    def _detect_series(self, image: Image, clf) -> Evidence:
+        """A CT series: the CT tile model over the lungs of its slices (see the module docstring)."""
+        import torch
+
+        from ..learn.ct3d import scan_region
+        from ..learn.data import normalise_image
+
+        vol = image.pixels
+        n, h, w = vol.shape
+        crop = int(clf.preprocess["crop"])
+        if min(h, w) < max(clf.min_size, crop):
+            return Evidence(self.name, 0.0, f"The slices ({h}x{w} px) are smaller than the {max(clf.min_size, crop)} px "
+                            "the learned CT tile model was trained on; not scored.",
+                            details=self._details(clf, "ct", abstained=True, mode="series-tiles"))
+        region = scan_region(image)  # lungs plus ~10 mm, on a 4x coarser in-plane grid
+        stride = max(1, crop * 3 // 4)
+        ys = sorted(set(range(0, h - crop + 1, stride)) | {h - crop})
+        xs = sorted(set(range(0, w - crop + 1, stride)) | {w - crop})
+        rh, rw = region.shape[1:]
+        cand = [[(y, x) for y in ys for x in xs
+                 if region[k, min((y + crop // 2) // 4, rh - 1), min((x + crop // 2) // 4, rw - 1)]] for k in range(n)]
+        with_tiles = [k for k in range(n) if cand[k]]
+        if not with_tiles:
+            return Evidence(self.name, 0.0, "No lung parenchyma found, so the learned CT tile model has nothing to scan.",
+                            details=self._details(clf, "ct", abstained=True, mode="series-tiles"))
+        total = sum(len(cand[k]) for k in with_tiles)
+        step = max(1, -(-total // MAX_SERIES_TILES))
+        scored = with_tiles[::step]
+        mid, sc, group = self._calibration(clf, (h, w))
+        mean, std = float(clf.preprocess["mean"]), float(clf.preprocess["std"])
+        cell = CELL_PX
+        cells = np.zeros((n, -(-h // cell), -(-w // cell)), np.float32)
+        planes: dict[int, torch.Tensor] = {}
+        seen: set[tuple[int, int, int]] = set()
+        found: list[tuple[float, int, int, int]] = []  # (logit, slice, top, left) of every tile scored
+
+        def score_tiles(k: int, positions: list[tuple[int, int]]) -> None:
+            positions = [p for p in positions if (k, *p) not in seen]
+            if not positions:
+                return
+            seen.update((k, *p) for p in positions)
+            if k not in planes:
+                planes[k] = torch.from_numpy(normalise_image(vol[k], "ct-slice"))
+            t = planes[k]
+            batch = (torch.stack([t[y:y + crop, x:x + crop] for y, x in positions])[:, None] - mean) / std
+            logits = self._tile_logits(clf, batch)
+            scores = 1.0 / (1.0 + np.exp(-np.clip((logits - mid) / sc, -40, 40)))
+            for (y, x), lg, s_ in zip(positions, logits, scores):
+                view = cells[k, y // cell:-(-(y + crop) // cell), x // cell:-(-(x + crop) // cell)]
+                np.maximum(view, s_, out=view)
+                found.append((float(lg), k, y, x))
+
+        for k in scored:
+            score_tiles(k, cand[k])
+            planes.pop(k, None)
+        # a scored slice's cells stand for the unscored slices up to the next scored one
+        for a, b in zip(scored, scored[1:] + [n]):
+            cells[a + 1:b] = cells[a]
+        # refinement: around the most suspicious tiles, a finer step on their slice and its neighbours
+        # (a tile centred on an edit scores higher than one that only grazes it)
+        refine_at = mid + sc * np.log(REFINE_FROM / (1 - REFINE_FROM))
+        seeds = sorted((f for f in found if f[0] >= refine_at), reverse=True)[:REFINE_SEEDS]
+        fine = max(1, stride // 4)
+        offsets = range(-(stride // 2), stride // 2 + 1, fine)
+        for _, k0, y0, x0 in seeds:
+            for k in range(max(0, k0 - step), min(n, k0 + step + 1)):
+                score_tiles(k, sorted({(min(max(y0 + dy, 0), h - crop), min(max(x0 + dx, 0), w - crop))
+                                 for dy in offsets for dx in offsets}))
+        n_tiles = len(found)
+        n_flagged = int(sum(f[0] >= mid for f in found))
+        best = max(found)
+        raw, k_top, y_top, x_top = best
+        score = float(1.0 / (1.0 + np.exp(-np.clip((raw - mid) / sc, -40, 40))))
+        regions = regions_from_heatmap(image, cells, threshold=0.5, min_size=1, scale=(1, cell, cell),
+                                       note="learned CT tile model: unlike authentic tiles")
+        heat = np.repeat(np.repeat(cells, cell, 1), cell, 2)[:, :h, :w]
+        t = torch.from_numpy(normalise_image(vol[k_top], "ct-slice"))
+        tile = (t[y_top:y_top + crop, x_top:x_top + crop][None, None] - mean) / std
+        has_cam = self._grad_cam_into(clf, tile, heat[k_top], y_top, x_top, score)
+        where = f"slice {k_top}, rows {y_top}-{y_top + crop - 1}, columns {x_top}-{x_top + crop - 1}"
+        if score >= 0.5:
+            explanation = (f"The learned CT tile model finds {n_flagged} of {n_tiles} lung tiles on {len(scored)} slices "
+                           f"unlike authentic ones; the worst (score {score:.2f}) is at {where}; Grad-CAM shows where "
+                           "in it the network looked.")
+        else:
+            explanation = (f"The learned CT tile model finds all {n_tiles} lung tiles on {len(scored)} slices like "
+                           f"authentic ones (worst tile score {score:.2f}, at {where}).")
+        details = self._details(clf, "ct", grad_cam=has_cam, mode="series-tiles", raw=round(raw, 4), tiles=n_tiles,
+                                tile_px=crop, tile_stride_px=stride, slices_scored=len(scored), slice_step=step,
+                                tiles_flagged=n_flagged, worst_tile=[k_top, y_top, x_top], size_group=group,
                                 calibration={"midpoint": mid, "scale": sc})
         return Evidence(self.name, score, explanation, heatmap=heat, regions=regions, details=details)

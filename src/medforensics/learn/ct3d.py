@@ -137,7 +137,7 @@ class CubeSet:
         return out
 
 
-def _scan_region(image: Image) -> np.ndarray:
+def scan_region(image: Image) -> np.ndarray:
     """What a scan covers: the lung mask on a 4x coarser in-plane grid, dilated by ~10 mm (so the
     pleura, chest wall, mediastinum and diaphragm next to the lung are scanned too)."""
     from scipy import ndimage as ndi
@@ -153,8 +153,8 @@ def _scan_region(image: Image) -> np.ndarray:
 
 
 def _lung_points(image: Image, rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
-    """``n`` random voxels of the region a scan covers (:func:`_scan_region`)."""
-    pts = np.argwhere(_scan_region(image))
+    """``n`` random voxels of the region a scan covers (:func:`scan_region`)."""
+    pts = np.argwhere(scan_region(image))
     if len(pts) == 0:
         return []
     pick = pts[rng.integers(len(pts), size=n)]
@@ -446,8 +446,8 @@ class SeriesScan:
 
 
 def _scan_lung_cells(image: Image, grid: tuple[int, int, int]) -> np.ndarray:
-    """Heatmap cells that touch the region a scan covers (:func:`_scan_region`)."""
-    lung = _scan_region(image)
+    """Heatmap cells that touch the region a scan covers (:func:`scan_region`)."""
+    lung = scan_region(image)
     cells = np.zeros(grid, bool)
     f1, f2 = FINE[1] // 4, FINE[2] // 4
     idx = np.argwhere(lung)
