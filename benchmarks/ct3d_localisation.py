@@ -115,6 +115,7 @@ def main(argv=None) -> int:
         a_score, a_regions, _, a_sec = run_scan(img)
         rec["authentic"] = {"score": a_score, "false_regions": len(a_regions), "seconds": round(a_sec, 2)}
         print(f"{patient} ({role}) untouched: score {a_score:.3f}, {len(a_regions)} false region(s), {a_sec:.1f} s")
+        # drawn for either detector: the same rng draws keep the forgeries below identical across detectors
         neg_cubes = [cube_score(img.pixels, c) for c in ct3d._lung_points(img, rng, 40)]
         nods = nodules_for(img)
         neg_cubes += [cube_score(img.pixels, n.center_voxel) for n in nods]

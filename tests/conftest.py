@@ -24,3 +24,21 @@ def lidc_series_dir(shared_data: Path) -> Path:
     if d is None:
         pytest.skip("LIDC-IDRI-0001 series not found in shared data")
     return d.parent
+
+
+@pytest.fixture
+def learned_checkpoints(monkeypatch):
+    """Point the ``learned_2d`` detector at checkpoints: ``learned_checkpoints(ct=PATH, xray=PATH)``;
+    a kind left out uses the shipped model. Loaded models are forgotten before and after."""
+    from medforensics.detectors import learned2d
+
+    def use(ct=None, xray=None) -> None:
+        for env, path in (("MEDFORENSICS_LEARNED_CT2D", ct), ("MEDFORENSICS_LEARNED_XRAY", xray)):
+            if path is None:
+                monkeypatch.delenv(env, raising=False)
+            else:
+                monkeypatch.setenv(env, str(path))
+        learned2d._CACHE.clear()
+
+    yield use
+    learned2d._CACHE.clear()

@@ -15,7 +15,6 @@ from PIL import Image as PILImage
 from sklearn.metrics import roc_auc_score
 
 from medforensics.core import Image, MedForensicsError
-from medforensics.detectors import learned2d
 from medforensics.detectors.learned2d import Learned2DDetector
 from medforensics.learn.calibration import fit_logistic, size_group
 from medforensics.learn.checkpoint import load_checkpoint
@@ -180,11 +179,9 @@ def test_tile_config_validation():
 # ----------------------------------------------------------------------------- detector
 
 @pytest.fixture
-def use_tiles(tile_model, monkeypatch):
-    monkeypatch.setenv("MEDFORENSICS_LEARNED_XRAY", str(tile_model))
-    learned2d._CACHE.clear()
-    yield tile_model
-    learned2d._CACHE.clear()
+def use_tiles(tile_model, learned_checkpoints):
+    learned_checkpoints(xray=tile_model)
+    return tile_model
 
 
 def test_detector_localises_the_edit_with_tile_heatmap_and_grad_cam(use_tiles):
@@ -206,16 +203,11 @@ def test_detector_localises_the_edit_with_tile_heatmap_and_grad_cam(use_tiles):
     assert ev.score < 0.5 and not ev.regions and "like authentic" in ev.explanation
 
 
-def test_detector_abstains_below_the_training_min_size(edits, tmp_path, monkeypatch):
-    ckpt = train(_tile_config(min_size=90, epochs=1), edits, tmp_path / "min90.safetensors")
-    monkeypatch.setenv("MEDFORENSICS_LEARNED_XRAY", str(ckpt))
-    learned2d._CACHE.clear()
-    try:
-        ev = Learned2DDetector().detect(Image.from_array(np.full((64, 64), 100.0, np.float32), modality="XR",
-                                                         format="png", name="thumb.png"))
-        assert ev.score == 0.0 and ev.details["abstained"] and "smaller than the 90 px" in ev.explanation
-    finally:
-        learned2d._CACHE.clear()
+def test_detector_abstains_below_the_training_min_size(edits, tmp_path, learned_checkpoints):
+    learned_checkpoints(xray=train(_tile_config(min_size=90, epochs=1), edits, tmp_path / "min90.safetensors"))
+    ev = Learned2DDetector().detect(Image.from_array(np.full((64, 64), 100.0, np.float32), modality="XR",
+                                                     format="png", name="thumb.png"))
+    assert ev.score == 0.0 and ev.details["abstained"] and "smaller than the 90 px" in ev.explanation
 
 
 def test_shipped_tile_configs():
@@ -245,32 +237,28 @@ def _phantom_series(rng: np.random.Generator, n: int = 6, size: int = 160, patch
     return vol
 
 
-def test_detector_scans_a_ct_series_over_its_lungs_and_finds_the_edit(tile_model, monkeypatch):
-    monkeypatch.setenv("MEDFORENSICS_LEARNED_CT2D", str(tile_model))
-    learned2d._CACHE.clear()
-    try:
-        det = Learned2DDetector()
-        rng = np.random.default_rng(5)
-        clean = Image.from_array(_phantom_series(rng), modality="CT", format="dicom", name="series",
-                                 spacing=(2.5, 1.0, 1.0))
-        assert det.applies(clean)
-        ev = det.detect(clean)
-        assert ev.details["mode"] == "series-tiles" and ev.details["slices_scored"] == 6
-        assert ev.heatmap.shape == clean.pixels.shape and ev.score < 0.5 and not ev.regions
-        k0, y0, x0 = 3, 68, 36  # inside the left lung
-        forged = Image.from_array(_phantom_series(np.random.default_rng(5), patch=(k0, y0, x0)), modality="CT",
-                                  format="dicom", name="series", spacing=(2.5, 1.0, 1.0))
-        ev = det.detect(forged)
-        assert ev.score >= 0.5 and ev.details["grad_cam"] and ev.regions, ev.explanation
-        k, y, x = ev.details["worst_tile"]
-        assert k == k0 and y < y0 + SQUARE and y0 < y + 32 and x < x0 + SQUARE and x0 < x + 32
-        top = ev.regions[0].center_voxel
-        assert top[0] == k0 and abs(top[1] - (y0 + SQUARE // 2)) <= 24 and abs(top[2] - (x0 + SQUARE // 2)) <= 24
-        assert ev.heatmap[k0].max() >= 0.5 and ev.heatmap[k0 + 2].max() < 0.5  # the other slices stay quiet
-        no_lungs = Image.from_array(np.full((4, 96, 96), 40.0, np.float32), modality="CT", format="dicom", name="s")
-        ev = det.detect(no_lungs)
-        assert ev.score == 0.0 and ev.details["abstained"] and "No lung" in ev.explanation
-        mr = Image.from_array(_phantom_series(rng), modality="MR", format="dicom", name="mr")
-        assert not det.applies(mr)
-    finally:
-        learned2d._CACHE.clear()
+def test_detector_scans_a_ct_series_over_its_lungs_and_finds_the_edit(tile_model, learned_checkpoints):
+    learned_checkpoints(ct=tile_model)
+    det = Learned2DDetector()
+    rng = np.random.default_rng(5)
+    clean = Image.from_array(_phantom_series(rng), modality="CT", format="dicom", name="series",
+                             spacing=(2.5, 1.0, 1.0))
+    assert det.applies(clean)
+    ev = det.detect(clean)
+    assert ev.details["mode"] == "series-tiles" and ev.details["slices_scored"] == 6
+    assert ev.heatmap.shape == clean.pixels.shape and ev.score < 0.5 and not ev.regions
+    k0, y0, x0 = 3, 68, 36  # inside the left lung
+    forged = Image.from_array(_phantom_series(np.random.default_rng(5), patch=(k0, y0, x0)), modality="CT",
+                              format="dicom", name="series", spacing=(2.5, 1.0, 1.0))
+    ev = det.detect(forged)
+    assert ev.score >= 0.5 and ev.details["grad_cam"] and ev.regions, ev.explanation
+    k, y, x = ev.details["worst_tile"]
+    assert k == k0 and y < y0 + SQUARE and y0 < y + 32 and x < x0 + SQUARE and x0 < x + 32
+    top = ev.regions[0].center_voxel
+    assert top[0] == k0 and abs(top[1] - (y0 + SQUARE // 2)) <= 24 and abs(top[2] - (x0 + SQUARE // 2)) <= 24
+    assert ev.heatmap[k0].max() >= 0.5 and ev.heatmap[k0 + 2].max() < 0.5  # the other slices stay quiet
+    no_lungs = Image.from_array(np.full((4, 96, 96), 40.0, np.float32), modality="CT", format="dicom", name="s")
+    ev = det.detect(no_lungs)
+    assert ev.score == 0.0 and ev.details["abstained"] and "No lung" in ev.explanation
+    mr = Image.from_array(_phantom_series(rng), modality="MR", format="dicom", name="mr")
+    assert not det.applies(mr)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from medforensics.core import Image
-from medforensics.detectors import learned2d
 from medforensics.detectors.learned2d import Learned2DDetector
 from medforensics.learn.train import train
 from medforensics.scan import analyze
@@ -25,11 +24,9 @@ def xray_model(tmp_path_factory):
 
 
 @pytest.fixture
-def use_model(xray_model, monkeypatch):
-    monkeypatch.setenv("MEDFORENSICS_LEARNED_XRAY", str(xray_model))
-    learned2d._CACHE.clear()
-    yield xray_model
-    learned2d._CACHE.clear()
+def use_model(xray_model, learned_checkpoints):
+    learned_checkpoints(xray=xray_model)
+    return xray_model
 
 
 def _radiograph(noise: float, patch_noise: float | None = None, size: int = 48, seed: int = 1) -> Image:

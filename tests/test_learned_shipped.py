@@ -18,12 +18,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def shipped(monkeypatch):
-    monkeypatch.delenv("MEDFORENSICS_LEARNED_CT2D", raising=False)
-    monkeypatch.delenv("MEDFORENSICS_LEARNED_XRAY", raising=False)
-    learned2d._CACHE.clear()
-    yield
-    learned2d._CACHE.clear()
+def shipped(learned_checkpoints):
+    learned_checkpoints()
 
 
 @pytest.mark.parametrize("which,kind", [("ct", "ct-slice"), ("xray", "radiograph")])

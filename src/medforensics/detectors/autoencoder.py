@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..core import Evidence, Image, MedForensicsError
-from .base import Detector, logistic, print_raw_values, regions_from_heatmap
+from .base import Detector, logistic, logistic_array, print_raw_values, regions_from_heatmap
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 CHECKPOINTS = {"ct": MODELS_DIR / "ae_ct.safetensors", "xray": MODELS_DIR / "ae_xray.safetensors"}
@@ -117,7 +117,7 @@ class AutoencoderDetector(Detector):
         correction = sc * math.log(len(ks))
         raw = raw_statistic(lp - correction, gz)
         score = logistic(raw, mid, sc)
-        heat_grid = (1.0 / (1.0 + np.exp(-np.clip((z - mid) / sc, -40, 40)))).astype(np.float32)
+        heat_grid = logistic_array(z, mid, sc)
         heat = np.zeros(vol.shape, np.float32)
         up = np.repeat(np.repeat(np.repeat(heat_grid, stride, 0), b, 1), b, 2)[:vol.shape[0]]
         heat[:up.shape[0], :up.shape[1], :up.shape[2]] = up

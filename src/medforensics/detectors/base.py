@@ -121,6 +121,12 @@ def logistic(x: float, midpoint: float, scale: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+def logistic_array(x: np.ndarray, midpoint: float, scale: float) -> np.ndarray:
+    """:func:`logistic` of every element of ``x`` (float32), for heatmaps and tile scores."""
+    z = np.clip((np.asarray(x, dtype=np.float64) - midpoint) / scale, -40, 40)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
 def regions_from_heatmap(image: Image, heatmap: np.ndarray, threshold: float = 0.5,
                          max_regions: int = 5, min_size: int = 4, note: str = "",
                          scale: tuple[int, ...] | None = None) -> list[Region]:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import Evidence, Image
-from .base import Detector, regions_from_heatmap
+from .base import Detector, logistic, logistic_array, regions_from_heatmap
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CHECKPOINTS = {"ct": ("MEDFORENSICS_LEARNED_CT2D", "learned_ct2d.safetensors"),
@@ -193,7 +193,7 @@ class Learned2DDetector(Detector):
         batch, pos, padded = tiles(arr, clf.preprocess)
         logits = self._tile_logits(clf, batch)
         mid, sc, group = self._calibration(clf, arr.shape)
-        tile_scores = 1.0 / (1.0 + np.exp(-np.clip((logits - mid) / sc, -40, 40)))
+        tile_scores = logistic_array(logits, mid, sc)
         top = int(np.argmax(logits))
         raw, score = float(logits[top]), float(tile_scores[top])
         crop = int(clf.preprocess["crop"])
@@ -220,10 +220,8 @@ class Learned2DDetector(Detector):
 
     def _detect_series(self, image: Image, clf) -> Evidence:
         """A CT series: the CT tile model over the lungs of its slices (see the module docstring)."""
-        import torch
-
         from ..learn.ct3d import scan_region
-        from ..learn.data import normalise_image
+        from ..learn.data import cut_tiles, normalise_image, tile_starts
 
         vol = image.pixels
         n, h, w = vol.shape
@@ -234,8 +232,7 @@ class Learned2DDetector(Detector):
                             details=self._details(clf, "ct", abstained=True, mode="series-tiles"))
         region = scan_region(image)  # lungs plus ~10 mm, on a 4x coarser in-plane grid
         stride = max(1, crop * 3 // 4)
-        ys = sorted(set(range(0, h - crop + 1, stride)) | {h - crop})
-        xs = sorted(set(range(0, w - crop + 1, stride)) | {w - crop})
+        ys, xs = tile_starts(h, crop, stride), tile_starts(w, crop, stride)
         rh, rw = region.shape[1:]
         cand = [[(y, x) for y in ys for x in xs
                  if region[k, min((y + crop // 2) // 4, rh - 1), min((x + crop // 2) // 4, rw - 1)]] for k in range(n)]
@@ -247,10 +244,9 @@ class Learned2DDetector(Detector):
         step = max(1, -(-total // MAX_SERIES_TILES))
         scored = with_tiles[::step]
         mid, sc, group = self._calibration(clf, (h, w))
-        mean, std = float(clf.preprocess["mean"]), float(clf.preprocess["std"])
         cell = CELL_PX
         cells = np.zeros((n, -(-h // cell), -(-w // cell)), np.float32)
-        planes: dict[int, torch.Tensor] = {}
+        planes: dict[int, np.ndarray] = {}
         seen: set[tuple[int, int, int]] = set()
         found: list[tuple[float, int, int, int]] = []  # (logit, slice, top, left) of every tile scored
 
@@ -260,11 +256,9 @@ class Learned2DDetector(Detector):
                 return
             seen.update((k, *p) for p in positions)
             if k not in planes:
-                planes[k] = torch.from_numpy(normalise_image(vol[k], "ct-slice"))
-            t = planes[k]
-            batch = (torch.stack([t[y:y + crop, x:x + crop] for y, x in positions])[:, None] - mean) / std
-            logits = self._tile_logits(clf, batch)
-            scores = 1.0 / (1.0 + np.exp(-np.clip((logits - mid) / sc, -40, 40)))
+                planes[k] = normalise_image(vol[k], "ct-slice")
+            logits = self._tile_logits(clf, cut_tiles(planes[k], positions, clf.preprocess))
+            scores = logistic_array(logits, mid, sc)
             for (y, x), lg, s_ in zip(positions, logits, scores):
                 view = cells[k, y // cell:-(-(y + crop) // cell), x // cell:-(-(x + crop) // cell)]
                 np.maximum(view, s_, out=view)
@@ -290,12 +284,11 @@ class Learned2DDetector(Detector):
         n_flagged = int(sum(f[0] >= mid for f in found))
         best = max(found)
         raw, k_top, y_top, x_top = best
-        score = float(1.0 / (1.0 + np.exp(-np.clip((raw - mid) / sc, -40, 40))))
+        score = logistic(raw, mid, sc)
         regions = regions_from_heatmap(image, cells, threshold=0.5, min_size=1, scale=(1, cell, cell),
                                        note="learned CT tile model: unlike authentic tiles")
         heat = np.repeat(np.repeat(cells, cell, 1), cell, 2)[:, :h, :w]
-        t = torch.from_numpy(normalise_image(vol[k_top], "ct-slice"))
-        tile = (t[y_top:y_top + crop, x_top:x_top + crop][None, None] - mean) / std
+        tile = cut_tiles(normalise_image(vol[k_top], "ct-slice"), [(y_top, x_top)], clf.preprocess)
         has_cam = self._grad_cam_into(clf, tile, heat[k_top], y_top, x_top, score)
         where = f"slice {k_top}, rows {y_top}-{y_top + crop - 1}, columns {x_top}-{x_top + crop - 1}"
         if score >= 0.5:

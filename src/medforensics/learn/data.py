@@ -195,6 +195,25 @@ def _pad_to(a: np.ndarray, crop: int) -> np.ndarray:
     return a
 
 
+def tile_starts(n: int, crop: int, step: int) -> list[int]:
+    """Starts of ``crop``-long tiles along an axis of length ``n`` (>= ``crop``), ``step`` apart,
+    the last one aligned to the far edge."""
+    s = list(range(0, n - crop + 1, step))
+    if s[-1] != n - crop:
+        s.append(n - crop)
+    return s
+
+
+def cut_tiles(array2d: np.ndarray | torch.Tensor, positions: Sequence[tuple[int, int]],
+              preprocess: dict[str, Any]) -> torch.Tensor:
+    """The tiles of a [0, 1] array at ``positions`` (top, left), normalised as the model was
+    trained: ``(n, 1, crop, crop)``."""
+    crop = int(preprocess["crop"])
+    t = array2d if isinstance(array2d, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array2d, dtype=np.float32))
+    batch = torch.stack([t[y:y + crop, x:x + crop] for y, x in positions])[:, None]
+    return (batch - float(preprocess["mean"])) / float(preprocess["std"])
+
+
 def tiles(array2d: np.ndarray, preprocess: dict[str, Any]) -> tuple[torch.Tensor, list[tuple[int, int]], tuple[int, int]]:
     """Native-resolution tiles of a [0, 1] array for inference: ``(batch (n, 1, crop, crop)
     normalised, [(top, left) of each tile], padded shape)``. Tiles step by ``stride`` and the last
@@ -206,19 +225,10 @@ def tiles(array2d: np.ndarray, preprocess: dict[str, Any]) -> tuple[torch.Tensor
     max_tiles = int(preprocess.get("max_tiles") or MAX_TILES)
     a = _pad_to(np.asarray(array2d, dtype=np.float32), crop)
     h, w = a.shape
-
-    def starts(n: int, step: int) -> list[int]:
-        s = list(range(0, n - crop + 1, step))
-        if s[-1] != n - crop:
-            s.append(n - crop)
-        return s
-
-    while len(starts(h, stride)) * len(starts(w, stride)) > max_tiles and stride < max(h, w):
+    while len(tile_starts(h, crop, stride)) * len(tile_starts(w, crop, stride)) > max_tiles and stride < max(h, w):
         stride += 1
-    pos = [(t, l) for t in starts(h, stride) for l in starts(w, stride)]
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    batch = torch.stack([t[y:y + crop, x:x + crop] for y, x in pos])[:, None]
-    return (batch - float(preprocess["mean"])) / float(preprocess["std"]), pos, (h, w)
+    pos = [(t, l) for t in tile_starts(h, crop, stride) for l in tile_starts(w, crop, stride)]
+    return cut_tiles(a, pos, preprocess), pos, (h, w)
 
 
 def _resize_crop(array2d: np.ndarray, image_size: int, crop: int) -> torch.Tensor:
