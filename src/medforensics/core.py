@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 LABELS = ("authentic", "suspicious", "manipulated", "synthetic")
 Label = Literal["authentic", "suspicious", "manipulated", "synthetic"]
@@ -202,6 +202,11 @@ class Verdict:
     provenance: str = "unknown"
     timings: dict[str, float] = field(default_factory=dict)
     modality: str | None = None
+    #: Detectors that assessed the image (their evidence is in ``evidence``), in run order.
+    assessed: list[str] = field(default_factory=list)
+    #: Detectors that apply to this kind of image but did not assess it, each with its reason (the
+    #: image lies outside the domain it was validated on, or is too small, ...).
+    not_assessed: dict[str, str] = field(default_factory=dict)
     #: PNG figures for reports (name -> base64 PNG), made next to the detectors; not in JSON.
     figures: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -220,6 +225,8 @@ class Verdict:
             d["label"] = self.label
         d["provenance"] = self.provenance
         d["evidence"] = [e.to_dict() for e in self.evidence]
+        d["assessed_by"] = list(self.assessed)
+        d["not_assessed"] = dict(self.not_assessed)
         d["errors"] = list(self.errors)
         d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         return d

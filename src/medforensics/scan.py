@@ -38,6 +38,10 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
     for det in detectors:
         if not det.applies(image):
             continue
+        reason = det.out_of_domain(image)
+        if reason:
+            verdict.not_assessed[det.name] = reason
+            continue
         t0 = time.perf_counter()
         try:
             ev = det.detect(image)
@@ -49,7 +53,13 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
             continue
         finally:
             verdict.timings[det.name] = time.perf_counter() - t0
-        if ev is not None:
+        if ev is None:
+            continue
+        if ev.details.get("abstained"):
+            # the detector looked and found the image outside what it can judge: not evidence either way
+            verdict.not_assessed[det.name] = str(ev.details.get("reason") or ev.explanation)
+        else:
+            verdict.assessed.append(det.name)
             evidence.append(ev)
     verdict.evidence = sorted(evidence, key=lambda e: -e.score)
     verdict.score, verdict.label = fuse(verdict.evidence, config)

@@ -53,14 +53,27 @@ class Detector:
     default: ClassVar[bool] = True
 
     def applies(self, image: Image) -> bool:
-        """True if this detector has something to say about ``image``."""
+        """True if this detector has something to say about ``image`` (its modality, dimension and
+        format are the kind it reads). Whether the image also lies inside the domain the detector
+        was *validated* on is :meth:`out_of_domain`."""
+        return self.not_applicable(image) is None
+
+    def not_applicable(self, image: Image) -> str | None:
+        """Why the detector cannot read ``image`` at all (``None`` when it can)."""
         if self.modalities is not None and image.modality not in self.modalities:
-            return False
+            return f"applies to {', '.join(sorted(self.modalities))} only, not {image.modality}"
         if image.pixels.ndim not in self.dims:
-            return False
+            return f"applies to {'/'.join(f'{d}D' for d in sorted(self.dims))} images only"
         if self.formats is not None and image.format not in self.formats:
-            return False
-        return True
+            return f"applies to {', '.join(sorted(self.formats))} files only, not {image.format}"
+        return None
+
+    def out_of_domain(self, image: Image) -> str | None:
+        """Why ``image`` lies outside the domain this detector was validated on, in a few words
+        (``None``: inside it). ``scan`` then does not run the detector and records that it did not
+        assess the image, with this reason, so that "nothing looked" is never read as "authentic".
+        Subclasses declare their domain here (modality, anatomy, size, bit depth, colour, ...)."""
+        return None
 
     def detect(self, image: Image) -> Evidence:  # pragma: no cover - interface
         raise NotImplementedError
