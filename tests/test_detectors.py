@@ -176,6 +176,45 @@ def test_header_changes_found_on_their_slice(series_copy, change, slice_k):
     assert any(r.bbox_voxel[0] <= slice_k < r.bbox_voxel[3] for r in ev.regions), ev.regions
 
 
+def test_header_removed_slice_is_strong_but_irregular_spacing_is_weak(series_copy):
+    """A removed slice in a regular series: one interval 2x the others, strong evidence. The same
+    interval in a series whose spacing varies throughout: weak."""
+    series_copy[6].unlink()
+    ev = _header_ev(series_copy)
+    gap = next(f for f in ev.details["findings"] if f["check"] == "series_gap")
+    assert ev.score > 0.8 and gap["likelihood"] >= 0.9 and gap["slices"] == [5, 6], ev.details["findings"]
+    assert any(r.bbox_voxel[0] <= 6 < r.bbox_voxel[3] for r in ev.regions)
+    files = [f for f in series_copy if f.exists()]
+    z0 = float(pydicom.dcmread(files[0]).ImagePositionPatient[2])
+    z = z0
+    for f, step in zip(files, [0.0, 1.3, 3.1, 2.0, 5.0, 1.1, 2.7, 1.6, 3.6, 2.2, 1.9]):
+        ds = pydicom.dcmread(f)
+        z += step
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z]
+        ds.save_as(f)
+    ev = _header_ev(series_copy)
+    assert ev.score < 0.5, ev.details["findings"]
+
+
+def test_header_slice_thickness_on_one_slice_is_not_a_multi_part_acquisition(series_copy):
+    ds = pydicom.dcmread(series_copy[5])
+    ds.SliceThickness = "5.0"
+    ds.save_as(series_copy[5])
+    ev = _header_ev(series_copy)
+    assert ev.score > 0.5 and any(r.bbox_voxel[0] <= 5 < r.bbox_voxel[3] for r in ev.regions), ev.details
+
+
+def test_header_gantry_tilt_and_variable_thickness_are_real_acquisitions(shared_data):
+    """dcm-qa-ct's GE head CT (outside source): 18.5 deg tilt, 4 mm then 7 mm slices, 1.08 mm between."""
+    d = shared_data / "ct" / "dcm-qa-ct" / "GE_HiSpeedDual_human_head"
+    if not d.is_dir():
+        pytest.skip("dcm-qa-ct GE head series not found")
+    ev = DET["dicom_header"].detect(load(d)[0])
+    assert ev.score < 0.5, ev.details["findings"]
+    assert not any(f["check"] == "series_gap" for f in ev.details["findings"])
+    assert ev.details["spacing"]["explained"][0]["index"] == 14
+
+
 def test_header_values_beyond_bits_stored(tmp_path):
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.BitsStored, ds.HighBit = 10, 9  # the stored values need more than 10 bits

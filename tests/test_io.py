@@ -218,3 +218,100 @@ def test_identical_copies_analysed_once(tmp_path):
     shutil.copy(ct, tmp_path / "b.dcm")
     sources, _ = discover([tmp_path])
     assert len(sources) == 1 and "byte-identical" in sources[0].notes[0]
+
+
+# ------------------------------------------------------------------ slice spacing and gaps
+
+def _headers(n: int, **per_slice) -> list[pydicom.Dataset]:
+    """``n`` bare headers; keyword lists give a value per slice (e.g. SliceThickness=[...])."""
+    out = []
+    for i in range(n):
+        ds = pydicom.Dataset()
+        for key, values in per_slice.items():
+            setattr(ds, key, values[i])
+        out.append(ds)
+    return out
+
+
+def _analyse(positions, **per_slice):
+    from medforensics.io.dicom import analyse_spacing
+    return analyse_spacing(np.asarray(positions, float), _headers(len(positions), **per_slice))
+
+
+def test_spacing_one_double_interval_in_a_regular_series_is_a_likely_gap():
+    pos = [2.5 * i for i in range(20) if i != 9]                       # slice 9 removed
+    sp = _analyse(pos)
+    (g,) = sp["gaps"]
+    assert g["index"] == 9 and g["missing"] == 1 and g["ratio"] == 2.0
+    assert g["likelihood"] >= 0.9
+    # three slices removed together: still a whole multiple of the spacing
+    (g,) = _analyse([2.5 * i for i in range(20) if i not in (9, 10, 11)])["gaps"]
+    assert g["missing"] == 3 and g["likelihood"] >= 0.9
+    # two separate removals: each still likely (> 0.6)
+    sp = _analyse([2.5 * i for i in range(30) if i not in (9, 20)])
+    assert len(sp["gaps"]) == 2 and min(g["likelihood"] for g in sp["gaps"]) > 0.6
+
+
+def test_spacing_that_varies_throughout_is_at_most_weak():
+    rng = np.random.default_rng(0)
+    pos = np.cumsum(rng.uniform(1.0, 4.0, 20))                          # irregular everywhere
+    pos = np.append(pos, pos[-1] + 9.0)
+    sp = _analyse(pos)
+    assert sp["gaps"] and max(g["likelihood"] for g in sp["gaps"]) < 0.3
+    # a repeating pattern (two slices, then a table step of twice the spacing): none is a removal
+    pattern = np.cumsum([0] + [2.5, 2.5, 5.0] * 7)
+    sp = _analyse(pattern)
+    assert len(sp["gaps"]) == 7 and max(g["likelihood"] for g in sp["gaps"]) < 0.35
+    # a 2x interval that is not a whole multiple (2.4x) is weaker than one that is
+    assert _analyse([0, 2.5, 5, 7.5, 10, 16, 18.5, 21, 23.5, 26])["gaps"][0]["likelihood"] < 0.5
+
+
+def test_spacing_too_short_a_run_or_a_jump_longer_than_the_series_is_weak():
+    # pydicom's dicomdirtests CT2: 4 instances, 1.25 mm apart but one jump of 202.5 mm
+    (g,) = _analyse([-99.48, 103.02, 104.27, 105.52])["gaps"]
+    assert g["missing"] == 161 and g["likelihood"] < 0.3
+
+
+def test_spacing_changes_explained_by_the_header_are_not_gaps():
+    # variable-thickness acquisition: 4 mm slices every 4 mm, then 7 mm slices every 7 mm
+    pos = [4.0 * i for i in range(14)] + [53.08 + 7.0 * i for i in range(14)]
+    sp = _analyse(pos, SliceThickness=["4.0"] * 14 + ["7.0"] * 14)
+    assert sp["gaps"] == []
+    assert [e["index"] for e in sp["explained"]] == [14] and "SliceThickness" in sp["explained"][0]["because"]
+    assert [p["spacing_mm"] for p in sp["parts"]] == [4.0, 7.0]
+    # without the header's word the same positions read as 13 gaps
+    assert len(_analyse(pos)["gaps"]) == 13
+    # between two acquisitions (blocks of slices) a whole multiple counts half
+    pos = [2.5 * i for i in range(10)] + [30.0 + 2.5 * i for i in range(10)]
+    (g,) = _analyse(pos, AcquisitionNumber=[1] * 10 + [2] * 10)["gaps"]
+    assert g["between_acquisitions"] and 0.4 <= g["likelihood"] <= 0.5
+
+
+def test_spacing_one_odd_thickness_slice_is_not_a_part():
+    """A single slice with another SliceThickness does not make a part: a gap beside it is still judged."""
+    pos = [2.5 * i for i in range(20) if i != 9]
+    th = ["2.5"] * 19
+    th[9] = "5.0"
+    (g,) = _analyse(pos, SliceThickness=th)["gaps"]
+    assert g["likelihood"] >= 0.9
+
+
+def test_gantry_tilt_and_variable_thickness_series_loads_without_problems(shared_data):
+    """dcm-qa-ct's GE head CT: 18.5 deg gantry tilt, 14 slices of 4 mm then 14 of 7 mm (1.08 mm between)."""
+    d = shared_data / "ct" / "dcm-qa-ct" / "GE_HiSpeedDual_human_head"
+    if not d.is_dir():
+        pytest.skip("dcm-qa-ct GE head series not found")
+    (im,) = load(d)
+    assert im.kind == "series" and im.pixels.shape[0] == 28
+    assert im.meta["series_problems"] == []
+    sp = im.meta["spacing"]
+    assert sp["gaps"] == [] and len(sp["explained"]) == 1
+    assert sp["tilt_deg"] == pytest.approx(18.5, abs=0.1) and sp["header_tilt_deg"] == pytest.approx(18.5)
+
+
+def test_removed_slice_is_reported_with_its_likelihood(lidc_series_dir, tmp_path):
+    files = _copy_series(lidc_series_dir, tmp_path / "s", n=20)
+    files[9].unlink()
+    (im,) = load(tmp_path / "s")
+    (gap,) = [p for p in im.meta["series_problems"] if p["kind"] == "gap"]
+    assert gap["index"] == 9 and gap["likelihood"] >= 0.9 and "2.0x" in gap["message"]

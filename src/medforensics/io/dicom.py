@@ -301,6 +301,145 @@ def is_volume_candidate(headers: Sequence[Dataset]) -> bool:
     return len(adjacent) > 0 or np.any(diffs == 0)
 
 
+#: Relative tolerance within which two slice intervals count as equal (reconstructed positions are
+#: exact to about 0.001 mm: every authentic series of the fitted sources has intervals equal to
+#: 0.0001 mm within each part).
+SPACING_TOLERANCE = 0.05
+#: Gaps with at least this likelihood of a missing slice are reported as ``series_problems``.
+GAP_REPORTED = 0.5
+#: each further candidate gap in one part multiplies the support by this (a pattern, not removals)
+REPEAT_FACTOR = 0.7
+#: Runs of at least this many consecutive slices with one slice thickness / spacing / acquisition
+#: are separate parts of a multi-part acquisition (sequential or helical with other settings).
+MIN_PART = 3
+_PART_KEYS = ("SliceThickness", "SpacingBetweenSlices")
+
+
+def _header_value(ds: Dataset, key: str) -> str:
+    v = ds.get(key)
+    if v is None or v == "":
+        return ""
+    try:
+        return f"{float(v):.3f}"
+    except (TypeError, ValueError):
+        return str(v).strip()
+
+
+def _parts(headers: Sequence[Dataset], key) -> list[int]:
+    """Part label per slice (in position order): runs of ``MIN_PART`` or more consecutive slices
+    with the same ``key(ds)``; shorter runs belong to the part before them (or after, at the start)."""
+    values = [key(ds) for ds in headers]
+    runs: list[list[int]] = []
+    for i, v in enumerate(values):
+        if runs and values[runs[-1][0]] == v:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    labels = [-1] * len(values)
+    part = -1
+    for run in runs:
+        if len(run) >= MIN_PART:
+            part += 1
+            for i in run:
+                labels[i] = part
+    if part < 0:
+        return [0] * len(values)
+    first = next(lb for lb in labels if lb >= 0)
+    last = first
+    for i, lb in enumerate(labels):
+        if lb < 0:
+            labels[i] = last
+        last = labels[i]
+    return labels
+
+
+def analyse_spacing(positions: np.ndarray, headers: Sequence[Dataset], origins: Sequence[np.ndarray] | None = None,
+                    normal: np.ndarray | None = None) -> dict:
+    """Slice intervals of a series sorted by position, and how likely each large one hides missing slices.
+
+    The series is cut into *parts* where the header says the protocol changed: runs of at least
+    ``MIN_PART`` slices with one SliceThickness and SpacingBetweenSlices (an interval between two
+    parts is explained by the header and is never a gap: variable-thickness acquisitions). Within a part,
+    an interval ``d`` more than 1.5x the part's median interval ``s`` is a *candidate gap*, scored
+    with a likelihood that slices were removed there::
+
+        likelihood = fit * support * extent
+        fit     = clip(1 - |d/s - k| / 0.25, 0, 1)       (k = round(d/s): a removal leaves a whole multiple)
+        support = q**2 * min(1, agreeing / 4) * 0.7**(candidates - 1)
+        extent  = 1, or 0.5 where the missing run is longer than the slices present (two separate pieces)
+        x 0.5 where the interval lies between two acquisitions (AcquisitionNumber runs of MIN_PART or
+              more slices: the table may have moved further on purpose)
+
+    where ``agreeing`` counts the part's intervals other than the candidates within
+    ``SPACING_TOLERANCE`` of ``s`` and ``q`` is their share of those intervals: one interval of about
+    k x a spacing that all others repeat is strong evidence of removed slices; spacing that varies
+    throughout, a regular run too short to establish it, or many candidates in one part (a pattern
+    of the acquisition more likely than as many removals) is weak evidence.
+
+    Returns ``{"intervals_mm": {min, median, max}, "parts": [...], "gaps": [...], "explained": [...],
+    "tilt_deg": ..., "header_tilt_deg": ...}``; each gap has ``index`` (the slice after it),
+    ``interval_mm``, ``expected_mm``, ``ratio``, ``missing``, ``agreeing``, ``likelihood``.
+    """
+    n = len(positions)
+    out: dict = {"gaps": [], "explained": [], "parts": []}
+    if n < 2:
+        return out
+    diffs = np.diff(np.asarray(positions, dtype=float))
+    out["intervals_mm"] = {"min": round(float(diffs.min()), 3), "median": round(float(np.median(diffs)), 3),
+                           "max": round(float(diffs.max()), 3)}
+    # the slice step against the slice normal: gantry tilt shifts the positions in-plane
+    if origins is not None and normal is not None and n >= 2:
+        step = np.asarray(origins[-1], float) - np.asarray(origins[0], float)
+        norm = float(np.linalg.norm(step))
+        if norm > 0:
+            cos = abs(float(step @ normal)) / norm
+            out["tilt_deg"] = round(float(np.degrees(np.arccos(min(1.0, cos)))), 2)
+    try:
+        tilt = float(headers[0].get("GantryDetectorTilt", 0) or 0)
+        if tilt:
+            out["header_tilt_deg"] = tilt
+    except (TypeError, ValueError):
+        pass
+    by_protocol = _parts(headers, lambda ds: tuple(_header_value(ds, k) for k in _PART_KEYS))
+    by_acquisition = _parts(headers, lambda ds: _header_value(ds, "AcquisitionNumber"))
+    part = by_protocol
+    within = np.array([part[i] == part[i + 1] for i in range(n - 1)])
+    for i in np.nonzero(~within)[0]:
+        what = [k for k in _PART_KEYS if _header_value(headers[i], k) != _header_value(headers[i + 1], k)]
+        out["explained"].append({"index": int(i + 1), "interval_mm": round(float(diffs[i]), 3),
+                                 "because": ", ".join(f"{k} {_header_value(headers[i], k) or '(absent)'} -> "
+                                                      f"{_header_value(headers[i + 1], k) or '(absent)'}" for k in what)})
+    all_within = diffs[within] if within.any() else diffs
+    for p in sorted(set(part)):
+        idx = [i for i in range(n - 1) if within[i] and part[i] == p]
+        d = diffs[idx] if len(idx) >= 2 else all_within
+        s = float(np.median(d)) if len(d) else 0.0
+        out["parts"].append({"slices": [int(min(i for i in range(n) if part[i] == p)),
+                                        int(max(i for i in range(n) if part[i] == p))], "spacing_mm": round(s, 3)})
+        if s <= 0:
+            continue
+        tol = SPACING_TOLERANCE * s
+        cand = [i for i in idx if diffs[i] > 1.5 * s]
+        others = [i for i in idx if i not in cand]
+        agreeing = sum(abs(diffs[i] - s) <= tol for i in others)
+        for i in cand:
+            ratio = float(diffs[i] / s)
+            k = int(round(ratio))
+            fit = float(np.clip(1 - abs(ratio - k) / 0.25, 0, 1))
+            q = agreeing / max(1, len(others))
+            support = q * q * min(1.0, agreeing / 4) * REPEAT_FACTOR ** (len(cand) - 1)
+            extent = 1.0 if k - 1 <= n - 1 else 0.5
+            # between two acquisitions (blocks of MIN_PART or more slices): the table may have moved
+            # by more than one slice on purpose
+            acquisitions = 0.5 if by_acquisition[i] != by_acquisition[i + 1] else 1.0
+            out["gaps"].append({"index": int(i + 1), "interval_mm": round(float(diffs[i]), 3),
+                                "expected_mm": round(s, 3), "ratio": round(ratio, 2), "missing": max(1, k - 1),
+                                "agreeing": int(agreeing), "fit": round(fit, 3), "support": round(support, 3),
+                                "extent": extent, "between_acquisitions": acquisitions < 1,
+                                "likelihood": round(fit * support * extent * acquisitions, 3)})
+    return out
+
+
 def load_series(paths: Sequence[str | Path]) -> Image:
     """Stack single-frame instances of one series into a volume sorted by patient position.
 
@@ -361,14 +500,16 @@ def load_series(paths: Sequence[str | Path]) -> Image:
     positions = np.array([s[3] for s in slices])
     diffs = np.diff(positions)
     step_mm = float(np.median(diffs)) if len(diffs) else None
-    if step_mm:
-        for k, d in enumerate(diffs):
-            if d > 1.5 * step_mm:
-                n_missing = int(round(d / step_mm)) - 1
-                problems.append({
-                    "kind": "gap", "files": [str(slices[k][0]), str(slices[k + 1][0])], "index": k + 1,
-                    "message": f"gap of {d:.2f} mm (expected {step_mm:.2f}) between {slices[k][0].name} and "
-                               f"{slices[k + 1][0].name}: about {max(1, n_missing)} slice(s) missing"})
+    spacing = analyse_spacing(positions, [s[1] for s in slices], [s[4] for s in slices], normal)
+    for g in spacing["gaps"]:
+        if g["likelihood"] >= GAP_REPORTED:
+            k = g["index"]
+            problems.append({"kind": "gap", "files": [str(slices[k - 1][0]), str(slices[k][0])], "index": k,
+                             "likelihood": g["likelihood"],
+                             "message": f"gap of {g['interval_mm']:.2f} mm ({g['ratio']:.1f}x the regular "
+                                        f"{g['expected_mm']:.2f} mm of {g['agreeing']} other intervals) between "
+                                        f"{slices[k - 1][0].name} and {slices[k][0].name}: about {g['missing']} "
+                                        f"slice(s) missing"})
     pixels = np.stack([_to_physical(ds, arr[0]) for _, ds, arr, _, _ in slices]).astype(np.float32)
     first = slices[0][1]
     rc = _spacing_2d(first)
@@ -380,6 +521,7 @@ def load_series(paths: Sequence[str | Path]) -> Image:
         "stored_range": [ranges[p] for p, _, _, _, _ in slices],
         "series_problems": problems,
         "slice_positions": [float(v) for v in positions],
+        "spacing": spacing,
         "transfer_syntax": str(getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "")),
         "excluded_files": sorted({f for pr in problems if pr["kind"] != "gap" for f in pr["files"][-1:]}
                                  | {f for pr in problems if pr["kind"] in ("mixed_size", "missing_position") for f in pr["files"]}),
