@@ -127,11 +127,17 @@ def print_summary(verdicts: list[Verdict], elapsed: float, n_skipped: int = 0, t
         style = LABEL_STYLE.get(label, "red")
         ev = v.evidence[0] if v.evidence else None
         strongest = f"{ev.detector} {ev.score:.2f}: {ev.explanation}" if ev else (v.errors[0] if v.errors else "")
+        if v.not_assessed:
+            strongest += f" [dim](not assessed by {', '.join(sorted(v.not_assessed))})[/dim]"
         table.add_row(_short_path(v.path), v.kind, v.modality or "", "" if v.score is None else f"{v.score:.3f}",
                       f"[{style}]{label}[/{style}]", strongest)
     out.print(table)
     if len(verdicts) > top:
         out.print(f"({len(verdicts) - top} more item(s) in the JSON lines and the report)")
+    not_assessed = Counter(name for v in verdicts for name in v.not_assessed)
+    if not_assessed:
+        out.print("not assessed (outside the domain the detector was validated on, or too small): "
+                  + ", ".join(f"{name} {n} item(s)" for name, n in sorted(not_assessed.items())))
     parts = [f"[{LABEL_STYLE[k]}]{counts.get(k, 0)} {k}[/{LABEL_STYLE[k]}]" for k in LABELS]
     parts.append(f"[red]{n_err} with errors[/red]" if n_err else "0 with errors")
     if n_skipped:

@@ -28,6 +28,10 @@ SCHEMA_VERSION = "1.1"
 
 LABELS = ("authentic", "suspicious", "manipulated", "synthetic")
 Label = Literal["authentic", "suspicious", "manipulated", "synthetic"]
+#: What a piece of evidence points to; ``processing`` is reported but never counted as manipulation.
+INDICATES = ("manipulation", "synthesis", "processing")
+#: How far a piece of evidence may carry a verdict on its own (see :mod:`medforensics.fusion`).
+CONFIDENCES = ("normal", "low")
 
 
 class MedForensicsError(Exception):
@@ -159,8 +163,12 @@ class Evidence:
 
     ``score`` is the calibrated probability (in [0, 1]) that the image was manipulated or
     synthesised, as far as this detector can tell. ``indicates`` says which of the two the
-    evidence points to. ``heatmap``, when present, has the shape of ``Image.pixels`` and values in
-    [0, 1] (1 = most suspicious).
+    evidence points to, or ``processing`` for a trace that ordinary handling also leaves (a JPEG
+    saved twice, a resize): reported, never counted as manipulation by fusion. ``confidence`` is
+    ``low`` for evidence that alone must not make an image ``manipulated`` or ``synthetic`` (a
+    rule whose false-alarm rate outside its fitted sources is not low enough; see
+    :mod:`medforensics.fusion`). ``heatmap``, when present, has the shape of ``Image.pixels`` and
+    values in [0, 1] (1 = most suspicious).
     """
 
     detector: str
@@ -169,11 +177,16 @@ class Evidence:
     heatmap: np.ndarray | None = None
     regions: list[Region] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    indicates: Literal["manipulation", "synthesis"] = "manipulation"
+    indicates: Literal["manipulation", "synthesis", "processing"] = "manipulation"
+    confidence: Literal["normal", "low"] = "normal"
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.score):
             raise ValueError(f"{self.detector}: score is not finite")
+        if self.indicates not in INDICATES:
+            raise ValueError(f"{self.detector}: indicates must be one of {', '.join(INDICATES)}, got {self.indicates!r}")
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"{self.detector}: confidence must be one of {', '.join(CONFIDENCES)}, got {self.confidence!r}")
         self.score = float(min(1.0, max(0.0, self.score)))
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +194,7 @@ class Evidence:
             "detector": self.detector,
             "score": round(self.score, 4),
             "indicates": self.indicates,
+            "confidence": self.confidence,
             "explanation": self.explanation,
             "regions": [r.to_dict() for r in self.regions],
             "details": _jsonable(self.details),

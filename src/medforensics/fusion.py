@@ -11,10 +11,31 @@ so one strong piece of evidence decides on its own and two moderate, independent
 
 ============  ===========================================================
 authentic     fused < ``suspicious`` (default 0.5)
-suspicious    ``suspicious`` <= fused < ``manipulated`` (default 0.8)
+suspicious    ``suspicious`` <= fused < ``manipulated`` (default 0.8), or fused >= ``manipulated``
+              without corroboration (below)
 manipulated   fused >= ``manipulated``, strongest evidence points to an edit
 synthetic     fused >= ``manipulated``, strongest evidence points to synthesis
 ============  ===========================================================
+
+Independent evidence counts once, and not every trace is evidence of manipulation:
+
+* Evidence that ``indicates`` ``processing`` (a JPEG saved twice, a resize: what every export
+  does) is reported with the verdict but left out of the fused score.
+* Evidence of ``low`` ``confidence`` (a rule or model whose alarms outside its fitted sources are
+  not rare enough) counts in the score but cannot make an image ``manipulated`` or ``synthetic``
+  alone: that takes corroboration -- normal-confidence evidence whose own fused score reaches
+  ``suspicious``, or low-confidence evidence from at least two detectors that each reach
+  ``suspicious``. Without it the label stops at ``suspicious``.
+
+>>> from medforensics.core import Evidence
+>>> fuse([Evidence("a", 0.45, ""), Evidence("b", 0.45, "")])[1]
+'suspicious'
+>>> fuse([Evidence("container", 0.99, "saved twice", indicates="processing")])
+(0.0, 'authentic')
+>>> fuse([Evidence("learned_2d", 0.95, "", confidence="low")])[1]
+'suspicious'
+>>> fuse([Evidence("learned_2d", 0.95, "", confidence="low"), Evidence("noise_residual", 0.9, "")])[1]
+'manipulated'
 """
 from __future__ import annotations
 
@@ -58,20 +79,36 @@ class FusionConfig:
 
 
 def fuse(evidence: Sequence[Evidence], config: FusionConfig = FusionConfig()) -> tuple[float, Label]:
-    """Fused score and label for a list of evidence (an empty list is authentic with score 0)."""
-    if not evidence:
+    """Fused score and label for a list of evidence (an empty list is authentic with score 0);
+    see the module docstring for the rule."""
+    counted = [e for e in evidence if e.indicates != "processing"]
+    if not counted:
         return 0.0, "authentic"
-    strong = [e.score for e in evidence if e.score >= config.min_evidence]
+    strong = [e.score for e in counted if e.score >= config.min_evidence]
     if strong:
-        p_clean = 1.0
-        for s in strong:
-            p_clean *= 1.0 - s
-        score = 1.0 - p_clean
+        score = _noisy_or(strong)
     else:
-        score = max(e.score for e in evidence)
+        score = max(e.score for e in counted)
     if score < config.suspicious:
         return score, "authentic"
-    if score < config.manipulated:
+    if score < config.manipulated or not corroborated(counted, config):
         return score, "suspicious"
-    top = max(evidence, key=lambda e: e.score)
+    top = max(counted, key=lambda e: e.score)
     return score, "synthetic" if top.indicates == "synthesis" else "manipulated"
+
+
+def _noisy_or(scores: Sequence[float]) -> float:
+    p_clean = 1.0
+    for s in scores:
+        p_clean *= 1.0 - s
+    return 1.0 - p_clean
+
+
+def corroborated(evidence: Sequence[Evidence], config: FusionConfig = FusionConfig()) -> bool:
+    """Whether ``evidence`` may make an image manipulated or synthetic: its normal-confidence part
+    alone reaches ``suspicious``, or low-confidence evidence of two detectors each does."""
+    counted = [e for e in evidence if e.indicates != "processing"]
+    firm = _noisy_or([e.score for e in counted if e.confidence == "normal" and e.score >= config.min_evidence])
+    if firm >= config.suspicious:
+        return True
+    return len({e.detector for e in counted if e.confidence == "low" and e.score >= config.suspicious}) >= 2

@@ -125,7 +125,7 @@ def _item(index: int, v: Verdict, policy: str, thresholds: dict[str, Any]) -> di
     evidence = []
     for e in sorted(v.evidence, key=lambda e: -e.score):
         regions = [r.to_dict() for r in sorted(e.regions, key=lambda r: -r.score)]
-        evidence.append({"detector": e.detector, "score": e.score, "indicates": e.indicates,
+        evidence.append({"detector": e.detector, "score": e.score, "indicates": e.indicates, "confidence": e.confidence,
                          "explanation": e.explanation, "width": round(100 * e.score, 1),
                          "colour": _bar_colour(e.score, thresholds), "regions": regions[:MAX_REGIONS_LISTED],
                          "more_regions": max(0, len(regions) - MAX_REGIONS_LISTED)})
