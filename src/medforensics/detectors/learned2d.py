@@ -27,7 +27,13 @@ covering tile scores 0.5 or more, with slice, row and column.
 
 A whole-image classifier (any checkpoint of ``medforensics train`` with ``resize = "bilinear"``,
 e.g. a review-protocol network trained on a GPU) works too: its score is its fake probability and
-its heatmap Grad-CAM of the class it decided. ``MEDFORENSICS_LEARNED_CT2D`` and
+its heatmap Grad-CAM of the class it decided.
+
+Domain (:meth:`Learned2DDetector.out_of_domain`): both models know the chest only. A radiograph
+whose header names another body part, or whose frame is not shaped like a chest radiograph, and a
+DICOM object of modality OT are not assessed (``not_assessed`` in the verdict says why); see
+:mod:`medforensics.detectors.anatomy`. The radiograph model's evidence is low-confidence
+(:data:`RADIOGRAPH_CONFIDENCE`). ``MEDFORENSICS_LEARNED_CT2D`` and
 ``MEDFORENSICS_LEARNED_XRAY`` point the detector at other checkpoints.
 """
 from __future__ import annotations
@@ -52,6 +58,11 @@ CELL_PX = 16
 #: on their slice and the next ones, for at most this many seed tiles.
 REFINE_FROM, REFINE_SEEDS = 0.2, 8
 _CACHE: dict[str, object] = {}
+#: The radiograph model learns from one archive of chest radiographs (and forgeries of them); on
+#: authentic radiographs of other hospitals its alarms are not rare enough to convict alone
+#: (benchmarks/authentic_rate.py), so its evidence is low-confidence: fusion lets it make an image
+#: ``suspicious``, and ``manipulated`` only with another detector's corroboration.
+RADIOGRAPH_CONFIDENCE = "low"
 
 
 def checkpoint_path(which: str) -> Path:
@@ -108,6 +119,20 @@ class Learned2DDetector(Detector):
             return False
         which = "ct" if image.modality == "CT" else "xray" if image.modality in RADIOGRAPHS else None
         return which is not None and checkpoint_path(which).is_file()
+
+    def out_of_domain(self, image: Image) -> str | None:
+        """Both models were trained and calibrated on the chest: CT slices through the lungs and
+        frontal chest radiographs (:mod:`medforensics.detectors.anatomy`). A DICOM object of
+        modality OT (secondary captures, test patterns) is not known to be a radiograph."""
+        from .anatomy import chest_radiograph, header_body_part
+
+        if image.modality == "OT" and image.format == "dicom":
+            return "modality OT (a secondary capture or test image), not known to be a radiograph"
+        if image.modality == "CT":
+            part = header_body_part(image)
+            return None if part in (None, "chest") else f"the header names {part}; the CT model knows chest CT only"
+        chest, why = chest_radiograph(image)
+        return None if chest else f"{why}; the radiograph model knows chest radiographs only"
 
     def detect(self, image: Image) -> Evidence:
         from ..learn.data import normalise_image
@@ -216,7 +241,8 @@ class Learned2DDetector(Detector):
                                 tiles=len(pos), tile_px=crop, tiles_flagged=int((tile_scores >= 0.5).sum()),
                                 worst_tile=list(pos[top]), size_group=group,
                                 calibration={"midpoint": mid, "scale": sc})
-        return Evidence(self.name, score, explanation, heatmap=heat, regions=regions, details=details)
+        return Evidence(self.name, score, explanation, heatmap=heat, regions=regions, details=details,
+                        confidence=RADIOGRAPH_CONFIDENCE if which == "xray" else "normal")
 
     def _detect_series(self, image: Image, clf) -> Evidence:
         """A CT series: the CT tile model over the lungs of its slices (see the module docstring)."""
