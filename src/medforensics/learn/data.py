@@ -380,17 +380,22 @@ class TileDataset(torch.utils.data.Dataset):
     image; a fake row's tile contains a pixel of the row's mask (:func:`load_mask`) well inside
     it (at least a quarter tile from its edges where the image allows), so every fake tile shows
     manipulated pixels. Half the tiles of a real row with a mask (a real nodule of the CT classes
-    TB and TM) are drawn the same way, so real findings are seen as real. Tiles are flipped left-right at random, real and fake alike. Which tile
+    TB and TM) are drawn the same way, so real findings are seen as real. Tiles are flipped left-right at random, real and fake alike.
+    With ``export_chains`` = p, a share p of the tiles, real and fake alike, comes from the image
+    after a random export chain (:func:`medforensics.learn.export.export_chain`: windowing,
+    sharpening, resizing, burnt-in marks, 8 bits, JPEG once or twice), applied to a window of three
+    tiles around the drawn one, so that processing carries no label. Which tile
     is drawn depends only on ``seed``, the epoch (:meth:`set_epoch`) and the index, so runs
     repeat. Images and masks are cached in memory (float16 and bool) after the first read.
     """
 
     def __init__(self, rows: Sequence[dict[str, str]], preprocess: dict[str, Any], fake_targets: Iterable[int],
-                 *, tiles_per_item: int = 8, seed: int = 0, fixed: bool = False):
+                 *, tiles_per_item: int = 8, seed: int = 0, fixed: bool = False, export_chains: float = 0.0):
         self.rows = list(rows)
         self.preprocess = dict(preprocess)
         self.fake_targets = set(int(t) for t in fake_targets)
         self.tiles_per_item = max(1, int(tiles_per_item))
+        self.export_chains = float(export_chains)
         self.seed, self.epoch, self.fixed = int(seed), 0, fixed
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -436,8 +441,34 @@ class TileDataset(torch.utils.data.Dataset):
             left = int(np.clip(cx - rng.integers(q, crop - q), 0, w - crop))
         else:
             top, left = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
-        t = a[top:top + crop, left:left + crop].astype(np.float32)
+        t = None
+        if self.export_chains and rng.random() < self.export_chains:
+            t = _exported_tile(a, m, top, left, crop, rng, need_mask=fake and m.any())
+        if t is None:
+            t = a[top:top + crop, left:left + crop].astype(np.float32)
         if rng.random() < 0.5:
             t = t[:, ::-1]
         x = torch.from_numpy(np.ascontiguousarray(t))[None]
         return (x - float(self.preprocess["mean"])) / float(self.preprocess["std"]), target
+
+
+def _exported_tile(a: np.ndarray, m: np.ndarray, top: int, left: int, crop: int, rng: np.random.Generator,
+                   *, need_mask: bool) -> np.ndarray | None:
+    """The ``crop`` tile centred where the tile at (``top``, ``left``) is centred, after a random
+    export chain of a window of three tiles around it; None when a forged tile lost its mask
+    (the caller then uses the plain tile)."""
+    from .export import export_chain
+
+    h, w = a.shape
+    y0, x0 = max(0, top - crop), max(0, left - crop)
+    y1, x1 = min(h, top + 2 * crop), min(w, left + 2 * crop)
+    win, mwin, _ = export_chain(a[y0:y1, x0:x1].astype(np.float32), m[y0:y1, x0:x1], rng)
+    sy, sx = win.shape[0] / (y1 - y0), win.shape[1] / (x1 - x0)
+    win, mwin = _pad_to(win, crop), _pad_to(mwin, crop)
+    cy = int(round((top + crop / 2 - y0) * sy)) + (win.shape[0] - round((y1 - y0) * sy)) // 2
+    cx = int(round((left + crop / 2 - x0) * sx)) + (win.shape[1] - round((x1 - x0) * sx)) // 2
+    ty = int(np.clip(cy - crop // 2, 0, win.shape[0] - crop))
+    tx = int(np.clip(cx - crop // 2, 0, win.shape[1] - crop))
+    if need_mask and not mwin[ty:ty + crop, tx:tx + crop].any():
+        return None
+    return win[ty:ty + crop, tx:tx + crop]

@@ -36,6 +36,8 @@ __all__ = ["TrainConfig", "train", "shipped_config", "SHIPPED_CONFIGS"]
 
 SHIPPED_CONFIGS = ("review", "fast-cpu", "detector-ct", "detector-xray")
 SELECT = ("accuracy", "balanced_accuracy", "auc")
+#: Export-chained copies of each authentic validation image in the tile calibration (export_chains > 0).
+CALIBRATION_CHAINS = 3
 
 
 @dataclass
@@ -54,6 +56,9 @@ class TrainConfig:
     resize: str = "bilinear"            # bilinear | none (native-resolution tiles of crop x crop)
     crop: int = 224                     # then a centre crop of crop x crop
     tiles_per_item: int = 8             # resize = none: random tiles per item and epoch
+    export_chains: float = 0.0          # resize = none: share of training tiles (real and fake alike) after a
+                                        # random export chain (learn/export.py); calibration then also
+                                        # scores chained copies of the authentic validation images
     stride: int = 0                     # resize = none: step of inference tiles, 0 = crop / 2
     min_size: int = 0                   # leave out items smaller than this on a side (e.g. 64 px thumbnails)
     normalise: str = "dataset"          # dataset: mean/std of the training images; none: keep [0, 1]
@@ -92,6 +97,7 @@ class TrainConfig:
             (self.tiles_per_item >= 1 and 0 <= self.stride <= self.crop,
              "tiles_per_item must be at least 1 and stride between 0 and crop"),
             (self.min_size >= 0, "min_size must be >= 0"),
+            (0.0 <= self.export_chains <= 1.0, f"export_chains must be in [0, 1], got {self.export_chains}"),
             (self.model != "vit_b_16" or self.crop % 16 == 0, "vit_b_16 needs a crop that is a multiple of 16"),
             (self.model != "inception_v3" or self.crop >= 75, "inception_v3 needs a crop of at least 75"),
             (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
@@ -224,10 +230,15 @@ def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, devic
 
 
 def _calibrate_tiles(model: torch.nn.Module, val_ds: TileDataset, preprocess: dict[str, Any],
-                     classes: list[str], fake_classes: list[str], device: torch.device) -> dict[str, Any]:
+                     classes: list[str], fake_classes: list[str], device: torch.device, *,
+                     chained_copies: int = 0, seed: int = 0) -> dict[str, Any]:
     """Native tile mode: the logistic calibration of the image statistic (log-odds of the most
     suspicious tile) per size group, fitted on the validation split's *real* images only
-    (:func:`medforensics.learn.calibration.fit_logistic`); fakes play no part."""
+    (:func:`medforensics.learn.calibration.fit_logistic`); fakes play no part. With
+    ``chained_copies`` = k, each real image also counts k times after a random export chain
+    (:func:`medforensics.learn.export.export_chain`), so exported authentic images are as
+    authentic to the calibration as archive originals."""
+    from .export import export_chain
     from .predict import Classifier
 
     clf = Classifier(model, {"classes": classes, "fake_classes": fake_classes, "preprocess": preprocess},
@@ -238,6 +249,10 @@ def _calibrate_tiles(model: torch.nn.Module, val_ds: TileDataset, preprocess: di
             continue
         a = val_ds.array(i)
         groups.setdefault(size_group(a.shape), []).append(clf.image_statistic(a))
+        rng = np.random.default_rng([seed, 7, i])
+        for _ in range(chained_copies):
+            b = export_chain(a, None, rng)[0]
+            groups.setdefault(size_group(b.shape), []).append(clf.image_statistic(b))
     out = {g: {**fit_logistic(v), "n_images": len(v)} for g, v in sorted(groups.items()) if len(v) >= 5}
     if not out:
         raise MedForensicsError(None, "too few real validation images to calibrate the tile model (5 per size group)")
@@ -296,14 +311,15 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
     preprocess = default_preprocess(config.image_size, config.crop, resize=config.resize, stride=config.stride)
     if native:
         train_ds = TileDataset(split_rows["train"], preprocess, fake_targets, tiles_per_item=config.tiles_per_item,
-                               seed=config.seed)
+                               seed=config.seed, export_chains=config.export_chains)
     else:
         train_ds = ItemDataset(split_rows["train"], preprocess, fake_targets, augment_fakes=config.augment_fakes)
     if config.normalise == "dataset":
         preprocess["mean"], preprocess["std"] = _norm_stats(train_ds)
         train_ds.preprocess = dict(preprocess)
     if native:
-        val_ds = TileDataset(val_rows, preprocess, fake_targets, tiles_per_item=2, seed=config.seed + 1, fixed=True)
+        val_ds = TileDataset(val_rows, preprocess, fake_targets, tiles_per_item=2, seed=config.seed + 1, fixed=True,
+                             export_chains=config.export_chains)
     else:
         val_ds = ItemDataset(val_rows, preprocess, fake_targets, cache_dtype=np.float32)
 
@@ -369,7 +385,9 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
         if stop:
             break
     model.load_state_dict(best_state)
-    calibration = _calibrate_tiles(model, val_ds, preprocess, list(classes), list(fake_classes), device) if native else None
+    calibration = (_calibrate_tiles(model, val_ds, preprocess, list(classes), list(fake_classes), device,
+                                    chained_copies=CALIBRATION_CHAINS if config.export_chains else 0, seed=config.seed)
+                   if native else None)
     seconds = time.perf_counter() - t0
 
     def split_counts(rs: list[dict[str, str]]) -> dict[str, int]:
@@ -391,7 +409,10 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
             "train_items_seen_per_epoch": len(train_ds),
         },
         "data": {
-            "manifest": str(manifest.resolve()), "sha256": _sha256(manifest),
+            # where the manifest lay is this machine's business: its folder and name, its hash, and the
+            # source data sets of the rows used say what the model was fitted on
+            "manifest": f"{manifest.resolve().parent.name}/{manifest.name}", "sha256": _sha256(manifest),
+            "sources": sorted({r.get("source_dataset") or "?" for r in used}),
             "counts": {s: split_counts(rs) for s, rs in split_rows.items()},
             "validation_items_used": len(val_rows),
             "train_items_with_augmentation": (split_counts([train_ds.rows[i] for i, _ in train_ds.items])
