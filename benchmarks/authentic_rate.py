@@ -20,7 +20,8 @@ become one series), and a file that cannot be decoded is an error of its row.
 
 **Tables.** Fitted and outside sources each get a table: items, labels, errors (no verdict),
 "not authentic" (share of the scored items), the detectors behind the false alarms (those with
-evidence score >= 0.5 on a falsely alarmed item) and how many items each detector did not assess
+evidence score >= 0.5 on a falsely alarmed item, leaving out evidence that indicates ``processing``,
+which fusion does not count) and how many items each detector did not assess
 (``not_assessed``: outside the domain it was validated on, too small, ...).
 
 **Demographics.** Where a source has per-image metadata (:data:`METADATA`: sex, age, view), the
@@ -306,6 +307,13 @@ def false_alarm(rec: dict, label: str | None = None) -> bool:
     return label not in (None, "authentic")
 
 
+def culprits(rec: dict) -> set[str]:
+    """The detectors behind an item's alarm: evidence from :data:`CULPRIT` on that fusion counts
+    (evidence that indicates ``processing`` is reported, not counted)."""
+    return {e["detector"] for e in rec.get("evidence", [])
+            if e["score"] >= CULPRIT and e.get("indicates") != "processing"}
+
+
 def summarise(records: Iterable[dict], key) -> dict[str, dict]:
     """Per group (``key(record)``; ``None``: left out): items, labels, errors (no verdict), false
     alarms, the detectors behind them and the detectors that did not assess items."""
@@ -324,7 +332,7 @@ def summarise(records: Iterable[dict], key) -> dict[str, dict]:
         s["not_assessed"].update(list(r.get("not_assessed") or {}))
         if false_alarm(r):
             s["false_alarms"] += 1
-            s["culprits"].update({e["detector"] for e in r.get("evidence", []) if e["score"] >= CULPRIT})
+            s["culprits"].update(culprits(r))
     return dict(out)
 
 
@@ -429,9 +437,9 @@ def refit(records: Iterable[dict], leave_out: str) -> dict[tuple[str, str, str],
 
 
 def evidence_of(rec: dict, calibrations: dict | None = None) -> tuple[list[Evidence], bool]:
-    """The record's evidence as :class:`Evidence` (details kept), calibrated evidence rescored with
-    ``calibrations`` (by :func:`pool_key`) where one is given; also whether any calibrated
-    evidence had no calibration there (it keeps its shipped score)."""
+    """The record's evidence as :class:`Evidence` (details, indicates and confidence kept),
+    calibrated evidence rescored with ``calibrations`` (by :func:`pool_key`) where one is given;
+    also whether any calibrated evidence had no calibration there (it keeps its shipped score)."""
     out, kept = [], False
     for ev in rec.get("evidence", []):
         score = ev["score"]
@@ -442,7 +450,7 @@ def evidence_of(rec: dict, calibrations: dict | None = None) -> tuple[list[Evide
             else:
                 score = logistic(float(ev["details"]["raw"]), float(cal["midpoint"]), float(cal["scale"]))
         out.append(Evidence(ev["detector"], score, ev.get("explanation", ""), details=dict(ev.get("details") or {}),
-                            indicates=ev.get("indicates", "manipulation")))
+                            indicates=ev.get("indicates", "manipulation"), confidence=ev.get("confidence", "normal")))
     return out, kept
 
 

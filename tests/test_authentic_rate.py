@@ -157,9 +157,10 @@ def _verdict(path: str, label: str | None, evidence=(), modality="XR", kind="ima
             "score": None if label is None else 0.0, "evidence": list(evidence), "not_assessed": not_assessed or {}}
 
 
-def _ev(detector: str, score: float, raw=None, cal=None, group="native") -> dict:
+def _ev(detector: str, score: float, raw=None, cal=None, group="native", **kw) -> dict:
     details = {} if raw is None else {"raw": raw, "calibration": cal, "size_group": group}
-    return {"detector": detector, "score": score, "indicates": "manipulation", "explanation": "", "details": details}
+    return {"detector": detector, "score": score, "indicates": "manipulation", "confidence": "normal",
+            "explanation": "", "details": details, **kw}
 
 
 def test_false_alarms_by_group(ar, tmp_path, capsys):
@@ -284,3 +285,14 @@ def test_refusion_reproduces_fuse(ar, tmp_path):
     assert [e.detector for e in evs] == ["learned_2d", "dicom_header"]
     assert evs[0].score == 1.0 and evs[1].score == r["evidence"][1]["score"]
     assert ar.evidence_of(r, {})[1] is True                                     # no fit: kept as shipped
+
+
+def test_refusion_keeps_confidence_and_processing(ar, tmp_path):
+    """Low-confidence evidence alone stops at suspicious and processing is not counted, in the
+    re-fusion as in fuse; processing evidence is not "behind" a false alarm."""
+    evs = [_ev("learned_2d", 0.95, confidence="low"), _ev("container", 0.99, indicates="processing")]
+    rec = ar.record(_verdict(f"{tmp_path}/xray/siim/a.dcm", "suspicious", evs), tmp_path, {})
+    want = fuse([Evidence(e["detector"], e["score"], "", indicates=e["indicates"], confidence=e["confidence"])
+                 for e in evs])
+    assert ar.refuse(rec) == want and want[1] == "suspicious"
+    assert ar.culprits(rec) == {"learned_2d"}
