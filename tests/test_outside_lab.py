@@ -214,3 +214,20 @@ def test_training_tiles_are_chained_for_both_classes_and_fakes_keep_their_mask()
     got = [t for t in tiles if t is not None]
     assert len(got) >= 30 and all(t.shape == (64, 64) for t in got)
     assert any(not np.allclose(t, a[118:182, 118:182], atol=1 / 255) for t in got)
+
+
+def test_ct_of_the_head_is_out_of_the_ct_models_domain_but_abdomen_with_lung_bases_is_not():
+    import pydicom
+
+    from medforensics.detectors.learned2d import Learned2DDetector
+
+    def ct(**attrs):
+        ds = pydicom.Dataset()
+        for k, v in attrs.items():
+            setattr(ds, k, v)
+        return Image.from_array(np.zeros((256, 256)), modality="CT", datasets=[ds], format="dicom")
+
+    det = Learned2DDetector()
+    assert "HEAD" in det.out_of_domain(ct(BodyPartExamined="HEAD"))
+    assert det.out_of_domain(ct(StudyDescription="CT ABD AND PELVIS WO IV CONT", SeriesDescription="CHEST SAGITTAL")) is None
+    assert det.out_of_domain(ct(BodyPartExamined="ABDOMEN")) is None

@@ -33,6 +33,10 @@ OTHER_PARTS = ("HAND", "FINGER", "WRIST", "ARM", "ELBOW", "SHOULDER", "CLAVICLE"
                "LEG", "FOOT", "ANKLE", "TOE", "HIP", "FEMUR", "TIBIA", "FIBULA", "PELVIS", "EXTREMITY", "SPINE",
                "LSPINE", "CSPINE", "TSPINE", "VERTEBRA", "SKULL", "HEAD", "BRAIN", "FACE", "JAW", "TEETH", "DENTAL",
                "SINUS", "NECK", "ABDOMEN", "BREAST", "MAMMO", "HEEL", "PATELLA")
+#: Parts whose images never hold lung (a CT of the abdomen or pelvis holds the lung bases).
+NO_LUNG_PARTS = frozenset({"HAND", "FINGER", "WRIST", "ARM", "ELBOW", "FOREARM", "HUMERUS", "KNEE", "LEG", "FOOT",
+                           "ANKLE", "TOE", "FEMUR", "TIBIA", "FIBULA", "HEEL", "PATELLA", "EXTREMITY", "SKULL", "HEAD",
+                           "BRAIN", "FACE", "JAW", "TEETH", "DENTAL", "SINUS"})
 #: Height over width of a chest radiograph's frame (measured 0.70-1.28 on every chest radiograph in
 #: ../shared/data, with a margin).
 CHEST_ASPECT = (0.6, 1.6)
@@ -45,10 +49,10 @@ def header_body_part(image: Image) -> str | None:
     ds = image.datasets[0]
     texts = [str(ds.get(k, "") or "") for k in ("BodyPartExamined", "StudyDescription", "SeriesDescription",
                                                  "ProtocolName", "RequestedProcedureDescription")]
-    for text in texts:
-        up = text.upper()
-        words = set(re.findall(r"[^\W\d_]+", up))
-        for names, answer in ((CHEST_WORDS, "chest"), (OTHER_PARTS, None)):
+    for names, answer in ((CHEST_WORDS, "chest"), (OTHER_PARTS, None)):  # a chest named anywhere wins
+        for text in texts:
+            up = text.upper()
+            words = set(re.findall(r"[^\W\d_]+", up))
             hit = next((p for p in names if p in words or (len(p) > 4 and p in up)), None)
             if hit:
                 return answer or hit

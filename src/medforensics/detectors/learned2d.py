@@ -122,15 +122,17 @@ class Learned2DDetector(Detector):
 
     def out_of_domain(self, image: Image) -> str | None:
         """Both models were trained and calibrated on the chest: CT slices through the lungs and
-        frontal chest radiographs (:mod:`medforensics.detectors.anatomy`). A DICOM object of
+        chest radiographs (:mod:`medforensics.detectors.anatomy`). A CT whose header names a part
+        without lung (head, limbs) is out; a radiograph must be a chest. A DICOM object of
         modality OT (secondary captures, test patterns) is not known to be a radiograph."""
-        from .anatomy import chest_radiograph, header_body_part
+        from .anatomy import NO_LUNG_PARTS, chest_radiograph, header_body_part
 
         if image.modality == "OT" and image.format == "dicom":
             return "modality OT (a secondary capture or test image), not known to be a radiograph"
         if image.modality == "CT":
             part = header_body_part(image)
-            return None if part in (None, "chest") else f"the header names {part}; the CT model knows chest CT only"
+            return (f"the header names {part}, which holds no lung; the CT model knows the chest only"
+                    if part in NO_LUNG_PARTS else None)
         chest, why = chest_radiograph(image)
         return None if chest else f"{why}; the radiograph model knows chest radiographs only"
 
