@@ -73,6 +73,45 @@ def test_copy_move_abstains_on_tiny_images():
     assert ev.score == 0 and ev.details["abstained"]
 
 
+def test_copy_move_domain_leaves_out_ultrasound_other_modalities_and_test_patterns():
+    from medforensics.scan import analyze
+
+    us = load(get_testdata_file("US1_UNCR.dcm"))[0]          # a dual-view ultrasound screen: raw 14 inliers
+    assert "ultrasound" in DET["copy_move"].out_of_domain(us)
+    v = analyze(us, [DET["copy_move"]])
+    assert "copy_move" in v.not_assessed and not v.evidence and v.label == "authentic"
+    assert DET["copy_move"].out_of_domain(load(get_testdata_file("vlut_04.dcm"))[0]).startswith("modality OT")
+    # a drawn pattern saved as PNG: no noise at all, and its tiles repeat by design
+    pat = np.zeros((512, 512), np.float32)
+    for i in range(0, 512, 64):
+        for j in range(0, 512, 64):
+            pat[i + 8:i + 40, j + 8:j + 40] = 200 if (i // 64 + j // 64) % 2 else 100
+            pat[i + 20:i + 28, j + 12:j + 50] = 255
+    drawn = Image.from_array(pat, modality="XR", format="png")
+    assert DET["copy_move"].detect(drawn).score > 0.8          # why it is out of domain
+    assert "test pattern" in DET["copy_move"].out_of_domain(drawn)
+    noisy = Image.from_array(pat + np.random.default_rng(0).normal(0, 3, pat.shape), modality="XR", format="png")
+    assert DET["copy_move"].out_of_domain(noisy) is None
+
+
+def test_copy_move_domain_keeps_every_fitted_radiograph_and_ct(cr, shared_data):
+    files = sorted((shared_data / "xray" / "mhh-covid19" / "images").glob("*.png"))[::6]
+    files += sorted((shared_data / "ct" / "slices" / "tcia-covid19-ny-sbu").rglob("*.dcm"))[::6]
+    files += sorted((shared_data / "xray" / "siim").glob("*.dcm"))   # a secondary capture of modality CR
+    assert len(files) > 40
+    for f in files:
+        assert DET["copy_move"].out_of_domain(load(f)[0]) is None, f
+    assert DET["copy_move"].out_of_domain(cr) is None
+
+
+def test_copy_move_ct_field_of_view_rim_is_not_a_clone():
+    """The circular field of view matches itself under rotation: pydicom's 693_J2KI scored 0.66
+    (10 keypoints on the rim, 90 deg apart) before the padding and its rim were left out."""
+    im = load(get_testdata_file("693_J2KI.dcm"))[0]
+    ev = DET["copy_move"].detect(im)
+    assert ev.score < 0.5 and ev.details["raw"] < 6, ev.details
+
+
 # ------------------------------------------------------------------------------ noise_residual
 
 def test_noise_residual_finds_inpainting_and_splice(cr):
