@@ -136,6 +136,44 @@ def test_noise_residual_real_radiographs_quiet(shared_data):
     assert np.mean(np.array(scores) >= 0.5) <= 0.05
 
 
+def test_noise_residual_domain_posterised_exports_and_other_modalities(shared_data):
+    """A 16-colour palette export carries dither, not noise (an MHH radiograph posterised this way
+    scored 1.00 before); ultrasound speckle was never measured."""
+    f = sorted((shared_data / "xray" / "mhh-covid19" / "images").glob("*.png"))[0]
+    gray = PILImage.open(f).convert("L")
+    assert DET["noise_residual"].out_of_domain(load(f)[0]) is None
+    pal = gray.convert("RGB").quantize(colors=16, dither=PILImage.Dither.FLOYDSTEINBERG).convert("L")
+    posterised = Image.from_array(np.asarray(pal, dtype=np.float32), modality="XR", format="png")
+    assert "posterised to 16 grey levels" in DET["noise_residual"].out_of_domain(posterised)
+    us = load(get_testdata_file("US1_UNCR.dcm"))[0]
+    assert DET["noise_residual"].out_of_domain(us).startswith("modality US")
+    for name in ("RG1_UNCR.dcm", "CT_small.dcm"):
+        assert DET["noise_residual"].out_of_domain(load(get_testdata_file(name))[0]) is None
+
+
+@pytest.mark.parametrize("name,why", [
+    ("eurorad/16745_2_1.PNG", "dark corners above the shoulders: the display curve's toe"),
+    ("radiopaedia/covid-19-pneumonia-22-day2-pa.png", "a burnt-in letter on a near-black background"),
+])
+def test_noise_residual_quiet_on_exports_whose_darkest_blocks_carry_crushed_noise(shared_data, name, why):
+    """Outside source (measured, never fitted to): these scored 1.00 and 0.995 when the darkest
+    blocks were judged against the noise-level function's middle bins."""
+    f = shared_data / "xray" / "ieee8023" / name
+    if not f.is_file():
+        pytest.skip(f"{name} not found")
+    im = load(f)[0]
+    assert DET["noise_residual"].out_of_domain(im) is None
+    ev = DET["noise_residual"].detect(im)
+    assert ev.score < 0.5, (why, ev.details["raw"])
+
+
+def test_noise_residual_16_level_export_is_out_of_domain(shared_data):
+    f = shared_data / "xray" / "ieee8023" / "eurorad" / "16706_1_1.png"
+    if not f.is_file():
+        pytest.skip("16706_1_1.png not found")
+    assert "posterised" in DET["noise_residual"].out_of_domain(load(f)[0])
+
+
 # ------------------------------------------------------------------------------ ct_physics
 
 def test_ct_physics_quiet_on_real_series_and_finds_edits(lidc):
