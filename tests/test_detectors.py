@@ -292,6 +292,22 @@ def test_header_gantry_tilt_and_variable_thickness_are_real_acquisitions(shared_
     assert ev.details["spacing"]["explained"][0]["index"] == 14
 
 
+def test_header_hu_check_needs_an_image_large_enough_to_reach_air(tmp_path):
+    """pydicom's dicomdirtests hold 16x16 CT stubs (a crop of soft tissue, no air): not evidence;
+    the same values on a 128 px image that should show air are."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    arr = ds.pixel_array
+    soft = (np.full(arr.shape, 1100) + (np.arange(arr.size) % 50).reshape(arr.shape)).astype(arr.dtype)
+    ds.PixelData = soft.tobytes()
+    ds.save_as(tmp_path / "big.dcm")
+    ev = DET["dicom_header"].detect(load(tmp_path / "big.dcm")[0])
+    assert any(f["check"] == "ct_not_hu" for f in ev.details["findings"])
+    ds.PixelData, ds.Rows, ds.Columns = soft[:16, :16].copy().tobytes(), 16, 16
+    ds.save_as(tmp_path / "thumb.dcm")
+    ev = DET["dicom_header"].detect(load(tmp_path / "thumb.dcm")[0])
+    assert not any(f["check"] == "ct_not_hu" for f in ev.details["findings"]) and ev.score < 0.5, ev.details
+
+
 def test_header_values_beyond_bits_stored(tmp_path):
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.BitsStored, ds.HighBit = 10, 9  # the stored values need more than 10 bits

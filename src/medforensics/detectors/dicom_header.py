@@ -28,7 +28,8 @@ Each check yields findings with a severity weight:
 * ``moderate`` (1.5): an acquisition parameter that changes on a few slices (SliceThickness
   that changes between at most 4 contiguous parts of 3+ slices each is a multi-part acquisition:
   weak), instance numbers or acquisition times against the slice order, a date in the future, HU
-  that do not look like CT, a window far outside the data.
+  that do not look like CT (on images of 64 px or more: a 16x16 thumbnail need not reach air), a
+  window far outside the data.
 * ``weak`` (0.5): traces that de-identification and conversion pipelines also leave (they are
   common in public data sets): research or scripting tools named in a single instance, dates
   that precede the StudyDate, a single instance whose SOPInstanceUID was made under another
@@ -59,6 +60,8 @@ SEVERITY = {"strong": 3.0, "moderate": 1.5, "weak": 0.5}
 MIDPOINT, SCALE = 1.2, 0.3
 #: weight of a gap of likelihood 1 (a missing slice beyond doubt): that of a strong finding
 GAP_WEIGHT = 3.0
+#: smallest side (px) on which a CT is expected to show air or a wide HU range
+MIN_HU_SIDE = 64
 #: parameters that may change between contiguous parts of one acquisition (variable thickness)
 PART_KEYS = ("SliceThickness",)
 
@@ -350,7 +353,8 @@ class DicomHeaderDetector(Detector):
         px = image.pixels
         sample = px[:: max(1, px.shape[0] // 8)] if px.ndim == 3 else px
         lo, hi = float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.5))
-        if image.modality == "CT":
+        # a thumbnail or crop (pydicom's 16x16 dicomdirtests CT stubs) need not reach air
+        if image.modality == "CT" and min(px.shape[-2:]) >= MIN_HU_SIDE:
             inside = sample[sample > -1500]  # padding outside the field of view sits at -2000/-3024
             if inside.size and float(np.percentile(inside, 1)) > -400 and float(np.percentile(inside, 99)) - \
                     float(np.percentile(inside, 1)) < 400:
