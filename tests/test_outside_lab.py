@@ -79,7 +79,7 @@ def test_double_jpeg_alone_is_processing_and_the_verdict_stays_authentic(shared_
     assert seen_double >= 4  # the trace is still found and reported
 
 
-def test_editor_trace_still_counts_beside_double_jpeg(shared_data, tmp_path):
+def test_editor_trace_is_processing_but_a_generator_claim_still_counts(shared_data, tmp_path):
     from medforensics.detectors.container import ContainerDetector
 
     f = sorted((shared_data / "xray" / "mhh-covid19" / "images").glob("*.png"))[0]
@@ -88,8 +88,14 @@ def test_editor_trace_still_counts_beside_double_jpeg(shared_data, tmp_path):
     exif = PILImage.Exif()
     exif[305] = "Adobe Photoshop 25.0"
     PILImage.open(tmp_path / "a.jpg").save(tmp_path / "b.jpg", quality=92, exif=exif)
-    ev = ContainerDetector().detect(load(tmp_path / "b.jpg")[0])
-    assert ev.indicates == "manipulation" and "photoshop" in ev.explanation.lower() and ev.score > 0.5
+    image = load(tmp_path / "b.jpg")[0]
+    ev = ContainerDetector().detect(image)
+    assert ev.indicates == "processing" and "photoshop" in ev.explanation.lower()
+    assert analyze(image, [ContainerDetector()]).label == "authentic"
+    exif[305] = "DALL-E 3"
+    PILImage.open(tmp_path / "a.jpg").save(tmp_path / "c.jpg", quality=92, exif=exif)
+    ev = ContainerDetector().detect(load(tmp_path / "c.jpg")[0])
+    assert ev.indicates == "synthesis" and ev.score > 0.8
 
 
 # ----------------------------------------------------------------------------------- domain

@@ -11,7 +11,9 @@ What the file says about where it came from, and what its compression says about
   ``Steps:``/``Sampler:``), ComfyUI (``prompt``/``workflow``), and generator names (DALL-E,
   Midjourney, GPT-4o, Imagen, Firefly, ...) in text chunks, EXIF or XMP.
 * **Editing software**: EXIF Software/ProcessingSoftware and XMP CreatorTool/History naming an
-  image editor.
+  image editor. Journal figures and teaching-file exports pass through editors as a rule, so
+  this says the file was handled (``processing``), not that its content changed: 4 of 118
+  authentic web and journal radiographs carry Photoshop in EXIF or XMP (issue 12).
 * **JPEG**: the quantisation table (IJG quality estimate, or a custom table), and double
   compression: after a second compression with another quantiser, the histograms of DCT
   coefficients (divided by the current quantiser step) become periodic. Single compression,
@@ -23,7 +25,8 @@ What the file says about where it came from, and what its compression says about
 Each trace has a weight (strong 3, moderate 1.5, weak 0.5, like ``dicom_header``); the score is
 ``logistic(sum, 1.2, 0.3)`` over the traces that indicate manipulation or synthesis (over the
 processing traces when there is nothing else). The evidence indicates synthesis when the
-strongest trace is a generator claim, processing when re-saving is all there is.
+strongest trace is a generator claim, processing when handling (re-saving, an editor) is all
+there is.
 """
 from __future__ import annotations
 
@@ -164,7 +167,9 @@ class ContainerDetector(Detector):
             add("generator_exif", "strong", f"EXIF names an image generator ('{hit}')", "synthesis")
         hit = next((e for e in EDITORS if e in ex or e in blob), None)
         if hit:
-            add("editor_software", "moderate", f"the file was last written by image-editing software ('{hit}')")
+            add("editor_software", "moderate", f"the file was last written by image-editing software ('{hit}'): it "
+                f"passed through an editor, as figures for the web and journals do; that alone does not show its "
+                f"content was changed", "processing")
 
     @staticmethod
     def _xmp_findings(xmp: str, add) -> None:
@@ -180,9 +185,9 @@ class ContainerDetector(Detector):
         editor = next((e for e in EDITORS if tool and e in tool.group(1)), None)
         history = "stevt:action" in low and re.search(r"stevt:action(?:>|=\")\s*(saved|derived|edited|converted)", low)
         if editor:
-            add("xmp_editor", "moderate", f"XMP CreatorTool is image-editing software ('{editor}')")
+            add("xmp_editor", "moderate", f"XMP CreatorTool is image-editing software ('{editor}')", "processing")
         elif history:
-            add("xmp_history", "weak", "XMP records an editing history (saved/derived actions)")
+            add("xmp_history", "weak", "XMP records an editing history (saved/derived actions)", "processing")
 
     # --------------------------------------------------------------------- JPEG
     def _jpeg_findings(self, image: Image, qtables: dict, add, details: dict) -> None:
