@@ -28,8 +28,9 @@ exports, which the loader calls XR) and CT slices, where nothing repeats by itse
 the scan records the detector as not assessed, with the reason:
 
 * other modalities; ultrasound above all, whose screens repeat by design (dual and split views,
-  calipers, scale bars, the same frame twice): 10 of the 21 ultrasound test files of pydicom and
-  pydicom-data scored 0.34-1.0 (raw 8-54 inliers), as did MR, NM and the rest, never measured;
+  calipers, scale bars, the same frame twice): 12 of the 21 ultrasound test files of pydicom and
+  pydicom-data scored 0.34-1.0 (raw 8-54 inliers), 8 of them labelled suspicious or manipulated;
+  MR, NM and the rest were never measured;
 * secondary captures of modality OT (screens, exports and test images: 43 in pydicom's test
   files). A secondary capture that names a radiograph or CT stays in domain: the header cannot
   tell a screen capture from a converted radiograph (the SIIM chest radiograph of the fitted
