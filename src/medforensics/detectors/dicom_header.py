@@ -53,7 +53,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ..core import Evidence, Image
-from ..io.dicom import MIN_PART
+from ..io.dicom import MIN_PART, value_runs
 from .base import Detector, logistic, region_from_box
 
 SEVERITY = {"strong": 3.0, "moderate": 1.5, "weak": 0.5}
@@ -195,7 +195,7 @@ class DicomHeaderDetector(Detector):
             if len(set(values)) <= 1 or not present:
                 continue
             if key in PART_KEYS and _contiguous_parts(values):
-                runs = _runs(values)
+                runs = value_runs(values)
                 add(f"changes_{key}", "weak", f"{key} changes between contiguous parts of the series ("
                     + ", ".join(f"{values[r[0]] or '(absent)'} on slices {r[0]}-{r[-1]}" for r in runs[:4])
                     + "): a multi-part acquisition", [r[0] for r in runs[1:]])
@@ -386,21 +386,11 @@ def _severity(weight: float) -> str:
     return "strong" if weight >= 2.25 else "moderate" if weight >= 1.0 else "weak"
 
 
-def _runs(values: list[str]) -> list[list[int]]:
-    runs: list[list[int]] = []
-    for i, v in enumerate(values):
-        if runs and values[runs[-1][0]] == v:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
-
-
 def _contiguous_parts(values: list[str]) -> bool:
     """Whether a parameter changes only between a few contiguous parts of the series (at most 4
     runs, each of ``MIN_PART`` slices or more, every value present), as a multi-part acquisition
     does (a slice from elsewhere changes it on a few scattered slices)."""
-    runs = _runs(values)
+    runs = value_runs(values)
     return 1 < len(runs) <= 4 and all(len(r) >= MIN_PART for r in runs) and all(values)
 
 

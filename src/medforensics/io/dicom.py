@@ -325,16 +325,26 @@ def _header_value(ds: Dataset, key: str) -> str:
         return str(v).strip()
 
 
-def _parts(headers: Sequence[Dataset], key) -> list[int]:
-    """Part label per slice (in position order): runs of ``MIN_PART`` or more consecutive slices
-    with the same ``key(ds)``; shorter runs belong to the part before them (or after, at the start)."""
-    values = [key(ds) for ds in headers]
+def value_runs(values: Sequence) -> list[list[int]]:
+    """Indices of ``values`` grouped into runs of consecutive equal values, in order.
+
+    >>> value_runs(["a", "a", "b", "a"])
+    [[0, 1], [2], [3]]
+    """
     runs: list[list[int]] = []
     for i, v in enumerate(values):
         if runs and values[runs[-1][0]] == v:
             runs[-1].append(i)
         else:
             runs.append([i])
+    return runs
+
+
+def _parts(headers: Sequence[Dataset], key) -> list[int]:
+    """Part label per slice (in position order): runs of ``MIN_PART`` or more consecutive slices
+    with the same ``key(ds)``; shorter runs belong to the part before them (or after, at the start)."""
+    values = [key(ds) for ds in headers]
+    runs = value_runs(values)
     labels = [-1] * len(values)
     part = -1
     for run in runs:
