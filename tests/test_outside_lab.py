@@ -237,3 +237,13 @@ def test_ct_of_the_head_is_out_of_the_ct_models_domain_but_abdomen_with_lung_bas
     assert "HEAD" in det.out_of_domain(ct(BodyPartExamined="HEAD"))
     assert det.out_of_domain(ct(StudyDescription="CT ABD AND PELVIS WO IV CONT", SeriesDescription="CHEST SAGITTAL")) is None
     assert det.out_of_domain(ct(BodyPartExamined="ABDOMEN")) is None
+
+
+@pytest.mark.parametrize("module", ["medforensics.fusion", "medforensics.learn.export", "medforensics.detectors.anatomy",
+                                    "medforensics.io.dicom"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
