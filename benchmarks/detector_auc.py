@@ -5,8 +5,8 @@ authentic images of the validation patients: none of the forge methods below was
 learned tile model (``--detector learned_2d``) was trained on the train patients' fakes and
 calibrated on the validation patients' authentic images.
 
-    python benchmarks/detector_auc.py /work/forge-ds/manifest.csv --out autoencoder_auc.json
-    python benchmarks/detector_auc.py /work/forge-ds/manifest.csv --detector learned_2d --min-size 128
+    python benchmarks/detector_auc.py forge-ds/manifest.csv --out autoencoder_auc.json
+    python benchmarks/detector_auc.py forge-ds/manifest.csv --detector learned_2d --min-size 128
 
 Prints, per kind (``ct-slice``, ``radiograph``) and per forged class (CT: FM, FB; 2D: copymove,
 splice, inpaint, intensity, contrast, resample, synthetic), the ROC-AUC of the raw statistic
