@@ -247,3 +247,15 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_summary_and_report_lead_with_counted_evidence():
+    from medforensics.core import Verdict
+    from medforensics.report.html import top_evidence
+
+    v = Verdict(path="x.jpg", kind="image", uid="u", n_instances=1, score=0.3, label="authentic",
+                evidence=[Evidence("container", 0.94, "re-saved", indicates="processing"),
+                          Evidence("learned_2d", 0.3, "tiles", confidence="low")])
+    assert top_evidence(v).detector == "learned_2d"
+    v.evidence = [Evidence("container", 0.94, "re-saved", indicates="processing"), Evidence("copy_move", 0.0, "")]
+    assert top_evidence(v).detector == "container"

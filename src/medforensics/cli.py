@@ -116,6 +116,8 @@ def run_scan(paths: List[Path], *, json_out: Optional[Path] = None, report: Opti
 
 
 def print_summary(verdicts: list[Verdict], elapsed: float, n_skipped: int = 0, top: int = 20) -> None:
+    from .report.html import top_evidence
+
     counts = Counter(v.label or "error" for v in verdicts)
     n_err = sum(1 for v in verdicts if v.errors)
     table = Table(title=f"medforensics: {len(verdicts)} item(s) in {elapsed:.1f} s", show_lines=False)
@@ -125,8 +127,10 @@ def print_summary(verdicts: list[Verdict], elapsed: float, n_skipped: int = 0, t
     for v in ranked[:top]:
         label = v.label or "error"
         style = LABEL_STYLE.get(label, "red")
-        ev = v.evidence[0] if v.evidence else None
+        ev = top_evidence(v)
         strongest = f"{ev.detector} {ev.score:.2f}: {ev.explanation}" if ev else (v.errors[0] if v.errors else "")
+        if ev is not None and ev.indicates == "processing":
+            strongest = f"(processing, not counted) {strongest}"
         if v.not_assessed:
             strongest += f" [dim](not assessed by {', '.join(sorted(v.not_assessed))})[/dim]"
         table.add_row(_short_path(v.path), v.kind, v.modality or "", "" if v.score is None else f"{v.score:.3f}",
