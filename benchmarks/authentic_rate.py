@@ -192,8 +192,11 @@ def source_paths(root: Path, which: str = "all") -> list[Path]:
 
 
 def default_root() -> Path:
-    """``$MEDFORENSICS_DATA``, else ``../shared/data`` next to the repository."""
-    return Path(os.environ.get("MEDFORENSICS_DATA") or REPO.parent / "shared" / "data")
+    """``$MEDFORENSICS_DATA``, else ``../shared/data`` next to the repository
+    (:func:`medforensics.datapath.data_root`)."""
+    from medforensics.datapath import data_root
+
+    return data_root()
 
 
 def check_root(root: Path) -> None:

@@ -50,12 +50,12 @@ def main(argv=None) -> int:
 
     from medforensics.core import Image
     from medforensics.forge import ct
-    from medforensics.forge.dataset import default_data_root
+    from medforensics.datapath import data_root
     from medforensics.forge.lidc import nodules_for
     from medforensics.learn import ct3d
 
     torch.set_num_threads(args.threads)
-    data = args.data or default_data_root()
+    data = data_root(args.data)
     series = ct3d._series_by_patient(data)
     if not any(p in series for p in ("LIDC-IDRI-0003", "LIDC-IDRI-0002")):
         print(f"{data}: no held-out LIDC-IDRI series (0002, 0003) found; give --data ../shared/data", file=sys.stderr)

@@ -25,8 +25,9 @@ from medforensics.detectors import load_detectors
 from medforensics.forge.edits import copy_move, inpaint_region, rescale_region, splice
 from medforensics.io import load
 from medforensics.scan import analyze
+from medforensics.datapath import data_root
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT = data_root()  # --data, else $MEDFORENSICS_DATA, else ../shared/data beside the repository
 
 
 def overlaps(region, box, k=None) -> bool:
@@ -49,12 +50,27 @@ def box_of(mask) -> tuple[int, int, int, int]:
     return int(r.min()), int(c.min()), int(r.max()) + 1, int(c.max()) + 1
 
 
+_SCRATCH: list[Path] = []
+
+
+def _scratch() -> Path:
+    """This run's own temporary folder (removed at exit): runs side by side never share files."""
+    if not _SCRATCH:
+        import atexit
+        import shutil
+        import tempfile
+
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="mf_detection_rates_")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
+
+
 def as_png(arr: np.ndarray, name: str, fmt: str = "PNG", **save) -> Image:
     """Write through a real container (8-bit PNG or JPEG in memory) and read back as the scan would."""
     buf = io.BytesIO()
     PILImage.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8)).save(buf, format=fmt, **save)
     buf.seek(0)
-    path = Path(f"/tmp/_mf_bench_{name}.{fmt.lower()}")
+    path = _scratch() / f"{name}.{fmt.lower()}"
     path.write_bytes(buf.getvalue())
     return load(path)[0]
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from medforensics.forge.dataset import DatasetConfig, build_dataset, check_patient_disjoint
+from medforensics.datapath import data_root
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT = data_root()  # --data, else $MEDFORENSICS_DATA, else ../shared/data beside the repository
 
 
 def main() -> None:

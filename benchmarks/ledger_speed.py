@@ -23,8 +23,9 @@ from pathlib import Path
 
 from medforensics.provenance.ledger import Fingerprint, Ledger, fingerprint, generate_key
 from medforensics.provenance.merkle import verify_consistency
+from medforensics.datapath import data_root
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT = data_root()  # --data, else $MEDFORENSICS_DATA, else ../shared/data beside the repository
 
 
 def fps(start: int, n: int) -> list[Fingerprint]:

@@ -44,7 +44,7 @@ def main() -> None:
     for r, p in zip(rows, paths):
         v = verdicts.get(p)
         per[(r["kind"], r["class"])][v.label if v is not None and v.label else "error"] += 1
-    print(f"| kind | class | items | authentic | suspicious | manipulated | synthetic | errors | flagged |")
+    print("| kind | class | items | authentic | suspicious | manipulated | synthetic | errors | flagged |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (kind, cls), c in sorted(per.items(), key=lambda kv: (kv[0][0], kv[0][1] not in REAL, kv[0][1])):
         n = sum(c.values())

@@ -16,9 +16,10 @@ import io
 import json
 import multiprocessing as mp
 import time
+from medforensics.datapath import data_root
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "lidc-idri"
+DATA = data_root() / "ct" / "lidc-idri"
 
 
 def _files(n: int) -> list[bytes]:

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from medforensics.datapath import data_root
 from pathlib import Path
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT = data_root()  # --data, else $MEDFORENSICS_DATA, else ../shared/data beside the repository
 
 
 def one_case(path: str, repeat: int, names: list[str] | None = None) -> dict:

@@ -8,7 +8,7 @@ and the review), then runs :func:`medforensics.learn.evaluate.evaluate_checkpoin
 split and prints a markdown Table 6 (also written to ``DIR/table6.md``; the HTML page, plots and
 metrics are in ``DIR/eval``). ``--config fast-cpu`` (default) is the fast CPU profile; ``--config
 review`` is the review's full protocol (50 epochs, batch 64, 224x224; for a GPU). MANIFEST defaults
-to /work/forge-ds/manifest.csv; when it is missing the dataset is built there first with ``forge
+to forge-ds/manifest.csv (in the current folder); when it is missing the dataset is built there first with ``forge
 dataset`` (from ``--data``, default ../shared/data).
 """
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 from medforensics.learn.evaluate import evaluate_checkpoints, table6_markdown
 from medforensics.learn.models import MODELS
 from medforensics.learn.train import TrainConfig, train
+from medforensics.datapath import data_root
 
-DEFAULT_MANIFEST = Path("/work/forge-ds/manifest.csv")
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_MANIFEST = Path("forge-ds/manifest.csv")
+DEFAULT_DATA = data_root()
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "medforensics" / "learn" / "configs"
 
 

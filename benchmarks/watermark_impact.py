@@ -12,7 +12,6 @@ of --repeat runs, one thread of numpy).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -22,9 +21,10 @@ import numpy as np
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from medforensics.datapath import data_root  # noqa: E402
 from medforensics.provenance.watermark import check, embed  # noqa: E402
 
-DATA = Path(os.environ.get("MEDFORENSICS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = data_root()
 
 
 def _images(n_ct: int) -> list[tuple[str, pydicom.Dataset]]:

@@ -1,12 +1,13 @@
 """Shared fixtures: real data from ../shared/data (skipped with a clear message when absent)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("MEDFORENSICS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from medforensics.datapath import data_root
+
+SHARED_DATA = data_root()
 
 
 @pytest.fixture(scope="session")

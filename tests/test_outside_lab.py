@@ -17,6 +17,9 @@ from medforensics.io import load
 from medforensics.scan import analyze
 
 OUTSIDE = ("ieee8023", "dcm-qa-ct", "emp-news")
+#: An absolute path of some machine: a home, a work or temporary folder, a Windows drive.
+MACHINE_PATH = r"(?<![\w.])/(work|root|home|Users|tmp|mnt|opt|srv)/|\b[A-Z]:\\\\"
+REPO = Path(__file__).resolve().parents[1]
 MODELS = Path(__file__).resolve().parents[1] / "src" / "medforensics" / "models"
 
 
@@ -187,7 +190,7 @@ def test_model_cards_name_only_fitted_sources_and_no_machine_path(path):
     assert sources, f"{path.name}: the card does not list the data sources it was fitted on"
     for word in OUTSIDE:
         assert word not in card_text, f"{path.name}: the card names the outside source {word}"
-    assert not re.search(r'"(/(work|root|home|tmp|Users)/|[A-Z]:\\\\)', card_text), f"{path.name}: absolute path in card"
+    assert not re.search(MACHINE_PATH, card_text), f"{path.name}: a machine's absolute path in the card"
 
 
 # ----------------------------------------------------------------------------------- export chains
@@ -259,3 +262,26 @@ def test_summary_and_report_lead_with_counted_evidence():
     assert top_evidence(v).detector == "learned_2d"
     v.evidence = [Evidence("container", 0.94, "re-saved", indicates="processing"), Evidence("copy_move", 0.0, "")]
     assert top_evidence(v).detector == "container"
+
+
+def test_no_machine_path_in_code_docs_or_benchmarks():
+    """Issue 14, item 4: the product names no absolute path of any machine (the data root is
+    ``medforensics.datapath.data_root``: --data, $MEDFORENSICS_DATA, ../shared/data)."""
+    files = [REPO / "README.md"] + [p for d in ("src", "benchmarks", "docs") for p in (REPO / d).rglob("*")
+                                    if p.suffix in (".py", ".md", ".toml", ".html", ".txt")]
+    found = []
+    for p in files:
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+            if re.search(MACHINE_PATH, line):
+                found.append(f"{p.relative_to(REPO)}:{i}: {line.strip()[:100]}")
+    assert not found, "\n".join(found)
+
+
+def test_data_root_is_defined_once(monkeypatch, tmp_path):
+    from medforensics.datapath import REPOSITORY, data_root
+
+    monkeypatch.delenv("MEDFORENSICS_DATA", raising=False)
+    assert data_root() == REPOSITORY.parent / "shared" / "data"
+    monkeypatch.setenv("MEDFORENSICS_DATA", str(tmp_path))
+    assert data_root() == tmp_path
+    assert data_root(tmp_path / "x") == tmp_path / "x"

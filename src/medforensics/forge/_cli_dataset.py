@@ -24,7 +24,8 @@ def dataset_cmd(
 ) -> None:
     """Build a labelled dataset (CT-GAN's TB/TM/FB/FM, 2D edits, synthetic radiographs) with patient-disjoint splits."""
     from ..cli import UsageError, out as console, progress_bar
-    from .dataset import DatasetConfig, build_dataset, default_data_root
+    from ..datapath import data_root
+    from .dataset import DatasetConfig, build_dataset
 
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: folder exists and is not empty; choose a new one")
@@ -40,7 +41,7 @@ def dataset_cmd(
         def tick(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what[-40:])
 
-        manifest = build_dataset(data or default_data_root(), out, cfg, progress=tick)
+        manifest = build_dataset(data_root(data), out, cfg, progress=tick)
     import json
     card = json.loads((manifest.parent / "dataset.json").read_text())
     console.print(f"{card['n_items']} items in {card['seconds']} s -> {manifest}")
@@ -60,7 +61,7 @@ def report_cmd(
 ) -> None:
     """Compare each method's forged regions with real tissue (HU, noise, NPS) and say which detectors flag them."""
     from ..cli import UsageError, out as console, progress_bar
-    from .dataset import default_data_root
+    from ..datapath import data_root
     from .realism import realism_report
 
     if out.exists() and any(out.iterdir()):
@@ -71,5 +72,5 @@ def report_cmd(
         def tick(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what[-40:])
 
-        md = realism_report(data or default_data_root(), out, n=n, seed=seed, progress=tick)
+        md = realism_report(data_root(data), out, n=n, seed=seed, progress=tick)
     console.print(md.read_text())

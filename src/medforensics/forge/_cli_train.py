@@ -14,7 +14,7 @@ def train_gan(
     modality: str = typer.Option(..., "--modality", help="ct (3D cubes from CT series) or xray (2D patches from radiographs)."),
     config: str = typer.Option("small", "--config", help="small (CPU, about 12 minutes on 2 cores) or gpu (bigger, picks CUDA when available)."),
     out: Path = typer.Option(..., "--out", help="New .safetensors file for the generator and its model card."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Data root (default: $MEDFORENSICS_DATA or /work/shared/data)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data root (default: $MEDFORENSICS_DATA or ../shared/data beside the repository)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: the config's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (data regions, masks, initial weights)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available)."),

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -430,6 +429,3 @@ def _augment(w: _Writer, cfg: DatasetConfig) -> None:
                   augmentation=tag, parent_id=r["id"], params=json.loads(r["params"]))
 
 
-def default_data_root() -> Path:
-    """``$MEDFORENSICS_DATA``, else ``../shared/data`` next to the current folder."""
-    return Path(os.environ.get("MEDFORENSICS_DATA", Path.cwd().parent / "shared" / "data"))

@@ -24,7 +24,6 @@ loaded on first use (:func:`load_model`). See ``docs/forge/gan.md``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core import MedForensicsError
+from ..datapath import data_root as data_root_of
 
 __all__ = ["render", "lowpass", "load_model", "train", "TrainConfig", "InpaintUNet", "PatchDiscriminator",
            "default_model_path", "SIGMA_3D", "SIGMA_2D", "CT_RANGE"]
@@ -565,10 +565,6 @@ def _check_modality(modality: str) -> None:
         raise MedForensicsError(None, f"unknown modality {modality!r} (ct or xray)")
 
 
-def data_root_default() -> Path:
-    return Path(os.environ.get("MEDFORENSICS_DATA", "/work/shared/data"))
-
-
 def _ct_volumes(root: Path) -> list[tuple[str, np.ndarray, float]]:
     """(name, HU volume, sampling weight) of the real CT under ``root``."""
     from ..io import load
@@ -750,7 +746,7 @@ def train(config: TrainConfig, out: str | Path, data_root: str | Path | None = N
     mult = _multiple(cfg.dim, cfg.levels)
     if any(s % m for s, m in zip(cfg.size, mult)):
         raise MedForensicsError(None, f"training size {tuple(cfg.size)} must be a multiple of {mult}")
-    root = Path(data_root) if data_root is not None else data_root_default()
+    root = data_root_of(data_root)
     if not root.is_dir():
         raise MedForensicsError(root, "data folder not found")
     if cfg.threads > 0:

@@ -38,11 +38,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..core import MedForensicsError
+from ..datapath import data_root as data_root_of
 from ..io.write import new_file
 
 __all__ = ["TrainConfig", "Reference", "SyntheticRadiograph", "train", "load_model", "synthesize", "synthesize_like",
            "write_synthetic", "write_samples", "measure_reference", "find_training_images",
-           "noise_sigma", "noise_profile", "default_data_root", "SHIPPED_CHECKPOINT"]
+           "noise_sigma", "noise_profile", "SHIPPED_CHECKPOINT"]
 
 #: The checkpoint shipped with the package (trained with ``TrainConfig.small()``).
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "synth_xray.safetensors"
@@ -51,14 +52,6 @@ FORMATS = ("png", "jpeg", "dicom")
 #: Intensity levels (fractions of the full scale) at which a reference's histogram is kept.
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 129)
 NOISE_BINS = 8
-
-
-def default_data_root() -> Path:
-    """``$MEDFORENSICS_DATA`` or ``../shared/data`` next to the repository."""
-    env = os.environ.get("MEDFORENSICS_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 # ============================================================================== configuration
@@ -193,7 +186,7 @@ def find_training_images(data_root: str | Path | None = None) -> list[Path]:
     """The full-size chest radiographs under ``data_root/xray``: MHH COVID-19 PNGs, the two
     512 px NIH PNGs and the SIIM DICOM. The 64 px NIH1000 thumbnails are left out: upsampled to
     128 px they would teach the model blur, which is exactly what a detector must not key on."""
-    root = Path(data_root) if data_root is not None else default_data_root()
+    root = data_root_of(data_root)
     xray = root / "xray"
     if not xray.is_dir():
         raise MedForensicsError(root, "no xray folder with real radiographs here (set --data or MEDFORENSICS_DATA)")
@@ -440,7 +433,7 @@ def train(config: TrainConfig | str = "small", out: str | Path = "synth_xray.saf
         raise MedForensicsError(out, f"folder {out.parent} does not exist")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise MedForensicsError(None, "config asks for CUDA but no CUDA device is available")
-    root = Path(data_root) if data_root is not None else default_data_root()
+    root = data_root_of(data_root)
     files = find_training_images(root)
     t0 = time.time()
     old_threads = torch.get_num_threads()

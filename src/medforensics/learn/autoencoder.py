@@ -25,7 +25,7 @@ Reproduce the shipped checkpoints (6 minutes each on one CPU thread)::
     python -m medforensics.learn.autoencoder xray --data ../shared/data --out ae_xray.safetensors --minutes 6
 
 (``--manifest forge-ds/manifest.csv`` takes the split from a forge dataset instead of recomputing it;
-for ``/work/forge-ds``, built with seed 0, the two agree.)
+for ``forge-ds``, built with seed 0, the two agree.)
 """
 from __future__ import annotations
 

@@ -545,10 +545,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
                injections: int = typer.Option(90, "--injections", help="tumours injected into the train series"),
                manifest: Path = typer.Option(None, "--manifest", help="forge dataset manifest.csv giving the patient splits")) -> None:
         """Train on forgeries of the train patient's series; validate on the validation patient's."""
-        from ..forge.dataset import default_data_root
+        from ..datapath import data_root
 
         try:
-            train_ct3d(data or default_data_root(), out, max_minutes=minutes, seed=seed, n_injections=injections, manifest=manifest)
+            train_ct3d(data_root(data), out, max_minutes=minutes, seed=seed, n_injections=injections, manifest=manifest)
         except MedForensicsError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1)
