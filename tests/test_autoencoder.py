@@ -49,6 +49,8 @@ def test_training_on_real_patches_reduces_loss(shared_data, tmp_path):
     assert card["training"]["steps"] == 200
     assert card["data"]["authentic_only"] is True
     assert not set(card["data"]["train_patients"]) & set(card["data"]["reference_patients"])
+    assert card["data"]["data_root"] == "." and set(card["data"]["sources"]) <= {"xray/mhh-covid19", "xray/nih-cxr14",
+                                                                                 "xray/siim"}
     assert set(card["calibration"]) == set(card["reference"]) and set(card["reference"]) <= {"native", "small"}
     assert all(c["scale"] > 0 for c in card["calibration"].values())
     assert all(r["n_images"] >= 3 for r in card["reference"].values())

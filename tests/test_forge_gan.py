@@ -219,6 +219,7 @@ def test_tiny_training_lowers_the_loss_and_writes_a_checkpoint_with_a_card(tmp_p
     assert card["training"]["final_losses_ema"]["g"] < hist[0]["g"]
     assert card["training"]["final_losses_ema"]["lowpass"] < hist[0]["lowpass"]
     assert card["data"]["files"] and all(f.startswith("ct/lidc-idri-small/LIDC-IDRI-000") for f in card["data"]["files"])
+    assert card["data"]["sources"] == ["ct/lidc-idri-small"] and card["data"]["root"] == "."  # no machine path
     assert card["config"] == {"dim": 3, "width": 4, "levels": 3, "in_ch": 4}
     assert card["metrics"]["heldout_regions"] == 4
     # The tiny model renders through the public API.

@@ -242,7 +242,7 @@ def test_ct_of_the_head_is_out_of_the_ct_models_domain_but_abdomen_with_lung_bas
     assert det.out_of_domain(ct(BodyPartExamined="ABDOMEN")) is None
 
 
-@pytest.mark.parametrize("module", ["medforensics.fusion", "medforensics.learn.export", "medforensics.detectors.anatomy",
+@pytest.mark.parametrize("module", ["medforensics.fusion", "medforensics.learn.export", "medforensics.detectors.anatomy", "medforensics.datapath",
                                     "medforensics.io.dicom"])
 def test_docstring_examples_run(module):
     import doctest

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core import MedForensicsError
+from ..datapath import card_data_root, sources_of
 from ..datapath import data_root as data_root_of
 
 __all__ = ["render", "lowpass", "load_model", "train", "TrainConfig", "InpaintUNet", "PatchDiscriminator",
@@ -896,7 +897,7 @@ def train(config: TrainConfig, out: str | Path, data_root: str | Path | None = N
         "normalization": {"kind": kind, **({"clip_hu": list(CT_RANGE)} if kind == "ct_hu" else
                                            {"method": "centre and half-range of the context's 1st-99th percentiles"})},
         "sketch_lowpass_sigma": list(_sigma(cfg.dim)),
-        "data": {"root": str(root), "files": used, "n_sources": len(used), "regions_in_pool": int(cfg.pool),
+        "data": {"root": card_data_root(), "sources": sources_of(used), "files": used, "n_sources": len(used), "regions_in_pool": int(cfg.pool),
                  "note": "all real images of the modality were used (the generator is the attacker's tool); "
                          "forge datasets must not assume patient-disjointness from this model"},
         "training": {"train_config": dataclasses.asdict(cfg), "steps_done": steps_done, "stopped_by": stopped,

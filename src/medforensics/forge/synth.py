@@ -38,6 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..core import MedForensicsError
+from ..datapath import card_data_root, sources_of
 from ..datapath import data_root as data_root_of
 from ..io.write import new_file
 
@@ -449,7 +450,7 @@ def train(config: TrainConfig | str = "small", out: str | Path = "synth_xray.saf
             "architecture": ARCHITECTURE,
             "config": dataclasses.asdict(cfg),
             "task": "generate whole chest radiographs (synthetic fakes for training and testing detectors)",
-            "data": {"root": str(root), "n_images": len(files),
+            "data": {"root": card_data_root(), "sources": sources_of(files, root), "n_images": len(files),
                      "files": [str(f.relative_to(root)) for f in files],
                      "patients": sorted({pids.get(f.stem, f.stem) for f in files}),
                      "left_out": "xray/nih-cxr14/NIH1000 (64 px thumbnails: too small for 128 px training)"},

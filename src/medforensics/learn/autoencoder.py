@@ -40,6 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core import MedForensicsError
+from ..datapath import card_data_root, sources_of
 from .calibration import CAL_TARGETS, fit_logistic, group_for, size_group
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 
@@ -493,7 +494,8 @@ def train_autoencoder(kind: str, data_root: str | Path, out: str | Path, *, max_
         "normalisation": ({"ct_window_hu": list(CT_WINDOW)} if kind == "ct" else {"percentiles": list(XR_PERCENTILES)}),
         "data": {
             "authentic_only": True,
-            "data_root": str(data_root),
+            "data_root": card_data_root(),
+            "sources": sources_of([f for s in (*train_src, *val_src) for f in s.files], data_root),
             "split_from": how,
             "train_patients": sorted({s.patient_id for s in train_src}),
             "reference_patients": sorted({s.patient_id for s in val_src}),

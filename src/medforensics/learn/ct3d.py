@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core import Image, MedForensicsError, Region
+from ..datapath import card_data_root, sources_of
 
 __all__ = ["CUBE", "STRIDE", "FINE", "HU_WINDOW", "DEFAULT_SPLITS", "build_network", "window_hu", "crop",
            "CubeSet", "make_cubes", "train_ct3d", "load_model", "scan", "scan_series", "SeriesScan",
@@ -381,7 +382,8 @@ def train_ct3d(data_root: str | Path, out: str | Path, *, max_minutes: float = 1
         "input": {"cube": list(CUBE), "stride": list(STRIDE), "fine": list(FINE), "hu_window": list(HU_WINDOW),
                   "grid": "the series' own voxel grid, edge-padded"},
         "calibration": {"kind": "platt", "a": a, "b": b, "fitted_on": "validation cubes"},
-        "data": {"data_root": str(data_root), "patients": by_split, "split_source": str(manifest or "DEFAULT_SPLITS"),
+        "data": {"data_root": card_data_root(),
+                 "sources": sources_of([f for p in series for f in series[p].sources], data_root), "patients": by_split, "split_source": str(manifest or "DEFAULT_SPLITS"),
                  "series": {p: {"uid": series[p].uid, "shape": list(series[p].pixels.shape),
                                 "spacing": [float(s) for s in series[p].spacing]} for p in series},
                  "train_cubes": train.counts(), "validation_cubes": val.counts(),
