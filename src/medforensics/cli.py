@@ -129,7 +129,7 @@ def print_summary(verdicts: list[Verdict], elapsed: float, n_skipped: int = 0, t
         style = LABEL_STYLE.get(label, "red")
         ev = top_evidence(v)
         strongest = f"{ev.detector} {ev.score:.2f}: {ev.explanation}" if ev else (v.errors[0] if v.errors else "")
-        if ev is not None and ev.indicates == "processing":
+        if ev is not None and not ev.counts:
             strongest = f"(processing, not counted) {strongest}"
         if v.not_assessed:
             strongest += f" [dim](not assessed by {', '.join(sorted(v.not_assessed))})[/dim]"

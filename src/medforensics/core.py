@@ -189,6 +189,11 @@ class Evidence:
             raise ValueError(f"{self.detector}: confidence must be one of {', '.join(CONFIDENCES)}, got {self.confidence!r}")
         self.score = float(min(1.0, max(0.0, self.score)))
 
+    @property
+    def counts(self) -> bool:
+        """Whether fusion counts this evidence (``processing`` traces are reported only)."""
+        return self.indicates != "processing"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "detector": self.detector,

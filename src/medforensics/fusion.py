@@ -81,7 +81,7 @@ class FusionConfig:
 def fuse(evidence: Sequence[Evidence], config: FusionConfig = FusionConfig()) -> tuple[float, Label]:
     """Fused score and label for a list of evidence (an empty list is authentic with score 0);
     see the module docstring for the rule."""
-    counted = [e for e in evidence if e.indicates != "processing"]
+    counted = [e for e in evidence if e.counts]
     if not counted:
         return 0.0, "authentic"
     strong = [e.score for e in counted if e.score >= config.min_evidence]
@@ -107,7 +107,7 @@ def _noisy_or(scores: Sequence[float]) -> float:
 def corroborated(evidence: Sequence[Evidence], config: FusionConfig = FusionConfig()) -> bool:
     """Whether ``evidence`` may make an image manipulated or synthetic: its normal-confidence part
     alone reaches ``suspicious``, or low-confidence evidence of two detectors each does."""
-    counted = [e for e in evidence if e.indicates != "processing"]
+    counted = [e for e in evidence if e.counts]
     firm = _noisy_or([e.score for e in counted if e.confidence == "normal" and e.score >= config.min_evidence])
     if firm >= config.suspicious:
         return True

@@ -49,10 +49,9 @@ def header_body_part(image: Image) -> str | None:
     ds = image.datasets[0]
     texts = [str(ds.get(k, "") or "") for k in ("BodyPartExamined", "StudyDescription", "SeriesDescription",
                                                  "ProtocolName", "RequestedProcedureDescription")]
+    parsed = [(up, set(re.findall(r"[^\W\d_]+", up))) for up in (t.upper() for t in texts)]
     for names, answer in ((CHEST_WORDS, "chest"), (OTHER_PARTS, None)):  # a chest named anywhere wins
-        for text in texts:
-            up = text.upper()
-            words = set(re.findall(r"[^\W\d_]+", up))
+        for up, words in parsed:
             hit = next((p for p in names if p in words or (len(p) > 4 and p in up)), None)
             if hit:
                 return answer or hit

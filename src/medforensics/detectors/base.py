@@ -56,17 +56,13 @@ class Detector:
         """True if this detector has something to say about ``image`` (its modality, dimension and
         format are the kind it reads). Whether the image also lies inside the domain the detector
         was *validated* on is :meth:`out_of_domain`."""
-        return self.not_applicable(image) is None
-
-    def not_applicable(self, image: Image) -> str | None:
-        """Why the detector cannot read ``image`` at all (``None`` when it can)."""
         if self.modalities is not None and image.modality not in self.modalities:
-            return f"applies to {', '.join(sorted(self.modalities))} only, not {image.modality}"
+            return False
         if image.pixels.ndim not in self.dims:
-            return f"applies to {'/'.join(f'{d}D' for d in sorted(self.dims))} images only"
+            return False
         if self.formats is not None and image.format not in self.formats:
-            return f"applies to {', '.join(sorted(self.formats))} files only, not {image.format}"
-        return None
+            return False
+        return True
 
     def out_of_domain(self, image: Image) -> str | None:
         """Why ``image`` lies outside the domain this detector was validated on, in a few words
@@ -85,6 +81,19 @@ class Detector:
         dims = "/".join(f"{d}D" for d in sorted(cls.dims))
         fmts = "any format" if cls.formats is None else ", ".join(sorted(cls.formats))
         return f"{mods}; {dims}; {fmts}"
+
+
+#: Modalities the pixel detectors were validated on: radiographs (CR, DX, and raster exports, which
+#: the loader calls XR) and CT.
+RADIOGRAPHS_AND_CT = frozenset({"CR", "DX", "XR", "CT"})
+
+
+def unvalidated_modality(name: str, image: Image, validated: frozenset[str] = RADIOGRAPHS_AND_CT) -> str | None:
+    """The ``out_of_domain`` reason of detector ``name`` for an image whose modality it was not
+    validated on (``None`` when it was)."""
+    if image.modality in validated:
+        return None
+    return f"modality {image.modality}: {name} was validated on {', '.join(sorted(validated))} only"
 
 
 def available_detectors() -> dict[str, type[Detector]]:

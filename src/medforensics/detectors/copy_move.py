@@ -48,12 +48,10 @@ import numpy as np
 
 from ..core import Evidence, Image, Region
 from ._blocks import immerkaer
-from .base import Detector, logistic, print_raw_values, regions_from_heatmap
+from .base import Detector, logistic, print_raw_values, regions_from_heatmap, unvalidated_modality
 
 WORK_PX = 1024
 MIN_SIZE = 128
-#: modalities copy_move was validated on: radiographs (CR, DX, raster exports as XR) and CT
-VALIDATED_MODALITIES = frozenset({"CR", "DX", "XR", "CT"})
 #: share of noise-free pixels (zero 3x3 noise residual) from which an image is a drawn test pattern
 PATTERN_SHARE = 0.9
 #: keypoints within this many pixels (at the working scale) of a CT's padding are not used
@@ -94,11 +92,12 @@ class CopyMoveDetector(Detector):
 
     def out_of_domain(self, image: Image) -> str | None:
         """Radiographs and CT slices only (by modality), and never a drawn test pattern."""
-        if image.modality not in VALIDATED_MODALITIES:
-            if image.modality == "US":
-                return ("ultrasound: screen layouts, dual views and calipers repeat by design; copy_move was "
-                        "validated on radiographs and CT")
-            return f"modality {image.modality}: copy_move was validated on radiographs (CR, DX, XR) and CT only"
+        if image.modality == "US":
+            return ("ultrasound: screen layouts, dual views and calipers repeat by design; copy_move was "
+                    "validated on radiographs and CT")
+        outside = unvalidated_modality(self.name, image)
+        if outside:
+            return outside
         share = noise_free_share(image.pixels)
         if share >= PATTERN_SHARE:
             return (f"a drawn or generated test pattern: {100 * share:.0f}% of the pixels carry no noise at all, "

@@ -64,7 +64,7 @@ from scipy import ndimage
 
 from ..core import Evidence, Image
 from ._blocks import blocks, cluster_mass, immerkaer, local_mean
-from .base import Detector, logistic, print_raw_values, regions_from_heatmap
+from .base import Detector, logistic, print_raw_values, regions_from_heatmap, unvalidated_modality
 
 MIDPOINT, SCALE = 55.0, 6.0
 LOG_RATIO = 0.65     # less noise than the model: 1.9x below
@@ -75,8 +75,6 @@ MIN_SIZE = 128
 TAIL_QUANTILES = np.array([0.0, 0.005, 0.01, 0.02, 0.04])
 #: a step between adjacent pixels of this share of the image's range marks a drawn stroke
 GRAPHIC_STEP = 0.3
-#: modalities the detector was validated on: radiographs (CR, DX, raster exports as XR) and CT slices
-VALIDATED_MODALITIES = frozenset({"CR", "DX", "XR", "CT"})
 #: fewer distinct grey levels than this in the central 98% of values: posterised (5 bits or less)
 MIN_LEVELS = 32
 #: sigma / mean(lower 75% of |r|) for Gaussian noise
@@ -128,9 +126,9 @@ class NoiseResidualDetector(Detector):
 
     def out_of_domain(self, image: Image) -> str | None:
         """Radiographs and CT slices with more than ``MIN_LEVELS`` grey levels."""
-        if image.modality not in VALIDATED_MODALITIES:
-            return (f"modality {image.modality}: noise_residual was validated on radiographs (CR, DX, XR) and CT "
-                    "slices only")
+        outside = unvalidated_modality(self.name, image)
+        if outside:
+            return outside
         n = grey_levels(image.pixels)
         if 0 < n < MIN_LEVELS:
             return (f"posterised to {n} grey levels: its pixels carry dither and quantisation, not the acquisition's "

@@ -49,7 +49,7 @@ def rank(verdicts: Iterable[Verdict]) -> list[Verdict]:
 def top_evidence(v: Verdict) -> Evidence | None:
     """The evidence with the highest score (the first of equals) among what fusion counts, else
     among processing traces (which fusion does not count), or None."""
-    counted = [e for e in v.evidence if e.indicates != "processing"]
+    counted = [e for e in v.evidence if e.counts]
     pool = counted if counted and max(e.score for e in counted) > 0 else v.evidence
     return max(pool, key=lambda e: e.score) if pool else None
 
