@@ -1,19 +1,21 @@
 """What a radiograph shows, as far as the header can tell: for detectors whose models were
 validated on chest radiographs only.
 
-:func:`header_body_part` reads BodyPartExamined, then the study, series, protocol and requested
-procedure descriptions: a named chest (CHEST, THORAX, LUNG, ...) is a chest; another named part
-(HAND, KNEE, EXTREMITY, SPINE, SKULL, ...) is not. :func:`chest_radiograph` adds the one pixel-free
-check that held on every chest radiograph of the fitted sources: the frame's aspect ratio (height
-over width 0.81-1.18 on the 243 Hannover radiographs, 0.70-1.28 on the outside ones; a frame outside
-:data:`CHEST_ASPECT` is a spine, a long bone or a panorama, not a chest).
+:func:`header_body_part` reads BodyPartExamined and the study, series, protocol and requested
+procedure descriptions: a chest (CHEST, THORAX, LUNG, ...) named in any of them is a chest; else
+another named part (HAND, KNEE, EXTREMITY, SPINE, SKULL, ...) is what the image shows.
+
+:func:`chest_radiograph` adds the one pixel-free check that holds on every chest radiograph of the
+fitted sources: the frame's aspect ratio (height over width 0.81-1.18 on the 243 Hannover
+radiographs; :data:`CHEST_ASPECT` leaves a wide margin; the outside exports, measured only, lie at
+0.69-1.28: ``python benchmarks/anatomy_frames.py``). A frame outside it is a spine, a long bone or
+a panorama, not a chest.
 
 Telling a chest from a hand or a knee by its pixels alone was tried and is *not* done: a
-lung-field test (two dark regions either side of the mediastinum) passed only 86 of the 243
-authentic Hannover chest radiographs (opacified COVID-19 lungs are not dark), and the share of
-air around the body does not separate the pydicom-data tibia (17%) from chest exports (up to 53%).
-So a PNG or JPEG that names nothing reaches the chest model; where a header says what it is, it
-decides.
+lung-field test (two dark regions either side of the mediastinum) failed on most of the authentic
+Hannover radiographs (opacified COVID-19 lungs are not dark), and the share of air around the body
+does not separate the pydicom-data tibia from chest exports. So a PNG or JPEG that names nothing
+reaches the chest model; where a header says what it is, it decides.
 
 >>> from medforensics.core import Image
 >>> import numpy as np
@@ -37,8 +39,8 @@ OTHER_PARTS = ("HAND", "FINGER", "WRIST", "ARM", "ELBOW", "SHOULDER", "CLAVICLE"
 NO_LUNG_PARTS = frozenset({"HAND", "FINGER", "WRIST", "ARM", "ELBOW", "FOREARM", "HUMERUS", "KNEE", "LEG", "FOOT",
                            "ANKLE", "TOE", "FEMUR", "TIBIA", "FIBULA", "HEEL", "PATELLA", "EXTREMITY", "SKULL", "HEAD",
                            "BRAIN", "FACE", "JAW", "TEETH", "DENTAL", "SINUS"})
-#: Height over width of a chest radiograph's frame (measured 0.70-1.28 on every chest radiograph in
-#: ../shared/data, with a margin).
+#: Height over width of a chest radiograph's frame (0.81-1.18 on the fitted Hannover radiographs,
+#: with a wide margin; benchmarks/anatomy_frames.py).
 CHEST_ASPECT = (0.6, 1.6)
 
 
