@@ -15,12 +15,12 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
 from .core import LABELS, SCHEMA_VERSION, MedForensicsError, Verdict
 from .fusion import FusionConfig
+from .progress import progress_bar  # noqa: F401 - the commands' bar (re-exported for them)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Was this medical image generated or altered, where, and why.")
@@ -53,19 +53,6 @@ def _fusion_config(config: Optional[Path], suspicious: Optional[float], manipula
                             min_evidence=base.min_evidence)
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-def progress_bar(label: str = "scanning") -> Progress:
-    """The progress bar of every long command (on stderr; hidden when stderr is not a terminal
-    unless MEDFORENSICS_PROGRESS=1); a task's description is shown after it."""
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"), console=err,
-                    transient=False, disable=not err.is_terminal and not _force_progress())
-
-
-def _force_progress() -> bool:
-    import os
-    return os.environ.get("MEDFORENSICS_PROGRESS", "") == "1"
 
 
 def run_scan(paths: List[Path], *, json_out: Optional[Path] = None, report: Optional[Path] = None,
