@@ -22,7 +22,7 @@ _EXPORTS = {
     "base": ["Forgery"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-_MODULES = {"edits", "ct", "lidc", "gan", "synth", "dataset", "realism", "base"}
+_MODULES = {"edits", "ct", "lidc", "gan", "synth", "dataset", "realism", "base", "zoo"}
 
 __all__ = sorted(_WHERE) + sorted(_MODULES)
 

@@ -9,4 +9,4 @@ forge_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Make realistic medical deepfakes with ground truth (masks, centres, manifests).")
 
 # Each module adds its commands to forge_app.
-from . import _cli_ct, _cli_edits, _cli_synth, _cli_train, _cli_dataset  # noqa: E402,F401
+from . import _cli_ct, _cli_edits, _cli_synth, _cli_train, _cli_dataset, _cli_zoo  # noqa: E402,F401
