@@ -46,7 +46,7 @@ RESIZES = ("bilinear", "none")
 MAX_TILES = 512
 
 __all__ = ["CT_WINDOW", "RADIOGRAPH_PERCENTILES", "TASKS", "AUGMENTATIONS", "RESIZES", "read_manifest", "load_item",
-           "load_mask", "item_shape", "normalise_image", "to_tensor", "tiles", "augment", "select_rows", "refuse_leaks",
+           "load_mask", "item_shape", "normalise_image", "quantise", "to_tensor", "tiles", "augment", "select_rows", "refuse_leaks",
            "ItemDataset", "TileDataset", "default_preprocess"]
 
 
@@ -171,19 +171,30 @@ def augment(array2d: np.ndarray, variant: str) -> np.ndarray:
 
 
 def default_preprocess(image_size: int = 224, crop: int = 224, *, mean: float = 0.0, std: float = 1.0,
-                       resize: str = "bilinear", stride: int = 0) -> dict[str, Any]:
+                       resize: str = "bilinear", stride: int = 0, levels: int = 0) -> dict[str, Any]:
     """Everything :func:`to_tensor` and :func:`tiles` need (stored in a checkpoint's card as
     ``preprocess``). ``resize="none"`` is the native-resolution tile mode (``image_size`` unused;
-    ``stride``: step between inference tiles, half a tile when 0)."""
+    ``stride``: step between inference tiles, half a tile when 0). ``levels`` > 0: every [0, 1]
+    image is rounded to that many steps (255: 8 bits, as a lung-window PNG) before anything else
+    (:func:`quantise`), so that an 8-bit export and the original give the model the same input."""
     if resize not in RESIZES:
         raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {resize!r}")
     out = {"image_size": int(image_size), "resize": resize, "crop": int(crop), "mean": float(mean),
            "std": float(std), "in_channels": 1, "ct_window_hu": list(CT_WINDOW),
            "radiograph_percentiles": list(RADIOGRAPH_PERCENTILES)}
+    if levels:
+        out["levels"] = int(levels)
     if resize == "none":
         out["stride"] = int(stride) or max(1, int(crop) // 2)
         out["max_tiles"] = MAX_TILES
     return out
+
+
+def quantise(array01: np.ndarray, preprocess: dict[str, Any]) -> np.ndarray:
+    """A [0, 1] array rounded to the card's ``levels`` steps (unchanged when it has none)."""
+    levels = int(preprocess.get("levels") or 0)
+    a = np.asarray(array01, dtype=np.float32)
+    return (np.round(a * levels) / levels).astype(np.float32) if levels else a
 
 
 def _pad_to(a: np.ndarray, crop: int) -> np.ndarray:
@@ -352,7 +363,7 @@ class ItemDataset(torch.utils.data.Dataset):
         a = self._cache.get(i)
         if a is None:
             r = self.rows[i]
-            a = load_item(r["_path"], r["kind"])
+            a = quantise(load_item(r["_path"], r["kind"]), self.preprocess)
             size = int(self.preprocess["image_size"])
             h, w = a.shape
             s = size / min(h, w)
@@ -417,7 +428,7 @@ class TileDataset(torch.utils.data.Dataset):
         got = self._cache.get(i)
         if got is None:
             r = self.rows[i]
-            a = load_item(r["_path"], r["kind"])
+            a = quantise(load_item(r["_path"], r["kind"]), self.preprocess)
             m = load_mask(r, a.shape)
             crop = int(self.preprocess["crop"])
             got = (_pad_to(a, crop).astype(np.float16), _pad_to(m, crop))

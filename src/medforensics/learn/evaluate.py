@@ -323,13 +323,14 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 
 def evaluate_checkpoints(checkpoints: list[Path], manifest: Path, *, split: str = "test", out_dir: Path,
-                         progress: Progress | None = None) -> dict[str, Any]:
+                         progress: Progress | None = None, device: str = "cpu") -> dict[str, Any]:
     """Run each checkpoint on the ``split`` rows of ``manifest`` it is meant for and write, into
     the new folder ``out_dir``: ``<model>/metrics.json``, ``<model>/confusion.png``,
     ``<model>/scores.png``, ``<model>/reliability.png``, ``roc.png`` (all models), ``curves.png``
     (per-epoch validation accuracy and loss from the cards), ``summary.json`` and ``report.html``.
 
-    ``progress(model, done, total)`` is called after each batch. Returns ``{"split", "manifest",
+    ``progress(model, done, total)`` is called after each batch; ``device`` runs the models there
+    (``cuda`` on a GPU). Returns ``{"split", "manifest",
     "models": {name: metrics (with "checkpoint", "architecture", "task", "profile")}, "files"}``.
     """
     from .data import read_manifest
@@ -343,7 +344,7 @@ def evaluate_checkpoints(checkpoints: list[Path], manifest: Path, *, split: str 
         raise FileExistsError(f"{out_dir}: already exists; choose a new folder")
     _check_manifest(manifest)
     rows = read_manifest(manifest)
-    classifiers = [load_classifier(c) for c in checkpoints]  # all checked before any work
+    classifiers = [load_classifier(c, device=device) for c in checkpoints]  # all checked before any work
     out_dir.mkdir(parents=True)
     root = manifest.parent
     names = _unique_names(checkpoints)

@@ -34,8 +34,9 @@ from .models import MODELS, build_model
 
 __all__ = ["TrainConfig", "train", "shipped_config", "SHIPPED_CONFIGS"]
 
-SHIPPED_CONFIGS = ("review", "fast-cpu", "detector-ct", "detector-xray")
+SHIPPED_CONFIGS = ("review", "fast-cpu", "detector-ct", "detector-xray", "detector-ctpatch")
 SELECT = ("accuracy", "balanced_accuracy", "auc")
+AMP = ("auto", "none", "bf16", "fp16")
 #: Export-chained copies of each authentic validation image in the tile calibration (export_chains > 0).
 CALIBRATION_CHAINS = 3
 
@@ -61,6 +62,7 @@ class TrainConfig:
                                         # scores chained copies of the authentic validation images
     stride: int = 0                     # resize = none: step of inference tiles, 0 = crop / 2
     min_size: int = 0                   # leave out items smaller than this on a side (e.g. 64 px thumbnails)
+    levels: int = 0                     # round every [0, 1] image to this many steps first (255: 8-bit PNG)
     normalise: str = "dataset"          # dataset: mean/std of the training images; none: keep [0, 1]
     optimizer: str = "adam"
     lr: float = 0.001
@@ -77,6 +79,11 @@ class TrainConfig:
     select: str = "accuracy"            # best epoch by: accuracy | balanced_accuracy | auc (fake probability), then loss
     num_threads: int = 0                # torch CPU threads, 0 = torch's default
     device: str = "auto"                # auto (cuda if available) | cpu | cuda
+    preload: bool = False               # whole-image mode: decode, augment and transform every training and
+                                        # validation item once and hold the tensors on the device; epochs index
+                                        # them (same batches as the DataLoader) instead of reading items again
+    amp: str = "auto"                   # mixed precision: auto (bf16 autocast on CUDA, fp16 where bf16 is
+                                        # missing; none on CPU) | none | bf16 | fp16 (CUDA only)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,11 +99,13 @@ class TrainConfig:
             (self.loss in ("weighted-ce", "ce"), f"loss must be 'weighted-ce' or 'ce', got {self.loss!r}"),
             (self.select in SELECT, f"select must be one of {', '.join(SELECT)}, got {self.select!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.amp in AMP, f"amp must be one of {', '.join(AMP)}, got {self.amp!r}"),
             (16 <= self.crop and (self.resize == "none" or self.crop <= self.image_size),
              f"crop must be between 16 and image_size, got {self.crop}"),
             (self.tiles_per_item >= 1 and 0 <= self.stride <= self.crop,
              "tiles_per_item must be at least 1 and stride between 0 and crop"),
             (self.min_size >= 0, "min_size must be >= 0"),
+            (0 <= self.levels <= 65535, f"levels must be between 0 and 65535, got {self.levels}"),
             (0.0 <= self.export_chains <= 1.0, f"export_chains must be in [0, 1], got {self.export_chains}"),
             (self.model != "vit_b_16" or self.crop % 16 == 0, "vit_b_16 needs a crop that is a multiple of 16"),
             (self.model != "inception_v3" or self.crop >= 75, "inception_v3 needs a crop of at least 75"),
@@ -180,6 +189,60 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _amp(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device`` (None: full precision). Mixed precision is for
+    CUDA only: ``auto`` is bf16 there (fp16 where the GPU lacks bf16) and none on a CPU; asking for
+    bf16 or fp16 on a CPU is an error."""
+    if name == "none" or (name == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"amp {name} needs a CUDA device (training runs on {device.type})")
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+class _HeldBatches:
+    """A data set decoded, augmented and transformed once, held as two tensors on the device and
+    served in batches like a DataLoader over it (:attr:`TrainConfig.preload`).
+
+    With ``generator`` the order is drawn as ``DataLoader(shuffle=True, generator=...)`` draws it
+    (one draw for the loader's base seed, then a RandomSampler), so a preloaded run sees exactly
+    the batches of a DataLoader run with the same seed."""
+
+    def __init__(self, ds: torch.utils.data.Dataset, batch: int, device: torch.device,
+                 generator: torch.Generator | None = None,
+                 progress: Optional[Callable[[int, int], None]] = None):
+        xs, ys = [], []
+        for i in range(len(ds)):
+            x, y = ds[i]
+            xs.append(x)
+            ys.append(int(y))
+            if progress and (i + 1) % 64 == 0:
+                progress(i + 1, len(ds))
+        self.x = torch.stack(xs).to(device)
+        self.y = torch.tensor(ys, dtype=torch.long, device=device)
+        self.batch, self.generator = int(batch), generator
+        self.sampler = torch.utils.data.RandomSampler(range(len(ys)), generator=generator) if generator else None
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch)
+
+    @property
+    def nbytes(self) -> int:
+        return self.x.element_size() * self.x.nelement()
+
+    def __iter__(self):
+        if self.sampler is not None:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the DataLoader's base seed
+            order = torch.tensor(list(self.sampler), dtype=torch.long).to(self.y.device)
+        else:
+            order = torch.arange(len(self.y), device=self.y.device)
+        for i in range(0, len(order), self.batch):
+            idx = order[i:i + self.batch]
+            yield self.x[idx], self.y[idx]
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -198,7 +261,7 @@ def _norm_stats(ds: ItemDataset, limit: int = 256) -> tuple[float, float]:
 
 
 def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-              n_classes: int, fake_targets: list[int]) -> dict[str, Any]:
+              n_classes: int, fake_targets: list[int], amp: torch.dtype | None = None) -> dict[str, Any]:
     """Accuracy, balanced accuracy (mean recall over the classes present), the ROC-AUC of the fake
     probability (None with one kind only) and the (unweighted) mean cross-entropy of ``model`` on a
     loader, plus the confusion counts."""
@@ -210,7 +273,8 @@ def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, devic
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            logits = model(x).float()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = model(x).float()
             loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
             pred = logits.argmax(1)
             correct += int((pred == y).sum())
@@ -308,12 +372,15 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
     _seed_everything(config.seed)
     fake_targets = [classes.index(c) for c in fake_classes]
     native = config.resize == "none"
-    preprocess = default_preprocess(config.image_size, config.crop, resize=config.resize, stride=config.stride)
+    preprocess = default_preprocess(config.image_size, config.crop, resize=config.resize, stride=config.stride,
+                                    levels=config.levels)
     if native:
         train_ds = TileDataset(split_rows["train"], preprocess, fake_targets, tiles_per_item=config.tiles_per_item,
                                seed=config.seed, export_chains=config.export_chains)
     else:
-        train_ds = ItemDataset(split_rows["train"], preprocess, fake_targets, augment_fakes=config.augment_fakes)
+        # held data are transformed once: keep the decoded items in float32 until then, as validation does
+        train_ds = ItemDataset(split_rows["train"], preprocess, fake_targets, augment_fakes=config.augment_fakes,
+                               cache_dtype=np.float32 if config.preload else np.float16)
     if config.normalise == "dataset":
         preprocess["mean"], preprocess["std"] = _norm_stats(train_ds)
         train_ds.preprocess = dict(preprocess)
@@ -331,9 +398,26 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
         weights = np.ones(len(classes))
 
     gen = torch.Generator().manual_seed(config.seed)
-    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch, shuffle=True, generator=gen,
-                                               num_workers=0, drop_last=False)
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=config.batch, shuffle=False, num_workers=0)
+    amp = _amp(config.amp, device)
+    preload = config.preload and not native  # random tiles are drawn anew each epoch: nothing fixed to hold
+    t_load = time.perf_counter()
+    if preload:
+        def held(done: int, total: int) -> None:
+            if progress:
+                progress(done, total, f"holding items on {device.type}")
+
+        train_loader = _HeldBatches(train_ds, config.batch, device, gen, held)
+        val_loader = _HeldBatches(val_ds, config.batch, device)
+        train_ds._cache.clear()  # the tensors are held now; the decoded items are not needed again
+        val_ds._cache.clear()
+    else:
+        train_loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch, shuffle=True, generator=gen,
+                                                   num_workers=0, drop_last=False)
+        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=config.batch, shuffle=False, num_workers=0)
+    load_seconds = time.perf_counter() - t_load
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     model_config = {"num_classes": len(classes), "dropout": config.dropout, "in_channels": 1}
     model = build_model(config.model, **model_config, image_size=config.crop).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -356,9 +440,11 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
         for x, y in train_loader:
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = loss_fn(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             loss_sum += float(loss.detach()) * int(y.numel())
             seen += int(y.numel())
@@ -371,7 +457,7 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
             if stop:
                 break
         epochs_done = epoch - 1 + seen / len(train_ds)
-        val = _evaluate(model, val_loader, device, len(classes), fake_targets)
+        val = _evaluate(model, val_loader, device, len(classes), fake_targets, amp)
         rec = {"epoch": epoch, "epochs_done": round(epochs_done, 4), "steps": step,
                "train_loss": loss_sum / max(seen, 1), "accuracy": val["accuracy"],
                "balanced_accuracy": val["balanced_accuracy"], "auc": val["auc"], "loss": val["loss"],
@@ -404,7 +490,9 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
         "training": {
             "config": config.to_dict(), "seed": config.seed, "steps": step, "epochs_done": round(epochs_done, 4),
             "seconds": round(seconds, 2), "train_seconds": round(time.perf_counter() - t_train, 2),
-            "device": str(device), "stopped_by": stopped_by, "num_threads": torch.get_num_threads(),
+            "device": str(device), "stopped_by": stopped_by,
+            "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "none"), "preload": preload,
+            "preload_seconds": round(load_seconds, 2) if preload else None, "num_threads": torch.get_num_threads(),
             "class_weights": [round(float(w), 6) for w in weights], "torch": torch.__version__,
             "train_items_seen_per_epoch": len(train_ds),
         },
