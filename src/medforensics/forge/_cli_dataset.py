@@ -21,17 +21,24 @@ def dataset_cmd(
     ct_methods: str = typer.Option("classic,gan", "--ct-methods", help="CT forgery methods, comma-separated."),
     no_nih_small: bool = typer.Option(False, "--no-nih-small", help="Leave out the 1,000 NIH radiographs at 64x64."),
     augment: bool = typer.Option(False, "--augment", help="Eight augmented variants per fake, as the review paper did."),
+    patches: int = typer.Option(0, "--patches", help="Write CT patches of this many pixels instead (TB/TM/FB/FM "
+                                "crops centred on the nodule, HU DICOM + lung-window PNG; 32, 48, 64, 96 or 128)."),
 ) -> None:
     """Build a labelled dataset (CT-GAN's TB/TM/FB/FM, 2D edits, synthetic radiographs) with patient-disjoint splits."""
     from ..cli import UsageError, out as console, progress_bar
     from ..datapath import data_root
     from .dataset import DatasetConfig, build_dataset
+    from .patches import PATCH_SIZES, build_patches
 
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: folder exists and is not empty; choose a new one")
     methods = tuple(m.strip() for m in ct_methods.split(",") if m.strip())
     if not methods or any(m not in ("classic", "gan") for m in methods):
         raise UsageError("--ct-methods takes classic and/or gan")
+    if patches and patches not in PATCH_SIZES:
+        raise UsageError(f"--patches takes one of {', '.join(map(str, PATCH_SIZES))}")
+    if patches and augment:
+        raise UsageError("--augment is for slice datasets; patches are written unaugmented")
     cfg = DatasetConfig(seed=seed, injections_per_100_slices=injections, removals_per_nodule=removals,
                         synthetic=synthetic, fakes_per_image=fakes_per_image, ct_methods=methods,
                         include_nih_small=not no_nih_small, augment=augment)
@@ -41,12 +48,17 @@ def dataset_cmd(
         def tick(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what[-40:])
 
-        manifest = build_dataset(data_root(data), out, cfg, progress=tick)
+        if patches:
+            manifest = build_patches(data_root(data), out, cfg, size=patches, progress=tick)
+        else:
+            manifest = build_dataset(data_root(data), out, cfg, progress=tick)
     import json
     card = json.loads((manifest.parent / "dataset.json").read_text())
     console.print(f"{card['n_items']} items in {card['seconds']} s -> {manifest}")
     for split, counts in card["counts"].items():
-        console.print(f"  {split:<10} {card['patients'][split]:>4} patients  "
+        n_patients = card["patients"][split]
+        n_patients = len(n_patients) if isinstance(n_patients, list) else n_patients
+        console.print(f"  {split:<10} {n_patients:>4} patients  "
                       + ", ".join(f"{c} {n}" for c, n in counts.items()))
     for p in card["problems"][:5]:
         console.print(f"  [yellow]note:[/yellow] {p}")
