@@ -24,7 +24,7 @@ def _config_path(config: str) -> Path:
 
 @app.command("train")
 def train_cmd(
-    config: str = typer.Option(..., "--config", help="TOML file with a \\[train] table, or a shipped one: review, fast-cpu, detector-ct, detector-xray."),
+    config: str = typer.Option(..., "--config", help="TOML file with a \\[train] table, or a shipped one: review, fast-cpu, detector-ct, detector-xray, detector-ctpatch."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Forge dataset manifest.csv (default: the config's 'manifest')."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="New checkpoint file (default: <model>-<task>.safetensors)."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the config's model: resnet50, efficientnet_b0, densenet121, vgg16, inception_v3, vit_b_16, fastnet."),
