@@ -22,7 +22,6 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
 REAL = ("TB", "TM")
@@ -35,43 +34,51 @@ def auc(pos: list[float], neg: list[float]) -> float | None:
 
 
 def score_split(manifest: Path, split: str, progress: bool = True) -> dict:
+    from medforensics.cli import progress_bar
     from medforensics.detectors.ct_patch import CTPatchDetector
-    from medforensics.io import load
 
     det = CTPatchDetector()
-    rows = [r for r in csv.DictReader(open(manifest, newline="")) if r["split"] == split]
+    with open(manifest, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     if not rows:
         raise SystemExit(f"{manifest}: no items in split {split!r}")
+
     out: dict[str, dict] = {}
-    for form in ("dicom", "png"):
-        raws: dict[str, list[float]] = defaultdict(list)
-        flagged: Counter = Counter()
-        skipped: Counter = Counter()
-        t0 = time.perf_counter()
-        for i, r in enumerate(rows):
-            path = manifest.parent / (r["file"] if form == "dicom" else json.loads(r["params"])["png"])
-            image = load(path)[0]
-            why = None if det.applies(image) else "does not apply"
-            why = why or det.out_of_domain(image)
-            if why:
-                skipped[why] += 1
-                continue
-            ev = det.detect(image)
-            raws[r["class"]].append(float(ev.details["raw"]))
-            flagged[r["class"]] += ev.score >= 0.5
-            if progress:
-                print(f"\r  {form}: {i + 1}/{len(rows)}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
-        real = raws["TB"] + raws["TM"]
-        out[form] = {
-            "n": {c: len(v) for c, v in sorted(raws.items())},
-            "auc_FM_vs_TM": auc(raws["FM"], raws["TM"]), "auc_FB_vs_TM": auc(raws["FB"], raws["TM"]),
-            "auc_FM_vs_real": auc(raws["FM"], real), "auc_fake_vs_real": auc(raws["FM"] + raws["FB"], real),
-            "flagged_at_0.5": {c: f"{flagged[c]}/{len(v)}" for c, v in sorted(raws.items())},
-            "not_assessed": dict(skipped), "seconds": round(time.perf_counter() - t0, 1),
-            "raw": {c: [round(x, 3) for x in v] for c, v in sorted(raws.items())}}
+    with progress_bar("scoring") as bar:
+        task = bar.add_task("", total=2 * len(rows))
+        for form in ("dicom", "png"):
+            out[form] = _score_form(det, rows, manifest, form, lambda: bar.advance(task) if progress else None)
     return out
+
+
+def _score_form(det, rows: list[dict], manifest: Path, form: str, tick) -> dict:
+    """Scores of the DICOM (``form`` dicom) or PNG crops of ``rows``; ``tick()`` after each."""
+    from medforensics.io import load
+
+    raws: dict[str, list[float]] = defaultdict(list)
+    flagged: Counter = Counter()
+    skipped: Counter = Counter()
+    t0 = time.perf_counter()
+    for r in rows:
+        path = manifest.parent / (r["file"] if form == "dicom" else json.loads(r["params"])["png"])
+        image = load(path)[0]
+        why = None if det.applies(image) else "does not apply"
+        why = why or det.out_of_domain(image)
+        tick()
+        if why:
+            skipped[why] += 1
+            continue
+        ev = det.detect(image)
+        raws[r["class"]].append(float(ev.details["raw"]))
+        flagged[r["class"]] += ev.score >= 0.5
+    real = raws["TB"] + raws["TM"]
+    return {
+        "n": {c: len(v) for c, v in sorted(raws.items())},
+        "auc_FM_vs_TM": auc(raws["FM"], raws["TM"]), "auc_FB_vs_TM": auc(raws["FB"], raws["TM"]),
+        "auc_FM_vs_real": auc(raws["FM"], real), "auc_fake_vs_real": auc(raws["FM"] + raws["FB"], real),
+        "flagged_at_0.5": {c: f"{flagged[c]}/{len(v)}" for c, v in sorted(raws.items())},
+        "not_assessed": dict(skipped), "seconds": round(time.perf_counter() - t0, 1),
+        "raw": {c: [round(x, 3) for x in v] for c, v in sorted(raws.items())}}
 
 
 def nih_thumbnails(data: Path) -> dict | None:
