@@ -186,3 +186,17 @@ def test_whole_image_trace_counts_in_dicom_but_is_processing_in_raster_exports(s
     dx = Image.from_array(fake, modality="DX", format="dicom")
     ev = spectral.detect(dx)
     assert ev.score >= 0.5 and ev.indicates == "synthesis" and ev.counts
+
+
+def test_lossy_jpeg2000_dicom_not_assessed():
+    pytest.importorskip("data_store", reason="pydicom-data not installed")
+    from pydicom.data import get_testdata_file
+
+    from medforensics.io import discover, load_source
+
+    path = get_testdata_file("RG3_UNCI.dcm")      # a CR once compressed 30:1 with JPEG 2000, stored uncompressed
+    if path is None:
+        pytest.skip("RG3_UNCI.dcm not in pydicom-data")
+    im = load_source(discover([path])[0][0])
+    for d in load_detectors(NAMES):
+        assert "lossy compression" in (d.out_of_domain(im) or "")

@@ -61,7 +61,7 @@ from ..core import Evidence, Image
 from ._blocks import IMMERKAER, IMMERKAER_GAIN, blocks, cluster_mass, immerkaer, local_mean
 from .base import Detector, logistic, print_raw_values, regions_from_heatmap, robust_z
 from .noise_residual import MIN_LEVELS, TRIM_GAIN, block_size, grey_levels
-from .spectral import MIN_QUALITY, MIN_SIZE, RADIOGRAPHS, RASTER_EXPORTS, _centre, _centre_offset, jpeg_grid, jpeg_quality
+from .spectral import MIN_QUALITY, MIN_SIZE, RADIOGRAPHS, RASTER_EXPORTS, _centre, _centre_offset, jpeg_grid, jpeg_quality, lossy_dicom
 
 MAX_SIDE = 2048
 #: median fine noise (8-bit grey levels) below which nothing of the detector's noise is left
@@ -161,6 +161,9 @@ class RadiographPhysicsDetector(Detector):
         n = grey_levels(image.pixels)
         if 0 < n < MIN_LEVELS:
             return f"posterised to {n} grey levels: dither and quantisation, not the detector's noise"
+        lossy = lossy_dicom(image)
+        if lossy:
+            return lossy
         q = jpeg_quality(image)
         if q is not None and q < MIN_QUALITY:
             return f"JPEG at quality about {q}: the compression has removed the detector's noise"
