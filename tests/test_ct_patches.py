@@ -33,6 +33,10 @@ def patches(shared_data, tmp_path_factory) -> Path:
     (root / "ct" / "lidc-idri-small").symlink_to(small)
     for case in ("LIDC-IDRI-0002", "LIDC-IDRI-0003"):  # the readers' XML of the short series
         (root / "ct" / "lidc-idri" / case).symlink_to(shared_data / "ct" / "lidc-idri" / case)
+    tcia = shared_data / "ct" / "slices" / "tcia-covid19-ny-sbu" / "A002304"
+    if tcia.is_dir():  # single CT slices of another patient and scanner give TB crops too
+        (root / "ct" / "slices" / "tcia-covid19-ny-sbu").mkdir(parents=True)
+        (root / "ct" / "slices" / "tcia-covid19-ny-sbu" / "A002304").symlink_to(tcia)
     cfg = DatasetConfig(seed=0, min_injections=4, removals_per_nodule=2, ct_methods=("classic",))
     return build_patches(root, tmp_path_factory.mktemp("out") / "patches", cfg, size=64)
 
@@ -73,6 +77,16 @@ def test_patches_have_the_four_classes_centred_and_written_twice(patches):
         sops.add(ds.SOPInstanceUID)
     tm = [r for r in rows if r["class"] == "TM"]
     assert tm and all(json.loads(r["params"])["malignancy"] >= 3 for r in tm)
+    methods = {r["method"] for r in rows if r["class"] == "TB"}
+    assert {"random-lung", "dense-lung"} <= methods
+    for r in rows:
+        if r["method"] == "dense-lung":  # centred on real dense tissue in the lung
+            hu = load_instance(root / r["file"]).pixels
+            cy, cx = json.loads(r["center_voxel"])
+            assert hu[max(0, cy - 3):cy + 4, max(0, cx - 3):cx + 4].max() > -500
+    single = [r for r in rows if r["source_dataset"] == "tcia-covid19-ny-sbu"]
+    if single:
+        assert {r["class"] for r in single} == {"TB"} and all(r["slice"] == "" for r in single)
 
 
 def test_dicom_crop_keeps_the_series_headers_and_moves_its_position(patches, shared_data):

@@ -6,9 +6,12 @@ the classes of :mod:`medforensics.forge.dataset`:
 
 * ``TM`` (true malignant): a crop centred on a real nodule the LIDC readers rated malignancy
   >= 3, on every slice that crosses it;
-* ``TB`` (true benign): a crop centred on a random place in the lungs of a slice that crosses no
-  malignant nodule (method ``random-lung``), and one centred on each real nodule that is not
-  rated malignant (method ``benign-nodule``, the centre slice);
+* ``TB`` (true benign): on every slice that crosses no malignant nodule, a crop centred on a
+  random place in the lungs (method ``random-lung``) and one centred on real dense tissue in the
+  lungs, above -500 HU (a vessel, a scar, an opacity: method ``dense-lung``; the hard negatives
+  that keep a model from learning "a bright blob is fake"); a crop centred on each real nodule
+  that is not rated malignant (method ``benign-nodule``, the centre slice); and the same two
+  lung crops of every single CT slice of TCIA COVID-19 (other patients, GE and Toshiba scanners);
 * ``FM`` (false malignant): a crop centred on an injected nodule, on its centre slice and
   ``slices_either_side`` either side (as the slice dataset);
 * ``FB`` (false benign): a crop centred where a real nodule >= ``min_nodule_mm`` was removed.
@@ -48,13 +51,15 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core import Image, MedForensicsError
-from ..io import load_series
+from ..io import load_instance, load_series
 from .dataset import MANIFEST_COLUMNS, SPLITS, DatasetConfig, RealSource, assign_splits, check_patient_disjoint, inventory
 
 __all__ = ["build_patches", "crop_box", "lung_window_png", "write_dicom_crop", "PATCH_SIZES"]
 
 #: Patch sizes the command accepts (the learned patch model reads crops of 32 px and more).
 PATCH_SIZES = (32, 48, 64, 96, 128)
+#: Sources of single CT slices that give TB crops too (real lungs of more patients and scanners).
+CT_SLICE_DATASETS = frozenset({"tcia-covid19-ny-sbu"})
 
 
 def crop_box(center_ij: tuple[int, int], shape: tuple[int, int], size: int) -> tuple[int, int]:
@@ -141,7 +146,7 @@ class _PatchWriter:
         s = self.size
         hu = p.hu[top:top + s, left:left + s]
         mask = p.mask[top:top + s, left:left + s]
-        source = Path(vol.sources[p.k])
+        source = Path(vol.sources[p.k if vol.pixels.ndim == 3 else 0])
         dcm = write_dicom_crop(source, hu, top, left, folder / f"{item_id}.dcm", f"{src.patient_id}/{item_id}")
         png = folder / f"{item_id}.png"
         if png.exists():
@@ -153,31 +158,52 @@ class _PatchWriter:
         if mask.any():
             ys, xs = np.nonzero(mask)
             box = json.dumps([int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1])
-        centre_mm = vol.voxel_to_mm((p.k, int(p.center_ij[0]), int(p.center_ij[1])))
+        ij = (int(p.center_ij[0]), int(p.center_ij[1]))
+        centre_mm = vol.voxel_to_mm((p.k, *ij) if vol.pixels.ndim == 3 else ij)
         params = {**(p.params or {}), "png": str(png.relative_to(self.out)), "crop_top_left": [top, left],
                   "patch_size": s, "center_in_slice": [int(p.center_ij[0]), int(p.center_ij[1])]}
         self.rows.append({
             "id": item_id, "file": str(dcm.relative_to(self.out)), "mask": str(mpath.relative_to(self.out)),
             "split": split, "label": p.label, "class": p.cls, "modality": "CT", "kind": "ct-slice",
             "method": p.method, "patient_id": src.patient_id, "source_dataset": src.dataset,
-            "source_file": source.name, "slice": p.k, "center_voxel": json.dumps(centre), "bbox_voxel": box,
+            "source_file": source.name, "slice": p.k if vol.pixels.ndim == 3 else "", "center_voxel": json.dumps(centre), "bbox_voxel": box,
             "center_mm": json.dumps([round(float(v), 3) for v in centre_mm]) if centre_mm is not None else "",
             "seed": "" if p.seed is None else p.seed, "augmentation": "", "parent_id": "",
             "params": json.dumps(params, default=str)})
 
 
-def _random_lung_centre(vol: Image, k: int, size: int, rng: np.random.Generator) -> tuple[int, int] | None:
-    """A random in-lung pixel of slice ``k`` at least 5 mm inside the lung, or None (no lung)."""
+def _random_lung_centre(vol: Image, k: int, size: int, rng: np.random.Generator, *,
+                        dense: bool = False) -> tuple[int, int] | None:
+    """A random in-lung pixel of slice ``k`` at least 5 mm inside the lung, or None (no lung).
+    ``dense``: one whose HU is above -500 (a vessel, a scar, an opacity: real dense tissue inside
+    the lung, the hard negatives a nodule detector must learn to call real)."""
     from .ct import _lung_map
 
-    step, _, _, lung, dist = _lung_map(vol)
+    step, grid, _, lung, dist = _lung_map(vol)
     h, w = vol.pixels.shape[1:]
     for margin in (5.0, 2.0, 0.0):
-        cand = np.argwhere(lung[k] & (dist[k] >= margin))
+        ok = lung[k] & (dist[k] >= margin)
+        if dense:
+            ok &= grid[k] > -500.0
+        cand = np.argwhere(ok)
         if len(cand):
             i, j = cand[rng.integers(len(cand))]
             return (int(min(i * step + step // 2, h - 1)), int(min(j * step + step // 2, w - 1)))
     return None
+
+
+def _real_lung_patches(vol: Image, slices: list[int], size: int, rng: np.random.Generator,
+                       emit: Callable[[_Patch], None]) -> None:
+    """TB crops of ``slices``: one at a random place in the lungs, one on real dense tissue there."""
+    zero = np.zeros(vol.pixels.shape[1:], np.uint8)
+    for k in slices:
+        for method, dense in (("random-lung", False), ("dense-lung", True)):
+            try:
+                c = _random_lung_centre(vol, k, size, rng, dense=dense)
+            except MedForensicsError:
+                return  # no lungs: not a chest CT
+            if c is not None:
+                emit(_Patch("TB", "real", method, k, c, vol.pixels[k], zero))
 
 
 def _nodule_centre_on(nod: Any, k: int) -> tuple[int, int]:
@@ -211,15 +237,7 @@ def _series_patches(vol: Image, cfg: DatasetConfig, size: int, rng: np.random.Ge
             emit(_Patch("TB", "real", "benign-nodule", k, _nodule_centre_on(nod, k), vol.pixels[k], zero,
                         params={"nodule": nod.id, "diameter_mm": round(nod.diameter_mm, 2),
                                 "malignancy": nod.malignancy}))
-    for k in range(n):
-        if k in malignant_slices:
-            continue
-        try:
-            c = _random_lung_centre(vol, k, size, rng)
-        except MedForensicsError:
-            return  # no lungs: not a chest CT
-        if c is not None:
-            emit(_Patch("TB", "real", "random-lung", k, c, vol.pixels[k], zero))
+    _real_lung_patches(vol, [k for k in range(n) if k not in malignant_slices], size, rng, emit)
     if n < 8:
         return  # too few slices for a nodule cube
     methods = list(cfg.ct_methods)
@@ -252,6 +270,19 @@ def _forged(f: Any, cls: str, cfg: DatasetConfig, seed: int, emit: Callable[[_Pa
                         params={**gt.get("params", {}), "center_voxel_3d": [k0, i0, j0]}))
 
 
+def _slice_patches(src: RealSource, size: int, rng: np.random.Generator,
+                   emit: Callable[[_Patch, Image], None]) -> None:
+    """TB crops of a single CT slice (random lung place and real dense tissue), from other
+    patients and scanners than the series."""
+    img = load_instance(src.files[0])
+    if img.pixels.ndim != 2 or min(img.pixels.shape) < size:
+        return
+    sp = tuple(float(v) if v else 0.7 for v in img.spacing)
+    stack = Image(pixels=img.pixels[None], spacing=(1.0, *sp), modality="CT", format="dicom",
+                  sources=img.sources, uid=img.uid)
+    _real_lung_patches(stack, [0], size, rng, lambda p: emit(p, img))
+
+
 def build_patches(data_root: str | Path, out: str | Path, config: DatasetConfig = DatasetConfig(), size: int = 64,
                   progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Write CT patches of ``size`` px (TB/TM/FB/FM) from the CT series under ``data_root`` into
@@ -265,7 +296,7 @@ def build_patches(data_root: str | Path, out: str | Path, config: DatasetConfig 
         raise FileExistsError(f"{out}: folder exists and is not empty; forge writes new files only")
     sources = inventory(data_root, config.include_nih_small)
     splits = assign_splits(sources, config.fractions, config.seed)  # the same splits as forge dataset
-    series = [s for s in sources if s.kind == "ct-series"]
+    series = [s for s in sources if s.kind == "ct-series" or s.dataset in CT_SLICE_DATASETS]
     if not series:
         raise MedForensicsError(data_root, "no CT series found (expected ct/lidc-idri laid out like ../shared/data)")
     out.mkdir(parents=True, exist_ok=True)
@@ -277,10 +308,13 @@ def build_patches(data_root: str | Path, out: str | Path, config: DatasetConfig 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                vol = load_series(src.files)
-                if min(vol.pixels.shape[1:]) < size:
-                    raise MedForensicsError(src.files[0], f"slices smaller than {size} px")
-                _series_patches(vol, config, size, rng, lambda p: w.add(p, vol, src, split))
+                if src.kind == "ct-series":
+                    vol = load_series(src.files)
+                    if min(vol.pixels.shape[1:]) < size:
+                        raise MedForensicsError(src.files[0], f"slices smaller than {size} px")
+                    _series_patches(vol, config, size, rng, lambda p: w.add(p, vol, src, split))
+                else:
+                    _slice_patches(src, size, rng, lambda p, img: w.add(p, img, src, split))
         except MedForensicsError as e:
             problems.append(str(e))
         if progress:
