@@ -8,8 +8,8 @@ noise at one pixel says little about the next). Generators and up-samplers break
 or interpolator makes neighbouring pixels from the same few numbers (correlated noise, or none at
 all), and a pasted or generated area follows its own function.
 
-Method (blocks of ``B x B`` px, B = 16 up to 1,024 px, then larger; at most :data:`MAX_SIDE` px of the
-image's centre are read):
+Method (blocks of ``B x B`` px, B = 16; the central :data:`MAX_SIDE` x :data:`MAX_SIDE` px are
+read):
 
 1. Per block: mean ``mu``, fine noise ``s1`` (Immerkaer's residual, trimmed mean of ``|r|`` as
    :mod:`~medforensics.detectors.noise_residual` measures it) and coarse noise ``s2`` (the same
@@ -63,7 +63,7 @@ from .base import Detector, logistic, print_raw_values, regions_from_heatmap, ro
 from .noise_residual import MIN_LEVELS, TRIM_GAIN, block_size, grey_levels
 from .spectral import MIN_QUALITY, MIN_SIZE, RADIOGRAPHS, RASTER_EXPORTS, _centre, _centre_offset, jpeg_grid, jpeg_quality, lossy_dicom
 
-MAX_SIDE = 2048
+MAX_SIDE = 1024
 #: median fine noise (8-bit grey levels) below which nothing of the detector's noise is left
 MIN_NOISE = 0.8
 #: whiteness band of a detector's noise, and the step that counts as one unit of evidence
