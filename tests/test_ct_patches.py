@@ -198,3 +198,17 @@ def test_scan_assesses_a_patch_and_leaves_full_slices_as_they_were(patches, dete
     full = analyze(load_instance(sorted(lidc_series_dir.glob("*.dcm"))[60]))
     assert "ct_patch" not in [e.detector for e in full.evidence]
     assert "ct_patch" in full.not_assessed
+
+
+def test_levels_round_the_models_input_to_8_bits():
+    from medforensics.learn.data import default_preprocess, quantise
+    from medforensics.learn.train import TrainConfig
+
+    pre = default_preprocess(64, 64, resize="none", levels=255)
+    assert pre["levels"] == 255 and "levels" not in default_preprocess(64, 64)
+    a = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    q = quantise(a, pre)
+    assert np.allclose(q * 255, np.round(q * 255), atol=1e-4) and np.abs(q - a).max() <= 0.5 / 255 + 1e-6
+    assert quantise(a, default_preprocess(64, 64)) is not None and np.array_equal(quantise(a, {}), a)
+    with pytest.raises(ValueError, match="levels"):
+        TrainConfig(levels=-1)
