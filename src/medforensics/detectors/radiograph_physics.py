@@ -145,6 +145,7 @@ def fit_nlf(mu: np.ndarray, var: np.ndarray, bins: int = 12) -> tuple[float, flo
 class RadiographPhysicsDetector(Detector):
     name = "radiograph_physics"
     dims = frozenset({2})
+    modalities = RADIOGRAPHS
     description = ("Noise-level function of a radiograph's detector (quantum and electronic noise) and white "
                    "noise, checked over the whole image and region by region.")
 

@@ -237,7 +237,7 @@ def axis_depths(img: np.ndarray) -> dict[str, float]:
 class SpectralDetector(Detector):
     name = "spectral"
     dims = frozenset({2})
-    modalities = None
+    modalities = RADIOGRAPHS
     description = ("Periodic traces of up-sampling and decoders (period 2 and 4 in the fine residual), "
                    "robust to one JPEG save.")
 
