@@ -2,7 +2,7 @@
 
     python benchmarks/unseen_generators.py [--out DIR] [--preset small|gpu] [--models DIR]
         [--manifest ZOO/manifest.csv] [--families gan,diffusion,upsample,vae] [--epochs N]
-        [--max-minutes M] [--data DIR] [--before-only]
+        [--max-minutes M] [--data DIR] [--before-only] [--reconstructions 30,8,25] [--samples 60]
 
 1. **Zoo.** Each family of :mod:`medforensics.forge.zoo` is trained with ``--preset`` on the
    ``train`` patients' real chest radiographs (or loaded from ``--models DIR/<family>-<preset>.safetensors``).
@@ -31,6 +31,7 @@ source is used.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -137,6 +138,9 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=None, help="time budget of each held-out model")
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--before-only", action="store_true", help="skip the held-out training (before row only)")
+    ap.add_argument("--reconstructions", default="30,8,25",
+                    help="authentic images reconstructed per family in train,validation,test (0 = all)")
+    ap.add_argument("--samples", type=int, default=60, help="whole generated images per family (all splits)")
     args = ap.parse_args()
     from medforensics.datapath import data_root
     from medforensics.detectors.base import available_detectors
@@ -158,10 +162,14 @@ def main() -> None:
                     "preset": args.preset, "families": args.families}
     manifest = args.manifest
     if manifest is None:
-        from medforensics.forge.zoo.dataset import build_zoo_dataset
+        from medforensics.forge.zoo.dataset import ZooDatasetConfig, build_zoo_dataset
         models = _models(args, out)
         result["zoo"] = {n: {"steps": m.card.get("training", {}), "preset": m.preset.name} for n, m in models.items()}
-        manifest = build_zoo_dataset(out / "dataset", models, args.data)
+        counts = [int(v) for v in args.reconstructions.split(",")]
+        cfg = ZooDatasetConfig(samples_per_family=args.samples,
+                               reconstructions=dict(zip(("train", "validation", "test"), counts)))
+        result["dataset_config"] = dataclasses.asdict(cfg)
+        manifest = build_zoo_dataset(out / "dataset", models, args.data, cfg)
     print(f"dataset: {manifest} ({time.time() - t0:.0f} s)", flush=True)
 
     from medforensics.forge.zoo.realism import family_realism

@@ -159,6 +159,8 @@ def test_realism_report(tiny_dataset, tmp_path):
 
     table = family_realism(tiny_dataset, "test", tmp_path / "realism.png")
     assert (tmp_path / "realism.png").stat().st_size > 5000
+    info = json.loads((Path(tiny_dataset).parent / "dataset.json").read_text())
+    assert info["families"]["gan"]["steps_done"] == {"gan": 2, "inversion": 1}
     assert table["authentic"]["n"] >= 1 and "noise_w1" not in table["authentic"]
     fam = next(k for k in table if k != "authentic")
     assert {"noise", "nps_freq", "sharpness", "noise_w1", "nps_freq_w1", "sharpness_w1"} <= set(table[fam])
@@ -206,3 +208,29 @@ def test_cli_zoo(tmp_path, tiny_models, shared_data):
     r = run("dataset", "--out", str(tmp_path / "ds"), "--model", str(tiny_models["gan"].path),
             "--model", str(tiny_models["gan"].path), "--no-vae")
     assert r.returncode == 1 and "a second gan model" in r.stderr
+
+
+@pytest.mark.parametrize("module", ["medforensics.forge.zoo", "medforensics.forge.zoo.nets",
+                                    "medforensics.forge.zoo.realism", "medforensics.progress",
+                                    "medforensics.detectors.learned_synthesis"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_unseen_generators_metric():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import unseen_generators as ug
+    finally:
+        sys.path.pop(0)
+    import doctest
+    assert doctest.testmod(ug).failed == 0
+    real = np.linspace(0, 1, 200)
+    r = ug.auc_tpr(real, np.array([0.995, 0.999, 0.5]))
+    # 1% of 200 authentic items may lie above the threshold: the threshold is the 3rd highest
+    assert r["threshold"] == pytest.approx(real[-3]) and r["tpr_at_1pct_fpr"] == pytest.approx(2 / 3)
+    assert ug.auc_tpr(real, real)["auc"] == pytest.approx(0.5)

@@ -8,8 +8,8 @@ for long work (training, building datasets) so that it never needs the command l
 ...     task = bar.add_task("", total=3)
 ...     for _ in range(3):
 ...         bar.advance(task)
-...     bar.tasks[0].completed
-3.0
+>>> int(bar.tasks[0].completed)
+3
 """
 from __future__ import annotations
 

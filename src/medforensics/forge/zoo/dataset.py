@@ -45,7 +45,7 @@ class ZooDatasetConfig:
     #: Whole generated images per family, shared out over the splits by :data:`SPLIT_SHARES`.
     samples_per_family: int = 60
     #: Authentic images reconstructed per family and split (0 = all of that split).
-    reconstructions: dict[str, int] = field(default_factory=lambda: {"train": 60, "validation": 12, "test": 0})
+    reconstructions: dict[str, int] = field(default_factory=lambda: {"train": 30, "validation": 8, "test": 25})
     #: Share of items (both classes) that go through a random export chain first.
     export_share: float = 0.5
     #: Authentic images also written down-scaled to the size of whole generated images.
@@ -68,7 +68,9 @@ def _write(a: np.ndarray, path_stem: Path, rng: np.random.Generator, steps: list
     if fmt == "dicom" and steps:
         fmt = "png"  # an export is a raster file, not a DICOM object
     if fmt == "dicom":
-        stored = np.rint(np.clip(a, 0, 1) * 4095).astype(np.uint16)
+        # on the 8-bit grid first, like the 8-bit authentic sources, so that a dense 12-bit histogram
+        # does not tell a generated image from an authentic one
+        stored = (np.rint(np.clip(a, 0, 1) * 255).astype(np.uint16) * 4095 + 127) // 255
         path = write_synthetic(stored, path_stem.with_suffix(".dcm"), "dicom", bit_depth=12, dicom_style="cr",
                                seed=int(rng.integers(2**31)))
     else:
@@ -161,7 +163,9 @@ def build_zoo_dataset(out: str | Path, models: dict[str, ZooModel], data_root: s
         counts.setdefault(r["split"], {}).setdefault(r["method"], 0)
         counts[r["split"]][r["method"]] += 1
     with open(out / "dataset.json", "x", encoding="utf-8") as fh:
-        json.dump({"config": asdict(config), "families": {n: {"card_training": m.card.get("training", {}).get(
-            "steps_done"), "preset": m.preset.name, "checkpoint": m.path.name if m.path else None}
+        json.dump({"config": asdict(config), "families": {n: {
+            "steps_done": {k: v["steps_done"] for k, v in m.card.get("training", {}).items()
+                           if isinstance(v, dict) and "steps_done" in v},
+            "preset": m.preset.name, "checkpoint": m.path.name if m.path else None}
             for n, m in models.items()}, "counts": counts, "seconds": round(time.time() - t0, 1)}, fh, indent=2)
     return manifest

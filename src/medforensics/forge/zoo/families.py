@@ -50,7 +50,7 @@ class Preset:
     lr: float = 2e-4
     crop: int = 128            # native-resolution crops (diffusion, upsample)
     invert_steps: int = 300    # gan: encoder steps
-    max_minutes: float = 0.0   # 0 = no budget
+    max_minutes: float = 0.0   # 0 = no budget (each stage: a GAN and its encoder have one each)
     max_images: int = 0        # train on at most this many real images (0 = all of the train split)
     sample_steps: int = 20     # diffusion: DDIM steps of the whole schedule (sampling and reconstruction)
     threads: int = 2
@@ -374,17 +374,17 @@ def _presets(**small_and_gpu: dict[str, Any]) -> dict[str, Preset]:
 
 FAMILIES: dict[str, Family] = {
     "gan": Family("gan", "whole-image DCGAN (transposed convolutions); reconstructions by GAN inversion",
-                  _presets(small=dict(size=256, width=16, steps=300, batch=8, invert_steps=150),
+                  _presets(small=dict(size=256, width=16, steps=300, batch=8, invert_steps=150, max_minutes=8),
                            gpu=dict(size=512, width=32, steps=40000, batch=32, invert_steps=5000, device="cuda")),
                   _gan_build, _gan_fit, _gan_sample, _gan_reconstruct, ("sample", "reconstruct")),
     "diffusion": Family("diffusion", "DDPM-trained UNet (diffusers), DDIM sampling; SDEdit reconstructions "
                         "at native resolution",
-                        _presets(small=dict(size=128, width=16, steps=400, batch=8),
+                        _presets(small=dict(size=128, width=16, steps=400, batch=8, max_minutes=8, sample_steps=10),
                                  gpu=dict(size=256, width=64, steps=60000, batch=32, crop=256, device="cuda")),
                         _diffusion_build, _diffusion_fit, _diffusion_sample, _diffusion_reconstruct,
                         ("sample", "reconstruct")),
     "upsample": Family("upsample", "4x super-resolution decoder (pixel shuffle) of a down-sampled image",
-                       _presets(small=dict(width=8, steps=400, batch=8, crop=96),
+                       _presets(small=dict(width=8, steps=400, batch=8, crop=96, max_minutes=8),
                                 gpu=dict(width=32, steps=30000, batch=64, crop=192, device="cuda")),
                        _upsample_build, _upsample_fit, None, _upsample_reconstruct, ("reconstruct",)),
     "vae": Family("vae", "the forge's VAE synthesiser (shipped; whole images)",

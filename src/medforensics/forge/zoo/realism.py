@@ -5,8 +5,8 @@ For every item of a zoo manifest (one split), three measures of the file as a de
 
 * ``noise`` -- Immerkaer's high-pass noise level (:func:`medforensics.forge.synth.noise_sigma`);
 * ``nps_freq`` -- mean frequency of the noise power spectrum of the central 128 px
-  (:func:`medforensics.forge.realism.nps`), 0.25 cycles/px for white noise, lower for noise
-  blurred by a generator;
+  (:func:`medforensics.forge.realism.nps`, of the residual after a Gaussian high-pass): about
+  0.36 cycles/px for white noise, lower for noise blurred by a generator or a resize;
 * ``sharpness`` -- the 90th percentile of the gradient magnitude (Sobel), in units of the
   image's 1-99% range: blurry fakes score low.
 
@@ -18,7 +18,7 @@ figure of the mean noise power spectra and the sharpness distributions.
 >>> rng = np.random.default_rng(0)
 >>> white = rng.normal(0.5, 0.05, (256, 256)).clip(0, 1)
 >>> m = measures(white)
->>> 0.2 < m["nps_freq"] < 0.3, m["noise"] > 0.04
+>>> 0.33 < m["nps_freq"] < 0.39, 0.045 < m["noise"] < 0.055
 (True, True)
 """
 from __future__ import annotations
