@@ -27,7 +27,7 @@ read):
    correlated unlike the rest (either way: a decoder's checkerboard makes it finer, up-sampling
    coarser). The raw local term is the largest cluster mass of the excess over ``LOCAL_Z``
    (:func:`~medforensics.detectors._blocks.cluster_mass`), divided by ``LOCAL_UNIT``; the heatmap
-   is ``deviation / (2 LOCAL_Z)`` per block. Where JPEG traces are found (the pixels' 8x8 grid,
+   is ``deviation / (2 LOCAL_Z)`` per block. In a JPEG file, or where JPEG traces are found (the pixels' 8x8 grid,
    :func:`~medforensics.detectors.spectral.jpeg_grid`, or its quantisation comb, :func:`jpeg_comb`)
    only finer-than-the-rest noise counts: the compression itself strips the noise of smooth parts
    more than of textured ones.
@@ -35,7 +35,7 @@ read):
    ``W_LOW..W_HIGH`` (the fitted radiographs: -0.23 to -0.06); an up-sampled image lies far below
    (nearest or bilinear 2x: -1.0 to -1.5), a transposed-convolution decoder's checkerboard above
    (4x: up to +1.2). Global term ``max(W - W_HIGH, W_LOW - W) / W_UNIT``; the lower side only without
-   JPEG traces (one JPEG save at quality 75-95 takes authentic images to -1.6).
+   JPEG traces and not in a JPEG file (one JPEG save at quality 75-95 takes authentic images to -1.6).
 
 Raw statistic ``max(global, local)``; score ``logistic(raw, MIDPOINT, SCALE)``. Constants set on
 the authentic radiographs of the fitted sources with and without one JPEG save
@@ -192,7 +192,9 @@ class RadiographPhysicsDetector(Detector):
         # far as up-sampling does: correlated noise counts only without traces of a JPEG grid
         grid, _, _ = jpeg_grid(a)
         comb = jpeg_comb(a)
-        jpeg_seen = grid or comb >= COMB_LIMIT
+        # a JPEG file counts whatever its pixels show: a save at quality 93-95 leaves neither grid nor
+        # comb that can be seen, and still strips the noise of smooth parts (2 of 120 MHH radiographs)
+        jpeg_seen = grid or comb >= COMB_LIMIT or image.format == "jpeg"
         glob_hi = (W - W_HIGH) / W_UNIT
         glob_lo = -np.inf if jpeg_seen else (W_LOW - W) / W_UNIT
         glob = float(max(glob_hi, glob_lo))
