@@ -20,11 +20,11 @@
    trained on): ROC-AUC, and TPR at the threshold that gives 1% false alarms on the authentic test
    items (with fewer than 100 authentic items that threshold is the highest authentic score, so
    TPR is the share of fakes above every authentic image). Rows: ``before`` (the fused scan of
-   the detectors that existed before issue 13), ``after`` (the fused scan with the new detectors
-   and the held-out model), and each detector alone. Abstentions and detectors that do not apply
+   the detectors that existed before issue 13), ``after`` (the fused default scan now),
+   ``after + learned_synthesis`` (with the held-out model added), and each detector alone. Abstentions and detectors that do not apply
    score 0.
 
-Prints markdown tables; writes ``DIR/unseen_generators.json``. Data: ``--data`` (default
+Prints markdown tables; writes ``DIR/unseen_generators.json`` (with every item's score per row). Data: ``--data`` (default
 ../shared/data), chest radiographs that may be trained on (MHH COVID-19, NIH, SIIM); no outside
 source is used.
 """
@@ -47,6 +47,7 @@ from table6 import config_path, with_fields  # noqa: E402
 BEFORE = ("dicom_header", "container", "ct_physics", "copy_move", "noise_residual", "provenance", "learned_2d",
           "ct_patch3d", "autoencoder")
 LEARNED = "learned_synthesis"
+AFTER_LEARNED = f"after + {LEARNED}"
 
 
 def auc_tpr(real: np.ndarray, fake: np.ndarray, fpr: float = 0.01) -> dict:
@@ -209,6 +210,8 @@ def main() -> None:
                 if which == "before":
                     vals.append(_fused([e for n, e in evs.items() if n in BEFORE]))
                 elif which == "after":
+                    vals.append(_fused(list(evs.values())))
+                elif which == AFTER_LEARNED:
                     vals.append(_fused(list(evs.values()) + ([lofo[i]] if lofo and i in lofo else [])))
                 elif which == LEARNED:
                     vals.append(lofo[i].score if lofo and i in lofo else 0.0)
@@ -217,11 +220,14 @@ def main() -> None:
             return np.array(vals)
 
         rows_out = {}
-        for which in ["before", "after", *fixed_names, LEARNED]:
-            if which in ("after", LEARNED) and lofo is None:
+        for which in ["before", "after", AFTER_LEARNED, *fixed_names, LEARNED]:
+            if which in (AFTER_LEARNED, LEARNED) and lofo is None:
                 continue
             rows_out[which] = auc_tpr(score(real_ids, which), score(fake_ids, which))
         table[fam] = rows_out
+        result.setdefault("scores", {})[fam] = {which: {"authentic": score(real_ids, which).round(4).tolist(),
+                                                        "fake": score(fake_ids, which).round(4).tolist()}
+                                                for which in rows_out}
         print(f"\nheld out: {fam} ({len(fake_ids)} fakes, {len(real_ids)} authentic)\n"
               "| scored by | ROC-AUC | TPR at 1% FPR |\n|---|---|---|", flush=True)
         for which, m in rows_out.items():
@@ -230,11 +236,12 @@ def main() -> None:
     result["seconds"] = round(time.time() - t0, 1)
     with open(out / "unseen_generators.json", "x") as fh:
         json.dump(result, fh, indent=2, default=float)
-    print("\n## summary (ROC-AUC / TPR at 1% FPR, test split)\n| held-out family | before | after |\n|---|---|---|")
+    print(f"\n## summary (ROC-AUC / TPR at 1% FPR, test split)\n| held-out family | before | after | {AFTER_LEARNED} |"
+          "\n|---|---|---|---|")
     for fam, r in table.items():
-        a = r.get("after", {})
-        print(f"| {fam} | {r['before']['auc']:.2f} / {100 * r['before']['tpr_at_1pct_fpr']:.0f}% | "
-              + (f"{a['auc']:.2f} / {100 * a['tpr_at_1pct_fpr']:.0f}% |" if a else "n/a |"))
+        cells = [f"{r[k]['auc']:.2f} / {100 * r[k]['tpr_at_1pct_fpr']:.0f}%" if k in r else "n/a"
+                 for k in ("before", "after", AFTER_LEARNED)]
+        print(f"| {fam} | " + " | ".join(cells) + " |")
     print(f"\nwrote {out / 'unseen_generators.json'} ({result['seconds']:.0f} s)")
 
 

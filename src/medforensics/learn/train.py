@@ -34,7 +34,7 @@ from .models import MODELS, build_model
 
 __all__ = ["TrainConfig", "train", "shipped_config", "SHIPPED_CONFIGS"]
 
-SHIPPED_CONFIGS = ("review", "fast-cpu", "detector-ct", "detector-xray", "detector-ctpatch")
+SHIPPED_CONFIGS = ("review", "fast-cpu", "detector-ct", "detector-xray", "detector-ctpatch", "detector-zoo")
 SELECT = ("accuracy", "balanced_accuracy", "auc")
 AMP = ("auto", "none", "bf16", "fp16")
 #: Export-chained copies of each authentic validation image in the tile calibration (export_chains > 0).
