@@ -21,7 +21,7 @@ Method (vectorised, at native resolution; the central :data:`MAX_SIDE` x :data:`
    by 2 or 4 gives ``k = 4`` (and ``k = 2``) and not the odd ones. Only the excess of ``k = 4`` and
    ``k = 2`` over the larger odd harmonic counts (:func:`clean_depths`); period 8 (``k = 1``) is never
    counted. Measured: authentic radiographs after one JPEG save at quality 75-95 keep this excess at
-   or below 0.003 (without it, their raw period-2 depth reaches 0.07).
+   or below 0.010 along both axes (without it, their raw period-2 depth reaches 0.07).
 4. Whole image: depth ``D``, the largest period-2 or period-4 depth found along *both* axes
    (:func:`isotropic_depth`; an export stretched along one axis is not a decoder). Tiles of :data:`TILE` px give the same per tile (heatmap); a tile counts as far as one
    of its 8 neighbours backs it (an up-sampled region covers several tiles).
@@ -31,9 +31,9 @@ Method (vectorised, at native resolution; the central :data:`MAX_SIDE` x :data:`
    scored.
 
 Raw statistic: ``max(D / DEPTH_UNIT, supported tile depth / TILE_UNIT)``; score ``logistic(raw, MIDPOINT,
-SCALE)``. Constants set on authentic radiographs of the fitted sources (MHH, NIH, SIIM, with and
-without one JPEG save at quality 70-95): see ``docs/detectors/spectral.md`` and
-``benchmarks/generation_traces.py``.
+SCALE)``. Constants set on the Hannover radiographs (fitted source), with and without one JPEG save
+at quality 75-95 (``benchmarks/generation_traces.py``), and checked on every fitted source with
+``benchmarks/authentic_rate.py``; figures in ``docs/detectors/spectral.md``.
 
 The evidence ``indicates`` synthesis with ``low`` confidence (fusion lets it alone reach
 ``suspicious`` only), except for a trace over the whole image of a raster export (PNG, JPEG,
