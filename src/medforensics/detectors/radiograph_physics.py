@@ -21,7 +21,9 @@ read):
 2. NLF: ``s1^2 = a + b mu`` fitted to the lower half of the blocks of each intensity bin (anatomy
    only adds to the residual) by least squares (:func:`fit_nlf`). Reported: ``a`` (electronic),
    ``b`` (quantum) and the fit's spread.
-3. Consistency (regions): each block's ``log s1`` against the NLF and its ``w`` against the
+3. Consistency (regions): each block's ``log s1`` against the image's binned level by intensity
+   (:func:`binned_level`: the non-parametric NLF, its darkest and brightest bins split finer, where
+   a display curve crushes the noise of exports) and its ``w`` against the
    image's other blocks, each as a robust z over the blocks, averaged over 2x2 blocks. A block
    deviates by ``hypot(max(-zl, 0), |zw|)``: less noise than the function predicts and/or noise
    correlated unlike the rest (either way: a decoder's checkerboard makes it finer, up-sampling
@@ -200,9 +202,12 @@ class RadiographPhysicsDetector(Detector):
         glob = float(max(glob_hi, glob_lo))
         # a region whose noise disagrees with the image's fit: below the noise-level function and/or
         # correlated unlike the rest (either way), each in robust z over the blocks, over 2x2 blocks
-        pred = np.sqrt(np.maximum(nlf_a + nlf_b * mu, 1e-6))
+        # the level a block is judged against: the binned median of log s1 by intensity, its outer
+        # bins split finer (noise_residual's TAIL_QUANTILES), as a display curve crushes the noise of
+        # the darkest and brightest blocks of an export (a line would call them noise-free)
+        log_pred = binned_level(mu[valid], np.log(np.maximum(s1[valid], 1e-6)), mu)
         zl = np.zeros_like(w)
-        zl[valid] = robust_z(np.log(np.maximum(s1[valid], 1e-6) / pred[valid]))
+        zl[valid] = robust_z(np.log(np.maximum(s1[valid], 1e-6)) - log_pred[valid])
         zw = np.zeros_like(w)
         zw[valid] = robust_z(w[valid])
         zl = local_mean(zl[None], valid[None], 2)[0]
@@ -249,6 +254,29 @@ class RadiographPhysicsDetector(Detector):
                      "so it is reported as processing, not counted as synthesis.")
         return Evidence(self.name, score, expl, heatmap=heat, regions=regions, details=details,
                         indicates=indicates, confidence="low")
+
+
+def binned_level(m: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Median of ``v`` in 16 equal-count bins of ``m`` (the outer bins split at 0.5, 1, 2, 4% of
+    the blocks), interpolated at ``at``.
+
+    >>> m = np.linspace(0, 100, 500)
+    >>> binned_level(m, 2 * m, np.array([50.0])).round(0).tolist()
+    [100.0]
+    """
+    from .noise_residual import TAIL_QUANTILES
+
+    q = np.concatenate([TAIL_QUANTILES, np.linspace(0, 1, 17)[1:-1], 1 - TAIL_QUANTILES])
+    edges = np.unique(np.quantile(m, q))
+    centres, levels = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (m >= lo) & (m <= hi)
+        if sel.sum() >= 3:
+            centres.append(float(np.median(m[sel])))
+            levels.append(float(np.median(v[sel])))
+    if not centres:
+        return np.full(np.shape(at), float(np.median(v)))
+    return np.interp(at, centres, levels)
 
 
 def block_stats(a: np.ndarray, b: int) -> dict[str, np.ndarray]:
