@@ -62,8 +62,9 @@ import numpy as np
 from ..core import Evidence, Image
 from ._blocks import IMMERKAER, IMMERKAER_GAIN, blocks, cluster_mass, immerkaer, local_mean
 from .base import Detector, logistic, print_raw_values, regions_from_heatmap, robust_z
-from .noise_residual import MIN_LEVELS, TRIM_GAIN, block_size, grey_levels
-from .spectral import MIN_QUALITY, MIN_SIZE, RADIOGRAPHS, RASTER_EXPORTS, _centre, _centre_offset, jpeg_grid, jpeg_quality, lossy_dicom
+from .noise_residual import TRIM_GAIN, block_size
+from .spectral import (RADIOGRAPHS, RASTER_EXPORTS, _centre, _centre_offset, jpeg_grid,
+                       trace_domain)
 
 MAX_SIDE = 1024
 #: median fine noise (8-bit grey levels) below which nothing of the detector's noise is left
@@ -154,22 +155,9 @@ class RadiographPhysicsDetector(Detector):
     def out_of_domain(self, image: Image) -> str | None:
         """Radiographs of ``MIN_SIZE`` px and more with ``MIN_LEVELS`` grey levels, JPEG no
         coarser than ``MIN_QUALITY``, and noise above ``MIN_NOISE`` grey levels (8-bit scale)."""
-        if image.modality not in RADIOGRAPHS:
-            return f"modality {image.modality}: radiograph_physics was validated on radiographs (CR, DX, XR) only"
-        if image.pixels.ndim != 2:
-            return "not a 2D image"
-        if min(image.pixels.shape) < MIN_SIZE:
-            return (f"too small ({image.pixels.shape[0]}x{image.pixels.shape[1]} px) for a noise-level function "
-                    f"(needs {MIN_SIZE} px)")
-        n = grey_levels(image.pixels)
-        if 0 < n < MIN_LEVELS:
-            return f"posterised to {n} grey levels: dither and quantisation, not the detector's noise"
-        lossy = lossy_dicom(image)
-        if lossy:
-            return lossy
-        q = jpeg_quality(image)
-        if q is not None and q < MIN_QUALITY:
-            return f"JPEG at quality about {q}: the compression has removed the detector's noise"
+        reason = trace_domain(self.name, image, "a noise-level function", "the detector's noise")
+        if reason:
+            return reason
         noise = _noise_8bit(image.pixels)
         if noise < MIN_NOISE:
             return (f"almost no noise left ({noise:.2f} grey levels of 8 bits at 1 and 2 px): denoised, or "

@@ -243,24 +243,8 @@ class SpectralDetector(Detector):
 
     def out_of_domain(self, image: Image) -> str | None:
         """Radiographs of ``MIN_SIZE`` px and more, ``MIN_LEVELS`` grey levels and more, and no
-        JPEG coarser than ``MIN_QUALITY``."""
-        if image.modality not in RADIOGRAPHS:
-            return f"modality {image.modality}: spectral was validated on radiographs (CR, DX, XR) only"
-        if image.pixels.ndim != 2:
-            return "not a 2D image"
-        if min(image.pixels.shape) < MIN_SIZE:
-            return (f"too small ({image.pixels.shape[0]}x{image.pixels.shape[1]} px) for the period of the fine "
-                    f"residual (needs {MIN_SIZE} px)")
-        n = grey_levels(image.pixels)
-        if 0 < n < MIN_LEVELS:
-            return f"posterised to {n} grey levels: dither and quantisation, no fine residual to read"
-        lossy = lossy_dicom(image)
-        if lossy:
-            return lossy
-        q = jpeg_quality(image)
-        if q is not None and q < MIN_QUALITY:
-            return f"JPEG at quality about {q}: the compression has rounded away the fine residual"
-        return None
+        JPEG coarser than ``MIN_QUALITY`` (:func:`trace_domain`)."""
+        return trace_domain(self.name, image, "the period of the fine residual", "the fine residual")
 
     def detect(self, image: Image) -> Evidence:
         a = _centre(image.pixels.astype(np.float32, copy=False), MAX_SIDE)
@@ -358,6 +342,30 @@ def _centre_offset(shape: tuple[int, int], side: int) -> tuple[int, int]:
 def _centre(a: np.ndarray, side: int) -> np.ndarray:
     oy, ox = _centre_offset(a.shape, side)
     return a[oy:oy + side, ox:ox + side]
+
+
+def trace_domain(name: str, image: Image, needs: str, cue: str) -> str | None:
+    """Why a radiograph is outside the domain of a detector that reads its fine residual
+    (``spectral``, ``radiograph_physics``), or ``None``: not a 2D radiograph, under ``MIN_SIZE`` px
+    (too small for ``needs``), posterised, lossy DICOM, or JPEG coarser than ``MIN_QUALITY`` (which
+    has removed ``cue``)."""
+    if image.modality not in RADIOGRAPHS:
+        return f"modality {image.modality}: {name} was validated on radiographs (CR, DX, XR) only"
+    if image.pixels.ndim != 2:
+        return "not a 2D image"
+    if min(image.pixels.shape) < MIN_SIZE:
+        return (f"too small ({image.pixels.shape[0]}x{image.pixels.shape[1]} px) for {needs} "
+                f"(needs {MIN_SIZE} px)")
+    n = grey_levels(image.pixels)
+    if 0 < n < MIN_LEVELS:
+        return f"posterised to {n} grey levels: dither and quantisation, not {cue}"
+    lossy = lossy_dicom(image)
+    if lossy:
+        return lossy
+    q = jpeg_quality(image)
+    if q is not None and q < MIN_QUALITY:
+        return f"JPEG at quality about {q}: the compression has removed {cue}"
+    return None
 
 
 def lossy_dicom(image: Image) -> str | None:
