@@ -212,3 +212,20 @@ def test_levels_round_the_models_input_to_8_bits():
     assert quantise(a, default_preprocess(64, 64)) is not None and np.array_equal(quantise(a, {}), a)
     with pytest.raises(ValueError, match="levels"):
         TrainConfig(levels=-1)
+
+
+def test_learned_2d_leaves_ct_crops_to_ct_patch():
+    """A CT crop is not scored twice: learned_2d (calibrated on whole slices) does not assess it."""
+    import numpy as np
+
+    from medforensics.core import Image
+    from medforensics.detectors.learned2d import CT_MIN_SIDE, Learned2DDetector
+
+    det = Learned2DDetector()
+    crop = Image(pixels=np.full((64, 64), -700.0, np.float32), spacing=(0.7, 0.7), modality="CT", format="dicom",
+                 sources=[], uid="1.2.3")
+    why = det.out_of_domain(crop)
+    assert why and "64x64" in why and "ct_patch" in why
+    whole = Image(pixels=np.full((CT_MIN_SIDE, 256), -700.0, np.float32), spacing=(0.7, 0.7), modality="CT",
+                  format="dicom", sources=[], uid="1.2.4")
+    assert det.out_of_domain(whole) is None

@@ -29,7 +29,8 @@ A whole-image classifier (any checkpoint of ``medforensics train`` with ``resize
 e.g. a review-protocol network trained on a GPU) works too: its score is its fake probability and
 its heatmap Grad-CAM of the class it decided.
 
-Domain (:meth:`Learned2DDetector.out_of_domain`): both models know the chest only. A radiograph
+Domain (:meth:`Learned2DDetector.out_of_domain`): both models know the chest only. A single CT
+image under :data:`CT_MIN_SIDE` px is a crop and left to ``ct_patch``. A radiograph
 whose header names another body part, or whose frame is not shaped like a chest radiograph, and a
 DICOM object of modality OT are not assessed (``not_assessed`` in the verdict says why); see
 :mod:`medforensics.detectors.anatomy`. The radiograph model's evidence is low-confidence
@@ -63,6 +64,9 @@ _CACHE: dict[str, object] = {}
 #: (benchmarks/authentic_rate.py), so its evidence is low-confidence: fusion lets it make an image
 #: ``suspicious``, and ``manipulated`` only with another detector's corroboration.
 RADIOGRAPH_CONFIDENCE = "low"
+#: A single CT image smaller than this on a side is a crop, not a slice: the CT model's calibration
+#: (whole slices) does not hold for it, and ``ct_patch`` reads crops of 32-128 px.
+CT_MIN_SIDE = 128
 
 
 def checkpoint_path(which: str) -> Path:
@@ -130,6 +134,10 @@ class Learned2DDetector(Detector):
         if image.modality == "OT" and image.format == "dicom":
             return "modality OT (a secondary capture or test image), not known to be a radiograph"
         if image.modality == "CT":
+            if image.pixels.ndim == 2 and min(image.pixels.shape) < CT_MIN_SIDE:
+                h, w = image.pixels.shape
+                return (f"a CT crop of {h}x{w} px: the CT model was calibrated on whole slices (ct_patch reads "
+                        "crops)")
             part = header_body_part(image)
             return (f"the header names {part}, which holds no lung; the CT model knows the chest only"
                     if part in NO_LUNG_PARTS else None)
