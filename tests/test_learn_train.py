@@ -15,6 +15,7 @@ import torch
 from PIL import Image as PILImage
 
 from medforensics.core import MedForensicsError
+from medforensics.forge.dataset import write_manifest
 from medforensics.learn.checkpoint import load_checkpoint
 from medforensics.learn.data import (AUGMENTATIONS, ItemDataset, augment, default_preprocess, load_item,
                                      read_manifest, refuse_leaks, select_rows, to_tensor)
@@ -55,12 +56,7 @@ def _toy_dataset(root: Path, *, n_patients: int = 12, per_patient: int = 6, size
 
 def _write_manifest(root: Path, rows: list[dict]) -> Path:
     """``root/manifest.csv`` with the forge columns (missing values empty)."""
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows([{c: "" for c in COLUMNS} | r for r in rows])
-    return manifest
+    return write_manifest(root, rows)
 
 
 def _toy_config(**kw) -> TrainConfig:

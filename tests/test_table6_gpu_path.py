@@ -16,15 +16,13 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
+from medforensics.forge.dataset import write_manifest
 from medforensics.learn.checkpoint import load_checkpoint
 from medforensics.learn.data import ItemDataset, default_preprocess, read_manifest, select_rows
 from medforensics.learn.models import MODELS
 from medforensics.learn.train import TrainConfig, _amp, _HeldBatches, shipped_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ["id", "file", "mask", "split", "label", "class", "modality", "kind", "method", "patient_id",
-           "source_dataset", "source_file", "slice", "center_voxel", "bbox_voxel", "center_mm", "seed",
-           "augmentation", "parent_id", "params"]
 
 
 def _ct4_toy(root: Path, per_class: int = 2, size: int = 40) -> Path:
@@ -43,12 +41,7 @@ def _ct4_toy(root: Path, per_class: int = 2, size: int = 40) -> Path:
                                  "label": "fake" if cls in ("FB", "FM") else "real", "modality": "CT",
                                  "method": "classic" if cls in ("FB", "FM") else "none", "patient_id": p,
                                  "source_dataset": "toy", "params": "{}"})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows([{c: "" for c in COLUMNS} | r for r in rows])
-    return manifest
+    return write_manifest(root, rows)
 
 
 @pytest.fixture(autouse=True, scope="module")

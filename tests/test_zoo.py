@@ -212,7 +212,7 @@ def test_cli_zoo(tmp_path, tiny_models, shared_data):
 
 @pytest.mark.parametrize("module", ["medforensics.forge.zoo", "medforensics.forge.zoo.nets",
                                     "medforensics.forge.zoo.realism", "medforensics.progress",
-                                    "medforensics.detectors.learned_synthesis"])
+                                    "medforensics.detectors.learned_synthesis", "medforensics.forge.dataset"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

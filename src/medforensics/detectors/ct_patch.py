@@ -52,21 +52,14 @@ GAP_BAND, MAX_GAP_SHARE = (0.4, 0.6), 0.10
 RASTERS = frozenset({"png", "tiff"})
 #: Its forgeries and real tumour come from one LIDC patient: alone it makes a crop suspicious, never manipulated.
 CONFIDENCE = "low"
-_CACHE: dict[str, object] = {}
-
-
 def checkpoint_path() -> Path:
     return Path(os.environ.get(CHECKPOINT_ENV) or MODELS / CHECKPOINT_NAME)
 
 
 def classifier():
     """The loaded patch classifier (once per process and checkpoint)."""
-    path = checkpoint_path()
-    key = str(path)
-    if key not in _CACHE:
-        from ..learn.predict import load_classifier
-        _CACHE[key] = load_classifier(path)
-    return _CACHE[key]
+    from .learned2d import cached_classifier
+    return cached_classifier(checkpoint_path())
 
 
 def gap_share(array01: np.ndarray) -> float:

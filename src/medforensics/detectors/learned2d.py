@@ -76,8 +76,12 @@ def checkpoint_path(which: str) -> Path:
 
 def classifier(which: str):
     """The loaded classifier for ``ct`` or ``xray`` (once per process)."""
-    path = checkpoint_path(which)
-    key = f"{which}:{path}"
+    return cached_classifier(checkpoint_path(which))
+
+
+def cached_classifier(path: Path):
+    """The classifier of the checkpoint at ``path``, loaded once per process."""
+    key = str(path)
     if key not in _CACHE:
         from ..learn.predict import load_classifier
         _CACHE[key] = load_classifier(path)

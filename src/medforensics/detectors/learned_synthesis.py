@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 
 from ..core import Evidence, Image
-from .learned2d import MODELS, RADIOGRAPHS, Learned2DDetector
+from .learned2d import MODELS, RADIOGRAPHS, Learned2DDetector, cached_classifier
 
 __all__ = ["LearnedSynthesisDetector", "CHECKPOINT", "CONFIDENCE"]
 
@@ -53,14 +53,6 @@ class LearnedSynthesisDetector(Learned2DDetector):
         """``checkpoint``: another tile model (default: the shipped one, or ``$MEDFORENSICS_LEARNED_ZOO``)."""
         self.checkpoint = Path(checkpoint or os.environ.get("MEDFORENSICS_LEARNED_ZOO") or MODELS / CHECKPOINT)
 
-    def _classifier(self):
-        from .learned2d import _CACHE
-        key = f"zoo:{self.checkpoint}"
-        if key not in _CACHE:
-            from ..learn.predict import load_classifier
-            _CACHE[key] = load_classifier(self.checkpoint)
-        return _CACHE[key]
-
     def applies(self, image: Image) -> bool:
         return (image.pixels.ndim == 2 and image.modality in RADIOGRAPHS and self.checkpoint.is_file())
 
@@ -79,7 +71,7 @@ class LearnedSynthesisDetector(Learned2DDetector):
     def detect(self, image: Image) -> Evidence:
         from ..learn.data import normalise_image
 
-        clf = self._classifier()
+        clf = cached_classifier(self.checkpoint)
         arr = normalise_image(image.pixels, "radiograph")
         if not clf.native:
             ev = self._detect_whole(image, clf, arr, "xray")

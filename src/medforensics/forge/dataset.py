@@ -34,7 +34,7 @@ import json
 import time
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -169,6 +169,27 @@ def assign_splits(sources: list[RealSource], fractions: tuple[float, float, floa
     return out
 
 
+def write_manifest(folder: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``rows`` as ``folder/manifest.csv`` (a new file) with :data:`MANIFEST_COLUMNS`, missing
+    values empty; returns its path."""
+    manifest = Path(folder) / "manifest.csv"
+    with open(manifest, "x", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows([{c: "" for c in MANIFEST_COLUMNS} | r for r in rows])
+    return manifest
+
+
+def counts_by_split(rows: list[dict[str, Any]], key: str = "class") -> dict[str, dict[str, int]]:
+    """Items per split and value of ``key`` (sorted), for a dataset's ``dataset.json``.
+
+    >>> counts_by_split([{"split": "test", "class": "TM"}, {"split": "test", "class": "FM"}])
+    {'train': {}, 'validation': {}, 'test': {'FM': 1, 'TM': 1}}
+    """
+    counts = Counter((r["split"], r[key]) for r in rows)
+    return {s: {c: n for (sp, c), n in sorted(counts.items()) if sp == s} for s in SPLITS}
+
+
 def check_patient_disjoint(manifest: str | Path) -> dict[str, set[str]]:
     """Patients per split of a manifest; raises ValueError naming any patient in two splits."""
     seen: dict[str, set[str]] = defaultdict(set)
@@ -282,16 +303,10 @@ def build_dataset(data_root: str | Path, out: str | Path, config: DatasetConfig 
             progress(total, total, "synthetic radiographs")
     if config.augment:
         _augment(w, config)
-    manifest = out / "manifest.csv"
-    with open(manifest, "x", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(w.rows)
+    manifest = write_manifest(out, w.rows)
     per_split = check_patient_disjoint(manifest)
-    counts = Counter((r["split"], r["class"]) for r in w.rows)
     card = {"config": config.to_dict(), "data_root": str(data_root), "n_items": len(w.rows),
-            "seconds": round(time.perf_counter() - t0, 1),
-            "counts": {s: {c: n for (sp, c), n in sorted(counts.items()) if sp == s} for s in SPLITS},
+            "seconds": round(time.perf_counter() - t0, 1), "counts": counts_by_split(w.rows),
             "patients": {s: len(per_split.get(s, ())) for s in SPLITS}, "problems": problems}
     with open(out / "dataset.json", "x") as fh:
         json.dump(card, fh, indent=2)

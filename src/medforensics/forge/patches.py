@@ -39,11 +39,9 @@ over the whole inventory), so patches and slices of one seed never mix patients 
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +50,8 @@ import numpy as np
 
 from ..core import Image, MedForensicsError
 from ..io import load_instance, load_series
-from .dataset import MANIFEST_COLUMNS, SPLITS, DatasetConfig, RealSource, assign_splits, check_patient_disjoint, inventory
+from .dataset import (SPLITS, DatasetConfig, RealSource, assign_splits, check_patient_disjoint,
+                      counts_by_split, inventory, write_manifest)
 
 __all__ = ["build_patches", "crop_box", "lung_window_png", "write_dicom_crop", "PATCH_SIZES"]
 
@@ -319,16 +318,10 @@ def build_patches(data_root: str | Path, out: str | Path, config: DatasetConfig 
             problems.append(str(e))
         if progress:
             progress(i + 1, len(series), src.name)
-    manifest = out / "manifest.csv"
-    with open(manifest, "x", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(w.rows)
+    manifest = write_manifest(out, w.rows)
     per_split = check_patient_disjoint(manifest) if w.rows else {}
-    counts = Counter((r["split"], r["class"]) for r in w.rows)
     card = {"config": {**config.to_dict(), "patch_size": size}, "data_root": ".", "n_items": len(w.rows),
-            "kind": "ct-patches", "seconds": round(time.perf_counter() - t0, 1),
-            "counts": {s: {c: n for (sp, c), n in sorted(counts.items()) if sp == s} for s in SPLITS},
+            "kind": "ct-patches", "seconds": round(time.perf_counter() - t0, 1), "counts": counts_by_split(w.rows),
             "patients": {s: sorted(per_split.get(s, ())) for s in SPLITS}, "problems": problems,
             "notes": ["file: the HU DICOM crop; params.png: the same crop as an 8-bit lung-window PNG "
                       "(HU -1000..400)", "splits: those of forge dataset with the same seed"]}

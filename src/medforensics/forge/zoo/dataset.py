@@ -17,7 +17,6 @@ patient, a reconstruction keeps its authentic image's patient (and split).
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -84,7 +83,7 @@ def build_zoo_dataset(out: str | Path, models: dict[str, ZooModel], data_root: s
                       config: ZooDatasetConfig = ZooDatasetConfig(), *, progress: bool = True) -> Path:
     """Write the zoo dataset of ``models`` (family name -> trained model) to the new folder
     ``out``; returns its ``manifest.csv``."""
-    from ..dataset import MANIFEST_COLUMNS
+    from ..dataset import counts_by_split, write_manifest
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -153,15 +152,8 @@ def build_zoo_dataset(out: str | Path, models: dict[str, ZooModel], data_root: s
                          "params": json.dumps({"mode": mode, "export": steps, "format": fmt,
                                                "shape": list(a.shape)})})
             bar.advance(task)
-    manifest = out / "manifest.csv"
-    with open(manifest, "x", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    counts: dict[str, dict[str, int]] = {}
-    for r in rows:
-        counts.setdefault(r["split"], {}).setdefault(r["method"], 0)
-        counts[r["split"]][r["method"]] += 1
+    manifest = write_manifest(out, rows)
+    counts = counts_by_split(rows, "method")
     with open(out / "dataset.json", "x", encoding="utf-8") as fh:
         json.dump({"config": asdict(config), "families": {n: {
             "steps_done": {k: v["steps_done"] for k, v in m.card.get("training", {}).items()
