@@ -42,6 +42,31 @@ class MedForensicsError(Exception):
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
 
+    @classmethod
+    def wrap(cls, path: str | Path | None, e: BaseException, what: str = "", limit: int = 200) -> "MedForensicsError":
+        """The one-line error about ``path`` that exception ``e`` amounts to: ``what`` (the
+        problem in words) followed by the exception's own message flattened to one line.
+
+        >>> str(MedForensicsError.wrap("a.dcm", ValueError("bad  header"), "not a readable DICOM file"))
+        'a.dcm: not a readable DICOM file (bad header)'
+        >>> str(MedForensicsError.wrap(None, KeyError("x")))
+        "'x'"
+        """
+        msg = one_line(e, limit)
+        return cls(path, f"{what} ({msg})" if what else msg)
+
+
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """The message of ``e`` on one line (its type name where it has none), cut to ``limit`` characters.
+
+    >>> one_line(OSError("disk  full"))
+    'disk full'
+    >>> one_line(RuntimeError())
+    'RuntimeError'
+    """
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg if limit is None or len(msg) <= limit else msg[:limit - 1] + "…"
+
 
 @dataclass
 class Image:
