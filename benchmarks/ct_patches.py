@@ -34,7 +34,7 @@ def auc(pos: list[float], neg: list[float]) -> float | None:
 
 
 def score_split(manifest: Path, split: str, progress: bool = True) -> dict:
-    from medforensics.cli import progress_bar
+    from medforensics.progress import progress_bar
     from medforensics.detectors.ct_patch import CTPatchDetector
 
     det = CTPatchDetector()

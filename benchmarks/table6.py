@@ -140,7 +140,7 @@ def main() -> None:
     (out / "models").mkdir(parents=True)
     if args.max_per_class:
         manifest = subset_manifest(manifest, args.max_per_class, out / "subset-manifest.csv")
-    from medforensics.cli import progress_bar
+    from medforensics.progress import progress_bar
     from medforensics.learn.train import _device
 
     checkpoints, times = [], {}

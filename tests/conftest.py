@@ -1,7 +1,9 @@
 """Shared fixtures: real data from ../shared/data (skipped with a clear message when absent)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -43,3 +45,35 @@ def learned_checkpoints(monkeypatch):
 
     yield use
     learned2d._CACHE.clear()
+
+
+class CliResult(NamedTuple):
+    """What one ``medforensics`` command did: its exit status and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run ``medforensics ARGS...`` in this process through the real entry point (one-line errors,
+    exit statuses): ``run_cli("scan", path, "--json", out, cwd=folder)`` returns a
+    :class:`CliResult` ``(code, out, err)``. Arguments may be paths; tables are printed 200
+    columns wide so that lines are not folded."""
+    from medforensics.cli import console, main
+
+    monkeypatch.setattr(console.out, "width", 200)
+    monkeypatch.setattr(console.err, "width", 200)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args, cwd: Path | None = None) -> CliResult:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["medforensics", *map(str, args)])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main()
+        o = capsys.readouterr()
+        return CliResult(int(e.value.code or 0), o.out, o.err)
+    return run

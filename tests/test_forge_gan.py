@@ -249,7 +249,6 @@ def test_gpu_config_code_path_runs_on_cpu_for_2d(tmp_path, shared_data):
 
 def test_train_gan_cli_refuses_to_overwrite_and_bad_options(tmp_path, monkeypatch, capsys):
     from medforensics import cli
-    from medforensics.forge import _cli_train  # noqa: F401 - registers train-gan
 
     existing = tmp_path / "model.safetensors"
     existing.write_bytes(b"keep me")

@@ -250,21 +250,8 @@ def test_evaluate_checkpoints_writes_report(tiny_dataset, tiny_checkpoints, tmp_
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``medforensics ARGS...`` in this process through the real entry point (one-line errors,
-    exit codes); returns (exit code, stdout, stderr)."""
-    from medforensics import cli as cli_mod
-
-    monkeypatch.setattr(cli_mod.out, "width", 200)
-    monkeypatch.setattr(cli_mod.err, "width", 200)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["medforensics", *args])
-        with pytest.raises(SystemExit) as e:
-            cli_mod.main()
-        o, er = capsys.readouterr()
-        return e.value.code, o, er
-    return run
+def cli(run_cli):
+    return run_cli
 
 
 def test_cli_evaluate(tiny_dataset, tiny_checkpoints, tmp_path, cli):

@@ -165,7 +165,7 @@ def test_abstaining_detectors_are_listed_not_fused():
 
 
 def test_report_and_summary_show_what_was_not_assessed(tmp_path, capsys):
-    from medforensics.cli import print_summary
+    from medforensics.report.summary import print_summary
     from medforensics.detectors.learned2d import Learned2DDetector
     from medforensics.report.html import write_report
 

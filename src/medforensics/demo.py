@@ -17,7 +17,6 @@ and prints, for every manipulated copy, whether the scan caught it and where.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from rich.console import Console
 from rich.table import Table
 
 from .core import MedForensicsError
-from .detectors.provenance import ENV_TRUST
 from .forge.edits import copy_move, inpaint_region, rescale_region, splice
 
 SAMPLES = {"chest_cr_philips.dcm": "RG1_UNCR.dcm", "chest_cr_fuji.dcm": "RG3_UNCI.dcm",
@@ -174,22 +172,15 @@ def _overlaps(region: dict, box: list[int]) -> bool:
 
 def run_demo(out_dir: Path | None = None, *, workers: int = 1, debug: bool = False) -> Path:
     """Run the whole demo; return the folder it wrote."""
-    from .cli import run_scan
+    from .scan import run_scan
 
     root = new_folder(Path(out_dir) if out_dir else Path("medforensics-demo"))
     console.print(f"[bold]medforensics demo[/bold]: writing sample images and manipulated copies to {root}/")
     truth = make_samples(root)
-    before = os.environ.get(ENV_TRUST)
-    os.environ[ENV_TRUST] = str((root / "keys" / "ca.pem").resolve())  # the demo signer's CA is trusted
-    try:
-        verdicts = run_scan([root / "originals", root / "manipulated"], json_out=root / "scan.jsonl",
-                            report=root / "report.html", workers=workers, debug=debug,
-                            title="medforensics demo: real sample images and manipulated copies")
-    finally:
-        if before is None:
-            os.environ.pop(ENV_TRUST, None)
-        else:
-            os.environ[ENV_TRUST] = before
+    trusted = {"provenance": {"trust": [str((root / "keys" / "ca.pem").resolve())]}}  # the demo signer's CA
+    verdicts = run_scan([root / "originals", root / "manipulated"], json_out=root / "scan.jsonl",
+                        report=root / "report.html", workers=workers, debug=debug, detector_options=trusted,
+                        title="medforensics demo: real sample images and manipulated copies")
     by_path = {Path(v.path).name: v for v in verdicts}
     table = Table(title="manipulated copies: caught, and where")
     for col in ("file", "manipulation", "label", "score", "found by", "region on the change"):

@@ -10,14 +10,16 @@ an error to that image's verdict; the others still run.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .core import Evidence, Image, MedForensicsError, Verdict
-from .detectors.base import Detector, load_detectors
+from .detectors.base import Detector, DetectorOptions, load_detectors
 from .fusion import FusionConfig, fuse
 from .io import Source, discover, load_source
 
@@ -98,13 +100,14 @@ def scan_source(source: Source, detectors: Sequence[Detector] | None = None, con
 _WORKER: dict = {}
 
 
-def _init_worker(names: list[str] | None, config: FusionConfig, figures: bool, debug: bool, threads: int = 1) -> None:
+def _init_worker(names: list[str] | None, options: DetectorOptions | None, config: FusionConfig, figures: bool,
+                 debug: bool, threads: int = 1) -> None:
     # each worker's learned detectors get their share of the cores: n workers x torch's default
     # threads on n cores would make every worker wait for the others
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
-    _WORKER.update(detectors=load_detectors(names), config=config, figures=figures, debug=debug)
+    _WORKER.update(detectors=load_detectors(names, options), config=config, figures=figures, debug=debug)
 
 
 def _work(source: Source) -> Verdict:
@@ -114,22 +117,80 @@ def _work(source: Source) -> Verdict:
 
 def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, config: FusionConfig = FusionConfig(),
          *, workers: int = 1, figures: bool = False, debug: bool = False,
-         on_start: Callable[[int, list], None] | None = None) -> Iterator[Verdict]:
+         on_start: Callable[[int, list], None] | None = None,
+         detector_options: DetectorOptions | None = None) -> Iterator[Verdict]:
     """Scan files and folders; yield one verdict per image or series, in input order.
 
     ``on_start(n_sources, skipped_files)`` is called once discovery is done (for progress bars).
-    With ``workers > 1`` sources are analysed in parallel processes.
+    With ``workers > 1`` sources are analysed in parallel processes. ``detector_options`` are
+    the detectors' constructor arguments by detector name (trust anchors, the log, a key, ...),
+    handed to every worker.
     """
     sources, skipped = discover(paths)
     if on_start is not None:
         on_start(len(sources), skipped)
     names = list(detector_names) if detector_names is not None else None
     if workers <= 1 or len(sources) <= 1:
-        detectors = load_detectors(names)
+        detectors = load_detectors(names, detector_options)
         for src in sources:
             yield scan_source(src, detectors, config, figures=figures, debug=debug)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                             initargs=(names, config, figures, debug, threads)) as pool:
+                             initargs=(names, detector_options, config, figures, debug, threads)) as pool:
         yield from pool.map(_work, sources, chunksize=1)
+
+
+def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None, report: str | Path | None = None,
+             detectors: Sequence[str] | None = None, detector_options: DetectorOptions | None = None,
+             workers: int = 1, config: FusionConfig = FusionConfig(), debug: bool = False, quiet: bool = False,
+             title: str = "medforensics scan report") -> list[Verdict]:
+    """Scan ``paths`` as ``medforensics scan`` does: a progress bar, JSON lines streamed to
+    ``json_out`` (a new file), the summary table (unless ``quiet``) and the HTML ``report``
+    (a new file); return the verdicts. ``detector_options`` are handed to the detectors'
+    constructors (see :func:`medforensics.detectors.load_detectors`)."""
+    from rich.console import Console
+
+    from .progress import progress_bar
+    from .report.summary import print_summary
+
+    err = Console(stderr=True, highlight=False)
+    verdicts: list[Verdict] = []
+    t0 = time.perf_counter()
+    skipped_files: list = []
+    jf = open(json_out, "x", encoding="utf-8") if json_out else None
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("", total=None)
+
+            def started(n: int, skipped: list) -> None:
+                skipped_files.extend(skipped)
+                progress.update(task, total=n)
+
+            for v in scan([str(p) for p in paths], detectors, config, workers=workers, figures=report is not None,
+                          debug=debug, on_start=started, detector_options=detector_options):
+                verdicts.append(v)
+                if jf:
+                    jf.write(json.dumps(v.to_dict()) + "\n")
+                    jf.flush()
+                for e in v.errors:
+                    progress.console.print(f"[red]error[/red] {e}", soft_wrap=True, markup=True)
+                progress.advance(task)
+    finally:
+        if jf:
+            jf.close()
+    elapsed = time.perf_counter() - t0
+    if not quiet:
+        print_summary(verdicts, elapsed, len(skipped_files))
+    if report is not None:
+        from .report.html import write_report
+        names = sorted({e.detector for v in verdicts for e in v.evidence})
+        write_report(verdicts, report, title=title, summary={
+            "elapsed_s": round(elapsed, 2), "detectors": names, "skipped_files": len(skipped_files),
+            "thresholds": {"suspicious": config.suspicious, "manipulated": config.manipulated,
+                           "min_evidence": config.min_evidence},
+            "inputs": [str(p) for p in paths]})
+        err.print(f"report written to {report}")
+    if json_out:
+        err.print(f"JSON lines written to {json_out}")
+    return verdicts

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from importlib.metadata import entry_points
-from typing import ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -113,17 +113,33 @@ def available_detectors() -> dict[str, type[Detector]]:
     return dict(sorted(found.items()))
 
 
-def load_detectors(names: Iterable[str] | None = None) -> list[Detector]:
+#: Constructor arguments of detectors by detector name, e.g.
+#: ``{"provenance": {"trust": ["ca.pem"], "ledger": "log.db"}}``.
+DetectorOptions = Mapping[str, Mapping[str, Any]]
+
+
+def load_detectors(names: Iterable[str] | None = None, options: DetectorOptions | None = None) -> list[Detector]:
     """Instantiate the named detectors (when ``names`` is None: every registered one whose
-    ``default`` is true)."""
+    ``default`` is true), each with its keyword arguments from ``options`` (by detector name).
+    Settings not given here come from :mod:`medforensics.config` inside each detector.
+
+    >>> [d.name for d in load_detectors(["copy_move", "provenance"], {"provenance": {"ledger": "log.db"}})]
+    ['copy_move', 'provenance']
+    >>> load_detectors(["provenance"], {"provenance": {"ledger": "log.db"}})[0].ledger_location
+    'log.db'
+    """
     registry = available_detectors()
+    options = dict(options or {})
+    unknown = [n for n in options if n not in registry]
+    if unknown:
+        raise KeyError(f"options for unknown detector(s) {', '.join(map(repr, unknown))}; known: {', '.join(registry)}")
     if names is None:
-        return [cls() for cls in registry.values() if getattr(cls, "default", True)]
+        names = [name for name, cls in registry.items() if getattr(cls, "default", True)]
     chosen = []
     for n in names:
         if n not in registry:
             raise KeyError(f"unknown detector {n!r}; known: {', '.join(registry)}")
-        chosen.append(registry[n]())
+        chosen.append(registry[n](**dict(options.get(n, {}))))
     return chosen
 
 

@@ -15,9 +15,11 @@ For every DICOM file of an image or series the detector
   is evidence; unknown is not.
 
 PNG/JPEG/TIFF files are looked up in the log too (their C2PA manifests are the ``container``
-detector's). Configuration comes from the environment, which ``medforensics scan --trust
---ledger --watermark-key`` set: ``MEDFORENSICS_TRUST`` (CA certificate files separated by
-``os.pathsep``), ``MEDFORENSICS_LEDGER`` and ``MEDFORENSICS_WATERMARK_KEY`` (a key file).
+detector's). Its settings are constructor arguments -- ``trust`` (CA certificate files),
+``ledger`` (a log location) and ``watermark_key`` (key bytes) -- which ``medforensics scan
+--trust --ledger --watermark-key`` pass through ``load_detectors(names, options)``; one not given
+falls back to :mod:`medforensics.config` (``MEDFORENSICS_TRUST``, ``MEDFORENSICS_LEDGER``,
+``MEDFORENSICS_WATERMARK_KEY``).
 
 An image with no signature, no watermark and no log entry gets no evidence from this detector
 (``None``): absence of proof is not proof of forgery, because hardly any DICOM is signed today.
@@ -28,18 +30,14 @@ certificate 0.2, an unsupported signature 0.1; proofs that hold give 0.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..config import settings
 from ..core import Evidence, Image, MedForensicsError
 from .base import Detector, regions_from_heatmap
-
-ENV_TRUST = "MEDFORENSICS_TRUST"
-ENV_LEDGER = "MEDFORENSICS_LEDGER"
-ENV_WATERMARK_KEY = "MEDFORENSICS_WATERMARK_KEY"
 
 BROKEN, LOG_PIXELS, LOG_HEADER = 0.99, 0.97, 0.7
 WM_VANISHED_KEYED, WM_VANISHED = 0.9, 0.5
@@ -73,13 +71,17 @@ class ProvenanceDetector(Detector):
     description = ("Proof of origin: DICOM digital signatures, the reversible fragile watermark, and the "
                    "transparency log ($MEDFORENSICS_LEDGER); broken proofs point to the changed blocks.")
 
-    def __init__(self, trust: list[str] | None = None, ledger: str | None = None, watermark_key: bytes | None = None):
-        env_trust = [p for p in os.environ.get(ENV_TRUST, "").split(os.pathsep) if p]
-        self.trust = list(trust) if trust is not None else env_trust
-        self.ledger_location = ledger if ledger is not None else (os.environ.get(ENV_LEDGER) or None)
-        if watermark_key is None and os.environ.get(ENV_WATERMARK_KEY):
+    def __init__(self, trust: list[str | Path] | None = None, ledger: str | None = None,
+                 watermark_key: bytes | None = None):
+        """``trust``: CA certificate files signers must chain to; ``ledger``: the transparency
+        log to look images up in; ``watermark_key``: the key of keyed watermarks. Each falls back
+        to :func:`medforensics.config.settings` when not given."""
+        env = settings()
+        self.trust = [str(p) for p in trust] if trust is not None else list(env.trust)
+        self.ledger_location = str(ledger) if ledger is not None else env.ledger
+        if watermark_key is None and env.watermark_key:
             from ..provenance.watermark import read_key_file
-            watermark_key = read_key_file(os.environ[ENV_WATERMARK_KEY])
+            watermark_key = read_key_file(env.watermark_key)
         self.watermark_key = watermark_key
         self._ledger = None
 

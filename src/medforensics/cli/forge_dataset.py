@@ -6,10 +6,8 @@ from typing import Optional
 
 import typer
 
-from .cli import forge_app
 
 
-@forge_app.command("dataset")
 def dataset_cmd(
     out: Path = typer.Option(..., "--out", help="New folder for the dataset (images, masks, manifest.csv)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Real images laid out like ../shared/data (default: $MEDFORENSICS_DATA or ../shared/data)."),
@@ -25,10 +23,11 @@ def dataset_cmd(
                                 "crops centred on the nodule, HU DICOM + lung-window PNG; 32, 48, 64, 96 or 128)."),
 ) -> None:
     """Build a labelled dataset (CT-GAN's TB/TM/FB/FM, 2D edits, synthetic radiographs) with patient-disjoint splits."""
-    from ..cli import UsageError, out as console, progress_bar
+    from .console import UsageError, out as console
+    from ..progress import progress_bar
     from ..datapath import data_root
-    from .dataset import DatasetConfig, build_dataset
-    from .patches import PATCH_SIZES, build_patches
+    from ..forge.dataset import DatasetConfig, build_dataset
+    from ..forge.patches import PATCH_SIZES, build_patches
 
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: folder exists and is not empty; choose a new one")
@@ -64,7 +63,6 @@ def dataset_cmd(
         console.print(f"  [yellow]note:[/yellow] {p}")
 
 
-@forge_app.command("report")
 def report_cmd(
     out: Path = typer.Option(..., "--out", help="New folder for the realism report (JSON, markdown, figures)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Real images laid out like ../shared/data."),
@@ -72,9 +70,10 @@ def report_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Compare each method's forged regions with real tissue (HU, noise, NPS) and say which detectors flag them."""
-    from ..cli import UsageError, out as console, progress_bar
+    from .console import UsageError, out as console
+    from ..progress import progress_bar
     from ..datapath import data_root
-    from .realism import realism_report
+    from ..forge.realism import realism_report
 
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: folder exists and is not empty; choose a new one")
@@ -86,3 +85,9 @@ def report_cmd(
 
         md = realism_report(data_root(data), out, n=n, seed=seed, progress=tick)
     console.print(md.read_text())
+
+
+def register(forge_app: typer.Typer) -> None:
+    """Add dataset, report to ``forge_app``."""
+    forge_app.command("dataset")(dataset_cmd)
+    forge_app.command("report")(report_cmd)

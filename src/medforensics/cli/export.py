@@ -12,7 +12,8 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from ..cli import UsageError, app, err, progress_bar
+from .console import UsageError, err
+from ..progress import progress_bar
 from ..core import MedForensicsError
 
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
@@ -69,7 +70,6 @@ def plan(paths: List[Path], out_dir: Path, suffix: str) -> tuple[list[tuple[Path
     return pairs, errors
 
 
-@app.command("export")
 def export_cmd(
     paths: List[Path] = typer.Argument(..., help="DICOM files and folders (PNG/JPEG/TIFF files too)."),
     out: Path = typer.Option(..., "--out", help="Folder for the exported images (created if missing); "
@@ -93,8 +93,8 @@ def export_cmd(
     Signing is the default: without --key and --cert, export refuses unless --no-manifest is given.
     Existing files are never overwritten.
     """
-    from .c2pa_manifest import _common_name, export
-    from .keys import load_identity
+    from ..provenance.c2pa_manifest import _common_name, export
+    from ..provenance.keys import load_identity
 
     fmt = fmt.lower()
     if fmt not in ("png", "jpeg", "jpg"):
@@ -147,3 +147,8 @@ def export_cmd(
     err.print(f"exported {done} of {len(pairs)} image(s) to {out}{signed}", soft_wrap=True, highlight=False)
     if errors:
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add export to ``app``."""
+    app.command("export")(export_cmd)

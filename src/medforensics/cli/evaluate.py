@@ -8,10 +8,10 @@ from typing import List
 import typer
 from rich.table import Table
 
-from ..cli import UsageError, app, err, out, progress_bar
+from .console import UsageError, err, out
+from ..progress import progress_bar
 
 
-@app.command("evaluate")
 def evaluate_cmd(
     checkpoint: List[Path] = typer.Option(..., "--checkpoint", help="A model checkpoint (.safetensors); repeatable."),
     manifest: Path = typer.Option(..., "--manifest", help="manifest.csv of a forge dataset."),
@@ -21,7 +21,7 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate checkpoints like the review's Table 6: accuracy, precision, recall, F1, ROC-AUC, calibration,
     confusion matrices, score distributions, and breakdowns per patient, forge method and source."""
-    from .evaluate import evaluate_checkpoints, table6_rows, TABLE6_COLUMNS
+    from ..learn.evaluate import evaluate_checkpoints, table6_rows, TABLE6_COLUMNS
 
     if out_dir.exists():
         raise UsageError(f"{out_dir}: already exists; choose a new folder")
@@ -50,3 +50,8 @@ def evaluate_cmd(
         for note in m.get("notes", []):
             err.print(f"[yellow]note[/yellow] {name}: {note}", soft_wrap=True)
     err.print(f"metrics, plots and report.html written to {out_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add evaluate to ``app``."""
+    app.command("evaluate")(evaluate_cmd)

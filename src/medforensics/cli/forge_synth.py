@@ -7,10 +7,8 @@ from typing import Optional
 import typer
 
 from ..core import MedForensicsError
-from .cli import forge_app
 
 
-@forge_app.command("synthesize")
 def synthesize_cmd(
     out: Path = typer.Option(..., "--out", help="New (or empty) folder for the samples and their ground truth."),
     n: int = typer.Option(10, "--n", min=1, help="How many radiographs."),
@@ -29,8 +27,8 @@ def synthesize_cmd(
     histogram, noise), each with a ground-truth JSON beside it."""
     from rich.console import Console
 
-    from ..cli import progress_bar
-    from .synth import load_model, write_samples
+    from ..progress import progress_bar
+    from ..forge.synth import load_model, write_samples
 
     fmt = fmt.lower()
     if fmt not in ("like", "png", "jpeg", "jpg", "dicom", "mixed"):
@@ -58,7 +56,6 @@ def synthesize_cmd(
         console.print(f"  ... and {len(written) - 5} more")
 
 
-@forge_app.command("train-synth")
 def train_synth_cmd(
     out: Path = typer.Option(..., "--out", help="New .safetensors checkpoint (never overwritten)."),
     config: str = typer.Option("small", "--config", help="small (CPU, under 15 min) or gpu (CUDA, bigger, longer)."),
@@ -73,7 +70,7 @@ def train_synth_cmd(
     model card (data, configuration, losses, time)."""
     from rich.console import Console
 
-    from .synth import TrainConfig, train
+    from ..forge.synth import TrainConfig, train
 
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose a new name")
@@ -94,3 +91,9 @@ def train_synth_cmd(
                     f"{tr['wall_time_s']:.0f} s on {tr['device']}, {card['data']['n_images']} images; final "
                     f"recon L1 {final.get('recon_l1', float('nan')):.4f}, KL {final.get('kl', float('nan')):.0f}"
                     + (" (stopped at the time budget)" if tr["stopped_early"] else ""))
+
+
+def register(forge_app: typer.Typer) -> None:
+    """Add synthesize, train-synth to ``forge_app``."""
+    forge_app.command("synthesize")(synthesize_cmd)
+    forge_app.command("train-synth")(train_synth_cmd)

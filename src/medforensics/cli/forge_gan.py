@@ -6,10 +6,8 @@ from typing import Optional
 
 import typer
 
-from .cli import forge_app
 
 
-@forge_app.command("train-gan")
 def train_gan(
     modality: str = typer.Option(..., "--modality", help="ct (3D cubes from CT series) or xray (2D patches from radiographs)."),
     config: str = typer.Option("small", "--config", help="small (CPU, about 12 minutes on 2 cores) or gpu (bigger, picks CUDA when available)."),
@@ -26,7 +24,7 @@ def train_gan(
     """Train a conditional in-painting GAN on real images and write it as a checkpoint with a model card."""
     from rich.console import Console
 
-    from .gan import TrainConfig, train
+    from ..forge.gan import TrainConfig, train
 
     if modality not in ("ct", "xray"):
         raise typer.BadParameter("must be ct or xray", param_hint="--modality")
@@ -56,3 +54,8 @@ def train_gan(
                   f"{tr['wall_time_s']:.0f} s on {tr['device']}; low-pass L1 {fl.get('lowpass', float('nan')):.4f}, "
                   f"noise {fl.get('noise', float('nan')):.3f}; held-out noise ratio (generated/around) "
                   f"{met.get('noise_ratio_median')}")
+
+
+def register(forge_app: typer.Typer) -> None:
+    """Add train-gan to ``forge_app``."""
+    forge_app.command("train-gan")(train_gan)

@@ -16,13 +16,12 @@ from typing import Any, Optional
 
 import typer
 
-from .cli import forge_app
 
 _RASTER = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
 
 def _usage(msg: str) -> Exception:
-    from ..cli import UsageError
+    from .console import UsageError
     return UsageError(msg)
 
 
@@ -118,7 +117,7 @@ def _run(kind: str, image_path: Path, out: Path, slice_: Optional[int], make) ->
 
 
 def _report(kind: str, f, written, mask_file: Path, truth: Path) -> None:
-    from ..cli import out as console
+    from .console import out as console
 
     p = f.params
     half = len(f.bbox_voxel) // 2
@@ -149,7 +148,6 @@ _SLICE = typer.Option(None, "--slice", help="Slice K of a volume (multi-frame DI
 _FEATHER = typer.Option(None, "--feather", min=0, help="Blend the edges over this many pixels.")
 
 
-@forge_app.command("copymove")
 def copymove_cmd(
     image: Path = typer.Argument(..., help="One image: DICOM radiograph or CT slice, PNG, JPEG, TIFF."),
     out: Path = _OUT,
@@ -163,14 +161,13 @@ def copymove_cmd(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
     """Copy a region of the image elsewhere in it (rotated, scaled, edges blended)."""
-    from .edits import forge_copymove
+    from ..forge.edits import forge_copymove
 
     b, t = _ints(box, 4, "--box"), _ints(to, 2, "--to")
     _run("copymove", image, out, slice_, lambda im, k: forge_copymove(im, seed=seed, box=b, to=t, angle=angle,
                                                                         scale=scale, feather=feather, k=k))
 
 
-@forge_app.command("splice")
 def splice_cmd(
     image: Path = typer.Argument(..., help="The image to paste into."),
     donor: Path = typer.Option(..., "--donor", help="The image a region is taken from (another patient, another scanner)."),
@@ -187,7 +184,7 @@ def splice_cmd(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
     """Paste a region of another image, scaled to this one's pixel size, intensity- and noise-matched."""
-    from .edits import forge_splice
+    from ..forge.edits import forge_splice
 
     b, t = _ints(box, 4, "--box"), _ints(to, 2, "--to")
     donor_image, dk = _load_one(donor, donor_slice)
@@ -196,7 +193,6 @@ def splice_cmd(
                                                                     noise=not no_noise, k=k, donor_k=dk))
 
 
-@forge_app.command("inpaint")
 def inpaint_cmd(
     image: Path = typer.Argument(..., help="One image: DICOM radiograph or CT slice, PNG, JPEG, TIFF."),
     out: Path = _OUT,
@@ -208,7 +204,7 @@ def inpaint_cmd(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
     """Remove what is in a region (a finding) by in-painting it from its surroundings."""
-    from .edits import INPAINT_METHODS, forge_inpaint
+    from ..forge.edits import INPAINT_METHODS, forge_inpaint
 
     if method not in INPAINT_METHODS:
         raise _usage(f"--method must be one of {', '.join(INPAINT_METHODS)}, got {method!r}")
@@ -217,7 +213,6 @@ def inpaint_cmd(
                                                                       noise=not no_noise, k=k))
 
 
-@forge_app.command("edit")
 def edit_cmd(
     image: Path = typer.Argument(..., help="One image: DICOM radiograph or CT slice, PNG, JPEG, TIFF."),
     out: Path = _OUT,
@@ -234,7 +229,7 @@ def edit_cmd(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
     """A local edit with soft edges: brighten/darken (intensity), contrast, or resample a region in place."""
-    from . import edits
+    from ..forge import edits
 
     allowed = {"intensity": {"offset"}, "contrast": {"factor"}, "resample": {"scale", "angle", "interpolation"}}
     if kind not in allowed:
@@ -256,3 +251,11 @@ def edit_cmd(
         make = lambda im, k: edits.forge_resample(im, scale=scale, angle=angle, k=k,  # noqa: E731
                                                   interpolation=interpolation or "linear", **common)
     _run(kind, image, out, slice_, make)
+
+
+def register(forge_app: typer.Typer) -> None:
+    """Add copymove, splice, inpaint, edit to ``forge_app``."""
+    forge_app.command("copymove")(copymove_cmd)
+    forge_app.command("splice")(splice_cmd)
+    forge_app.command("inpaint")(inpaint_cmd)
+    forge_app.command("edit")(edit_cmd)

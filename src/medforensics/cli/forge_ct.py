@@ -18,13 +18,9 @@ from typing import Any, Optional
 
 import typer
 
-from .cli import forge_app
-
-
 def _usage(msg: str) -> Exception:
-    from ..cli import UsageError
+    from .console import UsageError
     return UsageError(msg)
-
 
 def _numbers(text: Optional[str], name: str, what: str, as_int: bool) -> Optional[tuple]:
     if text is None:
@@ -41,7 +37,6 @@ def _numbers(text: Optional[str], name: str, what: str, as_int: bool) -> Optiona
             raise _usage(f"{name} must be whole numbers {what}, got {text!r}")
         return tuple(int(v) for v in vals)
     return vals
-
 
 def _load_series(path: Path):
     from ..core import MedForensicsError
@@ -65,9 +60,8 @@ def _load_series(path: Path):
         raise MedForensicsError(path, f"the series is {image.modality}, not CT")
     return image
 
-
 def _outputs(series_dir: Path, out: Path) -> tuple[Path, Path, Path]:
-    from ..cli import new_output
+    from .console import new_output
 
     if not out.name or out.name in (".", ".."):
         out = out.resolve()
@@ -89,7 +83,6 @@ def _outputs(series_dir: Path, out: Path) -> tuple[Path, Path, Path]:
         raise _usage(f"{out}: folder {out.parent} does not exist")
     return out, gt, mask
 
-
 def _write(image, forgery, out: Path, gt: Path, mask_path: Path, careless: bool, extra: dict[str, Any]) -> list[Path]:
     from ..io.write import write_like, write_mask
 
@@ -100,9 +93,8 @@ def _write(image, forgery, out: Path, gt: Path, mask_path: Path, careless: bool,
                                shape=list(image.pixels.shape), **extra)
     return files
 
-
 def _report(verb: str, forgery, out: Path, gt: Path, mask: Path, n_files: int) -> None:
-    from ..cli import out as console
+    from .console import out as console
 
     b = forgery.bbox_voxel
     mm = forgery.center_mm
@@ -112,14 +104,11 @@ def _report(verb: str, forgery, out: Path, gt: Path, mask: Path, n_files: int) -
     console.print(f"wrote {n_files} files to {out}; ground truth {gt.name} and mask {mask.name} beside it",
                   soft_wrap=True, highlight=False, markup=False)
 
-
 def _check_method(method: str) -> None:
-    from .ct import METHODS
+    from ..forge.ct import METHODS
     if method not in METHODS:
         raise _usage(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
 
-
-@forge_app.command("inject")
 def inject_cmd(
     series_dir: Path = typer.Argument(..., help="Folder of one CT series (DICOM)."),
     out: Path = typer.Option(..., "--out", help="New folder for the manipulated series (ground truth goes beside it)."),
@@ -134,7 +123,7 @@ def inject_cmd(
 ) -> None:
     """Inject a lung nodule into a CT series (CT-GAN style): write the new series, mask and ground truth."""
     from ..core import MedForensicsError
-    from .ct import NODULE_TYPES, inject
+    from ..forge.ct import NODULE_TYPES, inject
 
     if center and center_mm:
         raise _usage("give --center or --center-mm, not both")
@@ -155,8 +144,6 @@ def inject_cmd(
     files = _write(image, forgery, out, gt, mask, careless, {})
     _report(f"injected a nodule of {diameter:g} mm ({nodule_type}, {method})", forgery, out, gt, mask, len(files))
 
-
-@forge_app.command("remove")
 def remove_cmd(
     series_dir: Path = typer.Argument(..., help="Folder of one CT series (DICOM)."),
     out: Optional[Path] = typer.Option(None, "--out", help="New folder for the manipulated series (ground truth goes beside it)."),
@@ -172,8 +159,8 @@ def remove_cmd(
 ) -> None:
     """Remove a nodule from a CT series by painting lung over it: write the new series, mask and ground truth."""
     from ..core import MedForensicsError
-    from .ct import remove
-    from .lidc import nodules_for
+    from ..forge.ct import remove
+    from ..forge.lidc import nodules_for
 
     if list_only:
         image = _load_series(series_dir)
@@ -214,11 +201,10 @@ def remove_cmd(
     what = f"nodule {nodule.id} ({nodule.diameter_mm:.1f} mm)" if nodule else f"a {forgery.params['diameter_mm']:g} mm region"
     _report(f"removed {what} ({method})", forgery, out, gt, mask, len(files))
 
-
 def _list(image, nodules) -> None:
     from rich.table import Table
 
-    from ..cli import out as console
+    from .console import out as console
 
     if not nodules:
         console.print(f"{image.path}: no LIDC-IDRI nodules found (no matching annotation XML, or none on these slices)",
@@ -233,3 +219,8 @@ def _list(image, nodules) -> None:
         dia = "<3" if n.small else f"{n.diameter_mm:.1f}"
         table.add_row(str(n.id), ",".join(map(str, n.center_voxel)), mm, dia, mal, str(n.n_readers))
     console.print(table)
+
+def register(forge_app: typer.Typer) -> None:
+    """Add inject, remove to ``forge_app``."""
+    forge_app.command("inject")(inject_cmd)
+    forge_app.command("remove")(remove_cmd)

@@ -15,13 +15,13 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ..cli import UsageError, app, err, new_output, out, progress_bar
+from .console import UsageError, err, new_output, out
+from ..progress import progress_bar
 from ..core import MedForensicsError
-from .ledger import ENV_KEY, ENV_LOG, Fingerprint, Ledger, check_bundle, fingerprint, generate_key, load_private_key
+from ..provenance.ledger import ENV_KEY, ENV_LOG, Fingerprint, Ledger, check_bundle, fingerprint, generate_key, load_private_key
 
 ledger_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Transparency log (Merkle tree, signed heads, proofs) of image fingerprints.")
-app.add_typer(ledger_app, name="ledger")
 
 _LOG_HELP = f"The log: a SQLite file, sqlite:///path or postgresql://... (default: ${ENV_LOG})."
 STATUS_STYLE = {"unchanged": "green", "changed": "red", "unknown": "yellow", "error": "red"}
@@ -208,7 +208,7 @@ def check_cmd(
     image: Optional[Path] = typer.Option(None, "--image", help="Also check that this file is the logged image."),
 ) -> None:
     """Check a proof bundle with the log's public key alone (exit 0 valid, 3 invalid, 1 malformed)."""
-    from .keys import read_bytes
+    from ..provenance.keys import read_bytes
     pem = read_bytes(public_key)
     res = check_bundle(bundle, pem, image=image)
     if res.ok:
@@ -270,6 +270,11 @@ def serve_cmd(
     /proof/inclusion, /proof/consistency, /lookup, POST /entries."""
     import uvicorn
 
-    from .ledger import create_app
+    from ..provenance.ledger import create_app
     application = create_app(_log(log), writable=writable, key_path=key)
     uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ledger to ``app``."""
+    app.add_typer(ledger_app, name="ledger")

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import typer
 
-from ..cli import UsageError, app, err
-from .keys import ALGORITHMS, new_identity
+from .console import UsageError, err
+from ..provenance.keys import ALGORITHMS, new_identity
 
 keys_app = typer.Typer(add_completion=False, no_args_is_help=True,
                        help="Signing identities (private key + X.509 certificate) for sign, export and ledger.")
-app.add_typer(keys_app, name="keys")
 
 
 @keys_app.command("new")
@@ -32,3 +31,8 @@ def keys_new(
     files = new_identity(name, algorithm=algorithm, days=days, organisation=organisation).save(folder)
     for role, path in files.items():
         err.print(f"{role:5s} {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add keys to ``app``."""
+    app.add_typer(keys_app, name="keys")

@@ -8,11 +8,9 @@ from typing import List, Optional
 import typer
 
 from ..core import MedForensicsError
-from .cli import forge_app
 
 zoo_app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="Generators of several families (GAN, diffusion, super-resolution, VAE) and their fakes.")
-forge_app.add_typer(zoo_app, name="zoo")
 
 DATA_HELP = "Data root (default: $MEDFORENSICS_DATA or ../shared/data beside the repository)."
 
@@ -23,7 +21,7 @@ def list_cmd() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .zoo.families import FAMILIES
+    from ..forge.zoo.families import FAMILIES
 
     t = Table("family", "fakes", "presets", "what it is")
     for f in FAMILIES.values():
@@ -48,8 +46,8 @@ def train_cmd(
 
     from rich.console import Console
 
-    from .zoo.families import family as family_named
-    from .zoo.families import train_family
+    from ..forge.zoo.families import family as family_named
+    from ..forge.zoo.families import train_family
 
     fam = family_named(family)
     if not fam.modes or fam.fit.__name__ == "_no_fit":
@@ -75,7 +73,7 @@ def train_cmd(
 
 
 def _models(checkpoints: List[Path], vae: bool) -> dict:
-    from .zoo.families import load_zoo_model, untrained
+    from ..forge.zoo.families import load_zoo_model, untrained
 
     models = {}
     for c in checkpoints:
@@ -104,7 +102,7 @@ def dataset_cmd(
     every family, finished alike, with a forge manifest (patient-disjoint splits)."""
     from rich.console import Console
 
-    from .zoo.dataset import ZooDatasetConfig, build_zoo_dataset
+    from ..forge.zoo.dataset import ZooDatasetConfig, build_zoo_dataset
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty folder; choose a new one")
@@ -127,7 +125,7 @@ def realism_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from .zoo.realism import family_realism
+    from ..forge.zoo.realism import family_realism
 
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose a new name")
@@ -138,3 +136,8 @@ def realism_cmd(
                   *(f"{e[m]:.4f}" if m in e else "" for m in ("noise_w1", "nps_freq_w1", "sharpness_w1")))
     Console().print(t)
     Console().print(f"figure: {out}")
+
+
+def register(forge_app: typer.Typer) -> None:
+    """Add zoo to ``forge_app``."""
+    forge_app.add_typer(zoo_app, name="zoo")

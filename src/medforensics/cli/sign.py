@@ -16,7 +16,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..cli import UsageError, app, err, new_output, out, progress_bar
+from .console import UsageError, err, new_output, out
+from ..progress import progress_bar
 from ..core import MedForensicsError
 
 _SKIP_EXT = {".md", ".txt", ".csv", ".xml", ".json", ".jsonl", ".html", ".htm", ".py", ".pdf", ".zip", ".gz",
@@ -41,7 +42,6 @@ def _inputs(paths: List[Path]) -> list[tuple[Path, Path | None, str | None]]:
     return found
 
 
-@app.command("sign")
 def sign_cmd(
     paths: List[Path] = typer.Argument(..., help="DICOM files or folders (walked recursively)."),
     key: Path = typer.Option(..., "--key", help="Signer's private key (PEM)."),
@@ -55,8 +55,8 @@ def sign_cmd(
                                          help="Leave out the signed per-attribute and per-block digests."),
 ) -> None:
     """Add a DICOM digital signature (PS3.15) to copies of DICOM files; dcmsign verifies them."""
-    from .keys import load_identity
-    from .signature import MAC_ALGORITHMS, PROFILES, parse_tags, sign_file
+    from ..provenance.keys import load_identity
+    from ..provenance.signature import MAC_ALGORITHMS, PROFILES, parse_tags, sign_file
 
     if profile not in PROFILES:
         raise UsageError(f"--profile must be one of {', '.join(PROFILES)}")
@@ -120,7 +120,6 @@ def _split_tags(s: str) -> list[str]:
     return outl
 
 
-@app.command("verify")
 def verify_cmd(
     paths: List[Path] = typer.Argument(..., help="DICOM, PNG or JPEG files or folders."),
     trust: Optional[List[Path]] = typer.Option(None, "--trust", help="Trusted CA certificate (PEM/DER); repeatable."),
@@ -131,8 +130,8 @@ def verify_cmd(
     Exit 0 only when every file carries signatures and all of them verified; unsigned files,
     broken or untrusted signatures and unreadable files give exit 1.
     """
-    from .keys import load_certificates
-    from .signature import verify_file
+    from ..provenance.keys import load_certificates
+    from ..provenance.signature import verify_file
 
     new_output(json_out)
     anchors = [c for p in (trust or []) for c in load_certificates(p)]
@@ -167,7 +166,7 @@ def _verify_one(src: Path, problem: str | None, anchors, verify_file) -> dict:
         return {"path": str(src), "kind": "unknown", "ok": False, "unsigned": True, "error": problem, "signatures": []}
     if src.suffix.lower() in _RASTER:
         try:
-            from .c2pa_manifest import verify_manifest
+            from ..provenance.c2pa_manifest import verify_manifest
         except ImportError as e:
             return {"path": str(src), "kind": "c2pa", "ok": False, "unsigned": True, "signatures": [],
                     "error": f"C2PA verification is not available ({e})"}
@@ -202,3 +201,9 @@ def _rows(table: Table, rec: dict) -> None:
             reasons = "; ".join(s["reasons"]) or f"intact, {trust}"
             table.add_row(path, escape(str(s["signature_uid"] or "?")[-24:]), escape(s["signer"] or ""), status,
                           escape(reasons))
+
+
+def register(app: typer.Typer) -> None:
+    """Add sign, verify to ``app``."""
+    app.command("sign")(sign_cmd)
+    app.command("verify")(verify_cmd)

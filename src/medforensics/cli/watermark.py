@@ -9,18 +9,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..cli import UsageError, app, err, out, progress_bar
+from .console import UsageError, err, out
+from ..progress import progress_bar
 from ..core import MedForensicsError
 
 watermark_app = typer.Typer(add_completion=False, no_args_is_help=True,
                             help="Reversible fragile watermark: embed, check (localise edits), restore the exact original.")
-app.add_typer(watermark_app, name="watermark")
 
 
 def _key(key_file: Optional[Path]) -> Optional[bytes]:
     if key_file is None:
         return None
-    from .watermark import read_key_file
+    from ..provenance.watermark import read_key_file
     try:
         return read_key_file(key_file)
     except MedForensicsError as e:
@@ -66,7 +66,7 @@ def embed_cmd(
     block: int = typer.Option(32, "--block", min=4, help="Block side in pixels (localisation vs. distortion: 64 halves the change on noisy images)."),
 ) -> None:
     """Watermark DICOM files into new files; print the diagnostic impact (max deviation, PSNR)."""
-    from .watermark import embed_file
+    from ..provenance.watermark import embed_file
 
     key = _key(key_file)
     pairs = _targets(_inputs(paths), out_dir)
@@ -103,7 +103,7 @@ def check_cmd(
 
     Exit status 0 only when every file is intact.
     """
-    from .watermark import check_file
+    from ..provenance.watermark import check_file
 
     key = _key(key_file)
     found = _inputs(paths)
@@ -151,7 +151,7 @@ def restore_cmd(
     partial: bool = typer.Option(False, "--partial", help="Restore tampered files too: verified blocks exactly, tampered ones as they are."),
 ) -> None:
     """Write the exact original pixels (bit for bit) of watermarked files; tampered files are refused unless --partial."""
-    from .watermark import restore_file
+    from ..provenance.watermark import restore_file
 
     key = _key(key_file)
     pairs = _targets(_inputs(paths), out_dir)
@@ -170,3 +170,8 @@ def restore_cmd(
             progress.advance(task)
     if failed:
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add watermark to ``app``."""
+    app.add_typer(watermark_app, name="watermark")

@@ -1,0 +1,75 @@
+"""Settings read from the environment: every ``MEDFORENSICS_*`` variable, in one place.
+
+Library code takes its settings as arguments (``load_detectors(names, options)``, ``--data``,
+``--ledger``, ...); where an argument is not given it falls back to the variable below, read
+here and nowhere else. Nothing in the package writes these variables.
+
+=============================== ===============================================================
+variable                        meaning
+=============================== ===============================================================
+``MEDFORENSICS_DATA``           the data root (default: ``../shared/data`` beside the repository)
+``MEDFORENSICS_LEDGER``         the transparency log (a file or a ``postgresql://`` URL) that
+                                ``scan`` and ``ledger`` use when none is given
+``MEDFORENSICS_LEDGER_KEY``     the log's signing key (PEM) for ``ledger add``
+``MEDFORENSICS_TRUST``          CA certificates (PEM files, separated by ``os.pathsep``) that
+                                signers must chain to
+``MEDFORENSICS_WATERMARK_KEY``  key file of keyed watermarks
+``MEDFORENSICS_PROGRESS``       ``1``: draw progress bars even when stderr is not a terminal
+``MEDFORENSICS_LEARNED_CT2D``   another checkpoint for ``learned_2d`` on CT
+``MEDFORENSICS_LEARNED_XRAY``   another checkpoint for ``learned_2d`` on radiographs
+``MEDFORENSICS_LEARNED_CTPATCH`` another checkpoint for ``ct_patch``
+``MEDFORENSICS_LEARNED_ZOO``    another checkpoint for ``learned_synthesis``
+=============================== ===============================================================
+
+>>> s = settings({"MEDFORENSICS_TRUST": "a.pem" + os.pathsep + "b.pem", "MEDFORENSICS_PROGRESS": "1"})
+>>> s.trust, s.progress, s.ledger
+(('a.pem', 'b.pem'), True, None)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+DATA = "MEDFORENSICS_DATA"
+LEDGER = "MEDFORENSICS_LEDGER"
+LEDGER_KEY = "MEDFORENSICS_LEDGER_KEY"
+TRUST = "MEDFORENSICS_TRUST"
+WATERMARK_KEY = "MEDFORENSICS_WATERMARK_KEY"
+PROGRESS = "MEDFORENSICS_PROGRESS"
+#: Checkpoint variables of the learned detectors, by model.
+CHECKPOINTS = {"ct2d": "MEDFORENSICS_LEARNED_CT2D", "xray": "MEDFORENSICS_LEARNED_XRAY",
+               "ctpatch": "MEDFORENSICS_LEARNED_CTPATCH", "zoo": "MEDFORENSICS_LEARNED_ZOO"}
+#: Every variable this module reads.
+VARIABLES = (DATA, LEDGER, LEDGER_KEY, TRUST, WATERMARK_KEY, PROGRESS, *CHECKPOINTS.values())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings the environment gives (``None`` or empty where a variable is unset)."""
+
+    data: str | None = None
+    ledger: str | None = None
+    ledger_key: str | None = None
+    trust: tuple[str, ...] = ()
+    watermark_key: str | None = None
+    progress: bool = False
+    checkpoints: Mapping[str, str] = field(default_factory=dict)
+
+    def checkpoint(self, model: str) -> str | None:
+        """The checkpoint the environment names for ``model`` (a key of :data:`CHECKPOINTS`)."""
+        return self.checkpoints.get(model)
+
+
+def settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of ``environ`` (default: the process environment, read now)."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(name, "").strip()
+        return value or None
+
+    return Settings(data=get(DATA), ledger=get(LEDGER), ledger_key=get(LEDGER_KEY),
+                    trust=tuple(p for p in (get(TRUST) or "").split(os.pathsep) if p),
+                    watermark_key=get(WATERMARK_KEY), progress=get(PROGRESS) == "1",
+                    checkpoints={m: v for m, name in CHECKPOINTS.items() if (v := get(name))})
