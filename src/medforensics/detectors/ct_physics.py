@@ -90,6 +90,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core import Evidence, Image
+from ..noise import IMMERKAER_GAIN, IMMERKAER_KERNEL, mad_sigma
 from .base import Detector, logistic, print_raw_values, regions_from_heatmap
 
 # --------------------------------------------------------------------------- constants
@@ -126,7 +127,7 @@ MIN_SIDE = 32               # smaller images: too few blocks for statistics, the
 #: sources: 2.9 to 33 HU in soft tissue), a 2x excess is no longer evidence where it is 1 HU
 STRUCTURE_HU = 1.0
 #: Immerkaer's operator scaled so that ``mean|r| * sqrt(pi/2)`` is sigma for white noise.
-_IMMERKAER = (np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32) * (np.sqrt(np.pi / 2) / 6)).astype(np.float32)
+_IMMERKAER = (IMMERKAER_KERNEL * IMMERKAER_GAIN).astype(np.float32)
 _SQRT_HALF_PI = float(np.sqrt(np.pi / 2))
 
 
@@ -299,7 +300,7 @@ def _robust_spread(v: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     if v.size < 8:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+    return mad_sigma(v)
 
 
 def analyse(vol: np.ndarray) -> dict:
@@ -432,7 +433,7 @@ def slice_consistency(a: dict) -> tuple[np.ndarray, dict]:
                 d = np.nanmedian(diff, axis=1)
                 d[pairs < 8] = np.nan
                 # standard error of each slice's median: few blocks, a less certain median
-                mad = 1.4826 * np.nanmedian(np.abs(diff - d[:, None]), axis=1)
+                mad = mad_sigma(diff, axis=1, nan_policy="omit")
                 se = 1.2533 * mad / np.sqrt(np.maximum(pairs, 1))
                 s = max(_robust_spread(d), SLICE_FLOOR)
                 zz = np.abs(d) / np.sqrt(s * s + se * se)

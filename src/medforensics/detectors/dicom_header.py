@@ -54,6 +54,7 @@ from pydicom.dataset import Dataset
 
 from ..core import Evidence, Image
 from ..io.dicom import MIN_PART, value_runs
+from ..noise import mad_sigma
 from .base import Detector, logistic, region_from_box
 
 SEVERITY = {"strong": 3.0, "moderate": 1.5, "weak": 0.5}
@@ -401,9 +402,8 @@ def _time_outliers(t: np.ndarray) -> list[int]:
     k = np.arange(len(t))
     slope, intercept, _, _ = theilslopes(t, k)
     resid = t - (intercept + slope * k)
-    mad = float(np.median(np.abs(resid - np.median(resid))))
     step = float(np.median(np.abs(np.diff(t)))) if len(t) > 1 else 0.0
-    tol = max(10 * 1.4826 * mad, 5 * step, 5.0)
+    tol = max(10 * mad_sigma(resid), 5 * step, 5.0)
     odd = [int(i) for i in np.nonzero(np.abs(resid) > tol)[0]]
     return odd if len(odd) <= max(1, len(t) // 4) else []
 

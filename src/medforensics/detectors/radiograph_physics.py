@@ -60,8 +60,9 @@ import cv2
 import numpy as np
 
 from ..core import Evidence, Image
-from ._blocks import IMMERKAER, IMMERKAER_GAIN, blocks, cluster_mass, immerkaer, local_mean
-from .base import Detector, logistic, print_raw_values, regions_from_heatmap, robust_z
+from ..noise import IMMERKAER_GAIN, IMMERKAER_KERNEL, mad_sigma, robust_z
+from ._blocks import blocks, cluster_mass, immerkaer, local_mean
+from .base import Detector, logistic, print_raw_values, regions_from_heatmap
 from .noise_residual import TRIM_GAIN, block_size
 from .spectral import (RADIOGRAPHS, RASTER_EXPORTS, _centre, _centre_offset, jpeg_grid,
                        trace_domain)
@@ -87,7 +88,7 @@ def dilated_residual(img: np.ndarray, step: int = 2) -> np.ndarray:
     2.0
     """
     k = np.zeros((2 * step + 1, 2 * step + 1), np.float32)
-    k[::step, ::step] = IMMERKAER
+    k[::step, ::step] = IMMERKAER_KERNEL
     return cv2.filter2D(np.asarray(img, np.float32), cv2.CV_32F, k) * (IMMERKAER_GAIN / 1.2533)
 
 
@@ -141,8 +142,7 @@ def fit_nlf(mu: np.ndarray, var: np.ndarray, bins: int = 12) -> tuple[float, flo
     pred = np.maximum(a + b * mu, 1e-6)
     with np.errstate(divide="ignore", invalid="ignore"):
         dev = np.log(np.maximum(var, 1e-9) / pred)
-    med = float(np.median(dev))
-    return float(a), float(b), float(1.4826 * np.median(np.abs(dev - med)))
+    return float(a), float(b), mad_sigma(dev)
 
 
 class RadiographPhysicsDetector(Detector):

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from ..core import Image, MedForensicsError
+from ..noise import mad_sigma
 from .base import Forgery
 
 Box = tuple[int, int, int, int]
@@ -126,10 +127,9 @@ def _highpass(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def _mad_sigma(values: np.ndarray) -> float:
+    """:func:`medforensics.noise.mad_sigma` in float64, 0 for an empty selection."""
     v = np.asarray(values, np.float64).ravel()
-    if v.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+    return mad_sigma(v) if v.size else 0.0
 
 
 def noise_sigma(arr: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core import Image, MedForensicsError
+from ..noise import mad_sigma
 
 FLAG = 0.5
 
@@ -47,7 +48,7 @@ def noise_std(a: np.ndarray, mask: np.ndarray) -> float:
     r = residual(a)[mask > 0]
     if r.size < 20:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+    return mad_sigma(r)
 
 
 def nps(patch: np.ndarray, n_bins: int = 16) -> np.ndarray:

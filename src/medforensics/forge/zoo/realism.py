@@ -3,7 +3,7 @@
 For every item of a zoo manifest (one split), three measures of the file as a detector reads it
 (:func:`medforensics.learn.data.load_item`, radiograph scaling):
 
-* ``noise`` -- Immerkaer's high-pass noise level (:func:`medforensics.forge.synth.noise_sigma`);
+* ``noise`` -- Immerkaer's high-pass noise level (:func:`medforensics.noise.estimate_sigma`);
 * ``nps_freq`` -- mean frequency of the noise power spectrum of the central 128 px
   (:func:`medforensics.forge.realism.nps`, of the residual after a Gaussian high-pass): about
   0.36 cycles/px for white noise, lower for noise blurred by a generator or a resize;
@@ -37,8 +37,8 @@ def measures(a: np.ndarray) -> dict[str, Any]:
     """The three realism measures of one [0, 1] image (and its NPS curve)."""
     import cv2
 
+    from ...noise import estimate_sigma
     from ..realism import nps, nps_mean_freq
-    from ..synth import noise_sigma
 
     a = np.asarray(a, np.float32)
     h, w = a.shape
@@ -48,7 +48,7 @@ def measures(a: np.ndarray) -> dict[str, Any]:
     gx, gy = cv2.Sobel(a, cv2.CV_32F, 1, 0), cv2.Sobel(a, cv2.CV_32F, 0, 1)
     lo, hi = np.percentile(a, (1, 99))
     sharp = float(np.percentile(np.hypot(gx, gy), 90) / max(float(hi - lo), 1e-3))
-    return {"noise": noise_sigma(a), "nps_freq": nps_mean_freq(curve), "sharpness": sharp, "nps": curve}
+    return {"noise": estimate_sigma(a), "nps_freq": nps_mean_freq(curve), "sharpness": sharp, "nps": curve}
 
 
 def family_realism(manifest: str | Path, split: str = "test", out: str | Path | None = None) -> dict[str, Any]:
