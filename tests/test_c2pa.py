@@ -244,9 +244,9 @@ def test_container_detector_still_flags_a_tampered_export(ids, tmp_path):
     dst = tmp_path / "ct.png"
     export(CT, dst, ids["ec"])
     ev = det.detect(load(dst)[0])
-    assert ev.details["provenance"].startswith("c2pa-valid") and ev.details["c2pa"]["signer"] == "Radiology export EC"
+    assert ev.provenance.startswith("c2pa-valid") and ev.details["c2pa"]["signer"] == "Radiology export EC"
     ev = det.detect(load(rewrite_idat(dst, tmp_path / "t.png"))[0])
-    assert ev.score > 0.8 and ev.details["provenance"] == "c2pa-invalid"
+    assert ev.score > 0.8 and ev.provenance == "c2pa-invalid"
     assert "assertion.dataHash.mismatch" in ev.details["c2pa"]["failures"]
 
 

@@ -440,7 +440,7 @@ def test_container_c2pa_generator_claim_and_tampering(tmp_path):
     assert ev.details["c2pa"]["signer"] == "Test signer" and ev.details["c2pa"]["untrusted"]
     cap = _signed_png(tmp_path, "digitalCapture")
     ev = DET["container"].detect(load(cap)[0])
-    assert ev.score < 0.5 and ev.details["provenance"].startswith("c2pa-valid")
+    assert ev.score < 0.5 and ev.provenance.startswith("c2pa-valid")
     # change pixels after signing: rewrite the IDAT chunk with a valid CRC so the PNG still decodes
     import struct
     import zlib
@@ -454,4 +454,4 @@ def test_container_c2pa_generator_claim_and_tampering(tmp_path):
     tampered = tmp_path / "tampered.png"
     tampered.write_bytes(bytes(data[:i - 4]) + chunk + bytes(data[i + 8 + n:]))
     ev = DET["container"].detect(load(tampered)[0])
-    assert ev.score > 0.8 and ev.details["provenance"] == "c2pa-invalid", ev.details["c2pa"]
+    assert ev.score > 0.8 and ev.provenance == "c2pa-invalid", ev.details["c2pa"]

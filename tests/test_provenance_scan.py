@@ -59,7 +59,7 @@ def test_intact_proofs_are_no_evidence_of_manipulation(tmp_path, identity):
     _, ev = _evidence(signed, trust=[], ledger=str(tmp_path / "log.sqlite"))
     assert ev.score == 0.0
     assert ev.details["status"] == {"signature": {"valid": 1}, "watermark": {"intact": 1}, "ledger": {"unchanged": 1}}
-    assert ev.details["provenance"] == "signature:valid watermark:intact ledger:unchanged"
+    assert ev.provenance == "signature:valid watermark:intact ledger:unchanged"
     assert ev.explanation.startswith("provenance holds")
     assert not ev.regions
 

@@ -20,18 +20,55 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from enum import StrEnum
+from typing import Any, Sequence
 
 import numpy as np
 
 SCHEMA_VERSION = "1.1"
 
-LABELS = ("authentic", "suspicious", "manipulated", "synthetic")
-Label = Literal["authentic", "suspicious", "manipulated", "synthetic"]
-#: What a piece of evidence points to; ``processing`` is reported but never counted as manipulation.
-INDICATES = ("manipulation", "synthesis", "processing")
-#: How far a piece of evidence may carry a verdict on its own (see :mod:`medforensics.fusion`).
-CONFIDENCES = ("normal", "low")
+class _Word(StrEnum):
+    """A fixed word of the JSON contract: equal to its string, shown as its string."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class Label(_Word):
+    """The verdict on an image, from least to most alarming."""
+
+    AUTHENTIC = "authentic"
+    SUSPICIOUS = "suspicious"
+    MANIPULATED = "manipulated"
+    SYNTHETIC = "synthetic"
+
+
+class Indicates(_Word):
+    """What a piece of evidence points to; ``processing`` is reported but never counted as manipulation."""
+
+    MANIPULATION = "manipulation"
+    SYNTHESIS = "synthesis"
+    PROCESSING = "processing"
+
+
+class Confidence(_Word):
+    """How far a piece of evidence may carry a verdict on its own (see :mod:`medforensics.fusion`)."""
+
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class Kind(_Word):
+    """What a verdict is about: one 2D image or a series (a volume)."""
+
+    IMAGE = "image"
+    SERIES = "series"
+
+
+#: The labels' values in order (members of :class:`Label` compare equal to these strings).
+LABELS = tuple(m.value for m in Label)
+INDICATES = tuple(m.value for m in Indicates)
+CONFIDENCES = tuple(m.value for m in Confidence)
 
 
 class MedForensicsError(Exception):
@@ -116,9 +153,9 @@ class Image:
             raise ValueError("affine must be a 4x4 matrix")
 
     @property
-    def kind(self) -> Literal["image", "series"]:
+    def kind(self) -> Kind:
         """``series`` for a volume, ``image`` for a 2D image."""
-        return "series" if self.pixels.ndim == 3 else "image"
+        return Kind.SERIES if self.pixels.ndim == 3 else Kind.IMAGE
 
     @property
     def n_instances(self) -> int:
@@ -193,7 +230,18 @@ class Evidence:
     ``low`` for evidence that alone must not make an image ``manipulated`` or ``synthetic`` (a
     rule whose false-alarm rate outside its fitted sources is not low enough; see
     :mod:`medforensics.fusion`). ``heatmap``, when present, has the shape of ``Image.pixels`` and
-    values in [0, 1] (1 = most suspicious).
+    values in [0, 1] (1 = most suspicious). ``provenance`` is set by detectors that check proofs
+    of origin: one word per proof, e.g. ``signature:valid watermark:tampered`` or ``c2pa-valid``
+    (it becomes :attr:`Verdict.provenance`; in JSON it is written under ``details``, as in
+    schema 1.1).
+
+    >>> e = Evidence("copy_move", 0.93, "two regions match", indicates="manipulation")
+    >>> e.indicates is Indicates.MANIPULATION, e.counts
+    (True, True)
+    >>> Evidence("x", 0.5, "", indicates="forgery")
+    Traceback (most recent call last):
+    ...
+    ValueError: x: indicates must be one of manipulation, synthesis, processing, got 'forgery'
     """
 
     detector: str
@@ -202,8 +250,9 @@ class Evidence:
     heatmap: np.ndarray | None = None
     regions: list[Region] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    indicates: Literal["manipulation", "synthesis", "processing"] = "manipulation"
-    confidence: Literal["normal", "low"] = "normal"
+    indicates: Indicates = Indicates.MANIPULATION
+    confidence: Confidence = Confidence.NORMAL
+    provenance: str | None = None
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.score):
@@ -212,22 +261,26 @@ class Evidence:
             raise ValueError(f"{self.detector}: indicates must be one of {', '.join(INDICATES)}, got {self.indicates!r}")
         if self.confidence not in CONFIDENCES:
             raise ValueError(f"{self.detector}: confidence must be one of {', '.join(CONFIDENCES)}, got {self.confidence!r}")
+        self.indicates, self.confidence = Indicates(self.indicates), Confidence(self.confidence)
         self.score = float(min(1.0, max(0.0, self.score)))
 
     @property
     def counts(self) -> bool:
         """Whether fusion counts this evidence (``processing`` traces are reported only)."""
-        return self.indicates != "processing"
+        return self.indicates != Indicates.PROCESSING
 
     def to_dict(self) -> dict[str, Any]:
+        details = dict(self.details)
+        if self.provenance is not None:
+            details["provenance"] = self.provenance
         return {
             "detector": self.detector,
             "score": round(self.score, 4),
-            "indicates": self.indicates,
-            "confidence": self.confidence,
+            "indicates": self.indicates.value,
+            "confidence": self.confidence.value,
             "explanation": self.explanation,
             "regions": [r.to_dict() for r in self.regions],
-            "details": _jsonable(self.details),
+            "details": _jsonable(details),
         }
 
 
@@ -236,13 +289,14 @@ class Verdict:
     """The fused answer for one image or series, plus everything needed to explain it."""
 
     path: str
-    kind: str
+    kind: Kind
     uid: str | None
     n_instances: int
     score: float | None
     label: Label | None
     evidence: list[Evidence] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: One word per proof of origin found (see :attr:`Evidence.provenance`), ``none`` when none.
     provenance: str = "unknown"
     timings: dict[str, float] = field(default_factory=dict)
     modality: str | None = None
@@ -254,19 +308,24 @@ class Verdict:
     #: PNG figures for reports (name -> base64 PNG), made next to the detectors; not in JSON.
     figures: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        self.kind = Kind(self.kind)
+        if self.label is not None:
+            self.label = Label(self.label)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-lines record of DESIGN.md (schema version :data:`SCHEMA_VERSION`)."""
         d: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "path": self.path,
-            "kind": self.kind,
+            "kind": str(self.kind),
             "uid": self.uid,
             "n_instances": self.n_instances,
             "modality": self.modality,
         }
         if self.score is not None:
             d["score"] = round(self.score, 4)
-            d["label"] = self.label
+            d["label"] = None if self.label is None else str(self.label)
         d["provenance"] = self.provenance
         d["evidence"] = [e.to_dict() for e in self.evidence]
         d["assessed_by"] = list(self.assessed)

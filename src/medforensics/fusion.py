@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-from .core import Evidence, Label, MedForensicsError
+from .core import Confidence, Evidence, Indicates, Label, MedForensicsError
 
 
 @dataclass(frozen=True)
@@ -83,18 +83,18 @@ def fuse(evidence: Sequence[Evidence], config: FusionConfig = FusionConfig()) ->
     see the module docstring for the rule."""
     counted = [e for e in evidence if e.counts]
     if not counted:
-        return 0.0, "authentic"
+        return 0.0, Label.AUTHENTIC
     strong = [e.score for e in counted if e.score >= config.min_evidence]
     if strong:
         score = _noisy_or(strong)
     else:
         score = max(e.score for e in counted)
     if score < config.suspicious:
-        return score, "authentic"
+        return score, Label.AUTHENTIC
     if score < config.manipulated or not corroborated(counted, config):
-        return score, "suspicious"
+        return score, Label.SUSPICIOUS
     top = max(counted, key=lambda e: e.score)
-    return score, "synthetic" if top.indicates == "synthesis" else "manipulated"
+    return score, Label.SYNTHETIC if top.indicates == Indicates.SYNTHESIS else Label.MANIPULATED
 
 
 def _noisy_or(scores: Sequence[float]) -> float:
@@ -108,7 +108,7 @@ def corroborated(evidence: Sequence[Evidence], config: FusionConfig = FusionConf
     """Whether ``evidence`` may make an image manipulated or synthetic: its normal-confidence part
     alone reaches ``suspicious``, or low-confidence evidence of two detectors each does."""
     counted = [e for e in evidence if e.counts]
-    firm = _noisy_or([e.score for e in counted if e.confidence == "normal" and e.score >= config.min_evidence])
+    firm = _noisy_or([e.score for e in counted if e.confidence == Confidence.NORMAL and e.score >= config.min_evidence])
     if firm >= config.suspicious:
         return True
-    return len({e.detector for e in counted if e.confidence == "low" and e.score >= config.suspicious}) >= 2
+    return len({e.detector for e in counted if e.confidence == Confidence.LOW and e.score >= config.suspicious}) >= 2

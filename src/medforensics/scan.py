@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .core import Evidence, Image, MedForensicsError, Verdict
+from .core import Evidence, Image, Kind, MedForensicsError, Verdict, one_line
 from .detectors.base import Detector, DetectorOptions, load_detectors
 from .fusion import FusionConfig, fuse
 from .io import Source, discover, load_source
@@ -50,8 +50,7 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
         except Exception as e:  # noqa: BLE001 - one detector's failure must not stop the others
             if debug:
                 raise
-            msg = " ".join(str(e).split()) or type(e).__name__
-            verdict.errors.append(f"{image.path}: detector {det.name} failed: {msg[:200]}")
+            verdict.errors.append(f"{image.path}: detector {det.name} failed: {one_line(e)[:200]}")
             continue
         finally:
             verdict.timings[det.name] = time.perf_counter() - t0
@@ -65,8 +64,7 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
             evidence.append(ev)
     verdict.evidence = sorted(evidence, key=lambda e: -e.score)
     verdict.score, verdict.label = fuse(verdict.evidence, config)
-    verdict.provenance = next((str(e.details["provenance"]) for e in verdict.evidence if "provenance" in e.details),
-                              "none")
+    verdict.provenance = next((e.provenance for e in verdict.evidence if e.provenance is not None), "none")
     if figures:
         from .report.figures import render_figures
         t0 = time.perf_counter()
@@ -84,7 +82,7 @@ def scan_source(source: Source, detectors: Sequence[Detector] | None = None, con
     except MedForensicsError as e:
         if debug:
             raise
-        return Verdict(path=str(source.path), kind="series" if source.kind == "dicom-series" else "image",
+        return Verdict(path=str(source.path), kind=Kind.SERIES if source.kind == "dicom-series" else Kind.IMAGE,
                        uid=source.uid, n_instances=len(source.files), score=None, label=None, errors=[str(e)])
     t_load = time.perf_counter() - t0
     verdict = analyze(image, detectors, config, figures=figures, debug=debug)

@@ -71,7 +71,12 @@ class Detector:
         Subclasses declare their domain here (modality, anatomy, size, bit depth, colour, ...)."""
         return None
 
-    def detect(self, image: Image) -> Evidence:  # pragma: no cover - interface
+    def detect(self, image: Image) -> Evidence | None:  # pragma: no cover - interface
+        """What the detector finds in ``image``: :class:`~medforensics.core.Evidence` (a score in
+        [0, 1], an explanation, optionally a heatmap and regions), or ``None`` when it has nothing
+        to report either way (e.g. no signature to check: absence of proof is not evidence). To
+        say it looked and cannot judge this image, return evidence with ``details["abstained"]``
+        and a ``reason``; ``scan`` lists it under ``not_assessed``."""
         raise NotImplementedError
 
     @classmethod

@@ -6,7 +6,7 @@ What the file says about where it came from, and what its compression says about
   trained algorithmic media (or a composite with it) says the image was generated; declared
   edit actions say it was altered; a manifest whose hashes no longer match the pixels says it
   was changed after signing. An untrusted signer (no trust list configured) is reported, not
-  counted. A valid manifest sets ``details["provenance"]``.
+  counted. A manifest sets the evidence's ``provenance`` (``c2pa-valid``, ``c2pa-invalid``, ...).
 * **Generator records**: PNG text chunks of Stable Diffusion front-ends (``parameters`` with
   ``Steps:``/``Sampler:``), ComfyUI (``prompt``/``workflow``), and generator names (DALL-E,
   Midjourney, GPT-4o, Imagen, Firefly, ...) in text chunks, EXIF or XMP.
@@ -113,7 +113,8 @@ class ContainerDetector(Detector):
         else:
             expl = "The file carries no generator, editing-software or recompression trace."
         details.update({"findings": findings, "raw": raw})
-        return Evidence(self.name, score, expl, details=details, indicates=indicates)
+        provenance = details.pop("provenance", None)
+        return Evidence(self.name, score, expl, details=details, indicates=indicates, provenance=provenance)
 
     # --------------------------------------------------------------------- C2PA
     @staticmethod

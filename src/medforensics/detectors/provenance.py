@@ -116,11 +116,12 @@ class ProvenanceDetector(Detector):
             proofs = [f"{w} {', '.join(f'{n} {s}' for s, n in sorted(c.items()))}" for w, c in f.status.items() if c]
             explanation = "provenance holds: " + "; ".join(proofs) if not messages else messages[0]
         details = {"status": {w: c for w, c in f.status.items() if c}, "findings": messages[:20],
-                   "provenance": _summary(f), "trust_anchors": len(self.trust),
+                   "trust_anchors": len(self.trust),
                    "ledger": bool(self.ledger_location), "watermark_key": self.watermark_key is not None}
         if f.errors:
             details["errors"] = f.errors[:10]
-        return Evidence(self.name, f.score, explanation, heatmap=heatmap, regions=regions, details=details)
+        return Evidence(self.name, f.score, explanation, heatmap=heatmap, regions=regions, details=details,
+                        provenance=_summary(f))
 
     # ----------------------------------------------------------------------------- signatures
     def _signatures(self, path: Path, offset: int | None, image: Image, f: _Findings) -> None:
