@@ -8,8 +8,9 @@ generators leave too little; rescaling changes it. Method:
 1. Residual: Immerkaer's 3x3 operator (blind to edges and ramps) on the 2D image (single
    slices included; CT series are covered slice by slice by ``ct_physics``, which also compares
    neighbouring slices); per block of ``B x B`` pixels (B = 16 up to 1,024 px, larger above) the noise level
-   ``sigma = 1.4826 * median|r|`` (robust to anatomy that leaks into the residual), and the
-   block mean; a block needs half its pixels homogeneous (local gradient below 3x its median).
+   ``sigma = TRIM_GAIN * mean`` of the lower 75 % of ``|r|`` (robust to anatomy that leaks into
+   the residual), and the block mean; a block needs half its pixels homogeneous (local gradient
+   below 3x its median).
 2. Noise level function: the image's own expected ``log sigma`` as a function of intensity,
    the median in 16 intensity bins (quantiles of the block means), interpolated; what is left
    varies smoothly in space and is removed with a 15x15-block median (larger than any edit
