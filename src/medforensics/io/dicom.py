@@ -1,8 +1,11 @@
 """DICOM reading: single instances, enhanced multi-frame, and series stacked by patient position.
 
-Pixels are decoded by pydicom with the pylibjpeg plugins (JPEG baseline/extended/lossless,
-JPEG-LS, JPEG 2000, RLE), then put in physical units with the Modality LUT (rescale slope and
-intercept, per slice). MONOCHROME1 is inverted so that bright always means dense.
+Pixels are decoded by pydicom through permissively licensed plugins (GDCM and Pillow for JPEG
+baseline/extended/lossless, pyjpegls or GDCM for JPEG-LS, pylibjpeg-openjpeg or GDCM for JPEG 2000,
+pylibjpeg-rle or pydicom for RLE; 12-bit JPEG Extended, which pydicom 3.0 routes only to the
+GPL libjpeg plugin, through GDCM here: :func:`_decode_jpeg12`), then put in physical units with the
+Modality LUT (rescale slope and intercept, per slice). MONOCHROME1 is inverted so that bright
+always means dense.
 """
 from __future__ import annotations
 
@@ -81,14 +84,17 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     for key in ("Rows", "Columns", "BitsAllocated"):
         if key not in ds:
             raise MedForensicsError(path, f"pixel data present but {key} is missing")
+    err: Exception | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001
+        err, arr = e, _decode_jpeg12(ds)  # 12-bit JPEG Extended: GDCM directly
+    if err is not None and arr is None:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", ts) or "unknown transfer syntax"
-        msg = _short(e)
+        msg = _short(err)
         if "shorter than" in msg or "truncat" in msg.lower() or "length" in msg.lower():
             raise MedForensicsError(path, f"pixel data is truncated or does not match the header ({msg})") from None
         raise MedForensicsError(path, f"cannot decode pixel data ({ts_name}): {msg}") from None
@@ -100,6 +106,56 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     if frames == 1 and arr.ndim == 2:
         arr = arr[None]
     return ds, arr, stored_range
+
+
+def _decode_jpeg12(ds: Dataset) -> np.ndarray | None:
+    """Grayscale 12-bit JPEG Extended (process 4) pixel data decoded by GDCM's 12-bit codec, or
+    ``None`` where this does not apply (another syntax, colour, 8 bits, no GDCM, a GDCM failure).
+
+    pydicom 3.0 gives this syntax to GDCM only for 8-bit samples, so without the optional GPL
+    libjpeg plugin it has no decoder for 12 bits, but GDCM (BSD) decodes them: within 1 of
+    libjpeg's values (rounding of the inverse DCT). GDCM first tries its 8-bit codec and prints
+    "Unsupported JPEG data precision 12" on stderr before it succeeds.
+    """
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEGExtended12Bit
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    bits = int(getattr(ds, "BitsStored", 0) or 0)
+    if ts != JPEGExtended12Bit or not 8 < bits <= 12 or int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+        return None
+    try:
+        import gdcm
+    except ImportError:
+        return None
+    rows, cols, n = int(ds.Rows), int(ds.Columns), int(getattr(ds, "NumberOfFrames", 1) or 1)
+    signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
+    frames = []
+    try:
+        for src in generate_frames(ds.PixelData, number_of_frames=n):
+            fragment = gdcm.Fragment()
+            fragment.SetByteStringValue(src)
+            fragments = gdcm.SequenceOfFragments.New()
+            fragments.AddFragment(fragment)
+            elem = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+            elem.SetValue(fragments.__ref__())
+            img = gdcm.Image()
+            img.SetNumberOfDimensions(2)
+            img.SetDimensions((cols, rows, 1))
+            img.SetDataElement(elem)
+            img.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(
+                gdcm.PhotometricInterpretation.GetPIType(str(ds.PhotometricInterpretation))))
+            img.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGExtendedProcess2_4))
+            img.SetPixelFormat(gdcm.PixelFormat(1, 16, bits, bits - 1, 0))
+            buf = img.GetBuffer().encode("utf-8", "surrogateescape")
+            frames.append(np.frombuffer(buf, dtype="<u2", count=rows * cols).reshape(rows, cols))
+    except Exception:  # noqa: BLE001 - GDCM could not decode it either: the caller reports pydicom's error
+        return None
+    arr = np.stack(frames) if n > 1 else frames[0]
+    arr = arr & np.uint16((1 << bits) - 1)
+    if signed:  # two's complement in BitsStored bits
+        arr = arr.astype(np.int32)
+        arr = np.where(arr >= 1 << (bits - 1), arr - (1 << bits), arr).astype(np.int16)
+    return arr
 
 
 def _raw_range(ds: Dataset, decoded: np.ndarray) -> tuple[float, float]:
