@@ -21,15 +21,16 @@ calibration. Thumbnails below 128 px have their own reference and calibration.
 
 Reproduce the shipped checkpoints (6 minutes each on one CPU thread)::
 
-    python -m medforensics.learn.autoencoder ct   --data ../shared/data --out ae_ct.safetensors --minutes 6
-    python -m medforensics.learn.autoencoder xray --data ../shared/data --out ae_xray.safetensors --minutes 6
+    medforensics train autoencoder ct   --data ../shared/data --out ae_ct.safetensors --minutes 6
+    medforensics train autoencoder xray --data ../shared/data --out ae_xray.safetensors --minutes 6
+
+or from Python, :func:`train_autoencoder` (``train_autoencoder("ct", None, "ae_ct.safetensors", max_minutes=6)``).
 
 (``--manifest forge-ds/manifest.csv`` takes the split from a forge dataset instead of recomputing it;
 for ``forge-ds``, built with seed 0, the two agree.)
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import sys
@@ -41,6 +42,7 @@ import numpy as np
 
 from ..core import MedForensicsError
 from ..datapath import card_data_root, sources_of
+from ..noise import mad_sigma
 from .calibration import CAL_TARGETS, fit_logistic, group_for, size_group
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 
@@ -338,8 +340,7 @@ def _patch_sampler(planes: list[np.ndarray], rng: np.random.Generator, patch: in
 # ------------------------------------------------------------------------------ training
 
 def _rsd(a: np.ndarray, floor: float = 1e-3) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    return float(max(1.4826 * np.median(np.abs(a - np.median(a))), floor))
+    return float(max(mad_sigma(np.asarray(a, dtype=np.float64)), floor))
 
 
 def reference_for(card: dict[str, Any], shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -412,7 +413,7 @@ def _reference_group(model, planes: list[np.ndarray], kind: str) -> dict[str, An
             "calibration": cal}
 
 
-def train_autoencoder(kind: str, data_root: str | Path, out: str | Path, *, max_minutes: float = 8.0,
+def train_autoencoder(kind: str, data_root: str | Path | None, out: str | Path, *, max_minutes: float = 8.0,
                       seed: int = 0, manifest: str | Path | None = None, batch: int = 32, patch: int = PATCH,
                       max_steps: int | None = None, model_config: dict[str, Any] | None = None,
                       half: bool = True, max_images: int | None = None, log=None) -> Path:
@@ -420,18 +421,36 @@ def train_autoencoder(kind: str, data_root: str | Path, out: str | Path, *, max_
     forge dataset's *train* patients only; set its reference statistics and calibration on the
     *validation* patients; write a new safetensors checkpoint ``out`` (float16 if ``half``).
 
-    Runs on one CPU thread for at most ``max_minutes`` (or ``max_steps``); ``max_images`` draws
-    at most that many sources per split (for quick runs). Returns ``out``.
+    ``data_root`` None is ``$MEDFORENSICS_DATA`` or ../shared/data. Runs on one CPU thread for at
+    most ``max_minutes`` (or ``max_steps``) in :func:`medforensics.learn.loop.fit`; ``max_images``
+    draws at most that many sources per split (for quick runs); ``log(text)`` gets the progress
+    lines (default: stderr). Returns ``out``. The command line runs it as
+    ``medforensics train autoencoder``.
     """
-    import torch
 
+    from ..datapath import data_root as data_root_of
+    from .loop import torch_threads
+
+    data_root = data_root_of(data_root)
     out = Path(out)
     if out.exists():
         raise MedForensicsError(out, "already exists; choose a new name")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    with torch_threads(1):
+        return _train_autoencoder(kind, data_root, out, max_minutes=max_minutes, seed=seed, manifest=manifest,
+                                  batch=batch, patch=patch, max_steps=max_steps, model_config=model_config, half=half,
+                                  max_images=max_images, log=log)
+
+
+def _train_autoencoder(kind: str, data_root: Path, out: Path, *, max_minutes: float, seed: int,
+                       manifest: str | Path | None, batch: int, patch: int, max_steps: int | None,
+                       model_config: dict[str, Any] | None, half: bool, max_images: int | None, log) -> Path:
+    import torch
+
+    from .loop import fit
+
     say = log or (lambda m: print(m, file=sys.stderr))
-    torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     t0 = time.time()
@@ -464,9 +483,10 @@ def train_autoencoder(kind: str, data_root: str | Path, out: str | Path, *, max_
 
     loss0 = val_loss()
     model.train()
-    steps, t1, losses = 0, time.time(), []
+    t1, losses = time.time(), []
     deadline = t1 + 60.0 * max_minutes
-    while time.time() < deadline and (max_steps is None or steps < max_steps):
+
+    def train_step(i: int) -> dict[str, float]:
         xb = torch.from_numpy(sample(batch))
         sig = torch.rand(batch, 1, 1, 1) * NOISE_MAX
         pred = model(xb + sig * torch.randn_like(xb))
@@ -475,13 +495,18 @@ def train_autoencoder(kind: str, data_root: str | Path, out: str | Path, *, max_
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        steps += 1
+        steps = i + 1
         late = (max_steps is not None and steps >= 0.8 * max_steps) or time.time() > t1 + 0.8 * (deadline - t1)
         if late and opt.param_groups[0]["lr"] > 3e-4:
             for g in opt.param_groups:
                 g["lr"] = 3e-4
         if steps % 500 == 0:
             say(f"  step {steps}: train loss {np.mean(losses[-500:]):.3g}")
+        return {"mse": losses[-1]}
+
+    # a step budget (max_steps) and a time budget (max_minutes); no time at all: no steps
+    steps = fit(train_step, steps=0 if max_minutes <= 0 else max_steps, max_minutes=max(max_minutes, 0.0),
+                start=t1, progress=False, desc=f"autoencoder {kind}").steps_done
     model.eval()
     loss1 = val_loss()
     say(f"{kind}: {steps} steps in {time.time() - t1:.0f} s; held-out reconstruction MSE {loss0:.3g} -> {loss1:.3g}")
@@ -532,26 +557,3 @@ def load_autoencoder(path: str | Path):
         if key not in card:
             raise MedForensicsError(path, f"autoencoder checkpoint has no {key} statistics in its model card")
     return load_weights(build_model(card.get("config")), state, path), card
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medforensics.learn.autoencoder",
-                                description="Train the unsupervised autoencoder detector's model on authentic images.")
-    p.add_argument("kind", choices=KINDS)
-    p.add_argument("--data", required=True, help="folder laid out like ../shared/data")
-    p.add_argument("--out", required=True, help="new .safetensors file")
-    p.add_argument("--manifest", default=None, help="forge dataset manifest.csv whose patient split to use")
-    p.add_argument("--minutes", type=float, default=8.0)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    try:
-        path = train_autoencoder(a.kind, a.data, a.out, max_minutes=a.minutes, seed=a.seed, manifest=a.manifest)
-    except MedForensicsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

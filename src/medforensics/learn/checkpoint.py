@@ -43,7 +43,7 @@ def load_weights(model: Any, state: dict[str, Any], path: str | Path) -> Any:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise MedForensicsError(path, f"checkpoint tensors do not fit the model ({' '.join(str(e).split())[:160]})") from None
+        raise MedForensicsError.wrap(path, e, "checkpoint tensors do not fit the model", limit=160) from None
     return model.eval()
 
 
@@ -64,7 +64,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             meta = f.metadata() or {}
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
     except Exception as e:  # noqa: BLE001 - safetensors raises several kinds on damaged files
-        raise MedForensicsError(path, f"not a readable safetensors checkpoint ({' '.join(str(e).split())[:200]})") from None
+        raise MedForensicsError.wrap(path, e, "not a readable safetensors checkpoint") from None
     try:
         card = json.loads(meta.get(CARD_KEY, "{}"))
     except json.JSONDecodeError:

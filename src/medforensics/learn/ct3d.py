@@ -288,30 +288,46 @@ def _logits(net, cubes: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(res) if res else np.zeros(0)
 
 
-def train_ct3d(data_root: str | Path, out: str | Path, *, max_minutes: float = 10.0, seed: int = 0,
+def train_ct3d(data_root: str | Path | None, out: str | Path, *, max_minutes: float = 10.0, seed: int = 0,
                n_injections: int = 90, n_random: int = 240, val_injections: int = 30, val_random: int = 120,
                batch_size: int = 24, lr: float = 1e-3, weight_decay: float = 1e-4, removal_repeats: int = 2,
                manifest: str | Path | None = None,
                threads: int | None = 1, log=print) -> Path:
     """Train the CT patch model on forgeries of the train patient's series and write a checkpoint.
 
-    ``data_root`` is ../shared/data (LIDC-IDRI series); patients are split by ``manifest`` (a forge
-    dataset's manifest.csv) or :data:`DEFAULT_SPLITS`. Cubes of the train patient(s) train the
-    network (Adam, balanced batches, augmented); cubes of the validation patient(s) choose the best
-    step, give the validation AUC and fit the Platt calibration of the logit. The training loop
-    stops after ``max_minutes``. Returns ``out``, a new float16 safetensors checkpoint with its card.
+    ``data_root`` is ../shared/data (LIDC-IDRI series; None: ``$MEDFORENSICS_DATA`` or
+    ../shared/data); patients are split by ``manifest`` (a forge dataset's manifest.csv) or
+    :data:`DEFAULT_SPLITS`. Cubes of the train patient(s) train the network (Adam, balanced
+    batches, augmented); cubes of the validation patient(s) choose the best step, give the
+    validation AUC and fit the Platt calibration of the logit. The training loop
+    (:func:`medforensics.learn.loop.fit`) stops after ``max_minutes``; ``threads`` torch CPU
+    threads are used meanwhile; ``log(text)`` gets the progress lines. Returns ``out``, a new
+    float16 safetensors checkpoint with its card. The command line runs it as
+    ``medforensics train ct3d``.
     """
+    from ..datapath import data_root as data_root_of
+    from .loop import torch_threads
+
+    data_root, out = data_root_of(data_root), Path(out)
+    if out.exists():
+        raise MedForensicsError(out, "already exists; choose a new name")
+    with torch_threads(threads):
+        return _train_ct3d(data_root, out, max_minutes=max_minutes, seed=seed, n_injections=n_injections,
+                           n_random=n_random, val_injections=val_injections, val_random=val_random,
+                           batch_size=batch_size, lr=lr, weight_decay=weight_decay, removal_repeats=removal_repeats,
+                           manifest=manifest, threads=threads, log=log)
+
+
+def _train_ct3d(data_root: Path, out: Path, *, max_minutes: float, seed: int, n_injections: int, n_random: int,
+                val_injections: int, val_random: int, batch_size: int, lr: float, weight_decay: float,
+                removal_repeats: int, manifest: str | Path | None, threads: int | None, log) -> Path:
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
     from .checkpoint import save_checkpoint
+    from .loop import fit
 
-    data_root, out = Path(data_root), Path(out)
-    if out.exists():
-        raise MedForensicsError(out, "already exists; choose a new name")
-    if threads:
-        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     t0 = time.time()
     splits = patient_splits(manifest)
@@ -342,10 +358,11 @@ def train_ct3d(data_root: str | Path, out: str | Path, *, max_minutes: float = 1
     loss_fn = torch.nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
     best = (-1.0, None, 0)
-    step, losses, history = 0, [], []
+    losses, history = [], []
     t_train = time.time()
-    deadline = t_train + 60.0 * max_minutes
-    while time.time() < deadline:
+
+    def train_step(i: int) -> dict[str, float]:
+        nonlocal best
         net.train()
         idx = np.concatenate([rng.choice(pos, batch_size // 2), rng.choice(neg, batch_size - batch_size // 2)])
         xb = torch.from_numpy(_augment([train.crops[i] for i in idx], rng))
@@ -355,13 +372,18 @@ def train_ct3d(data_root: str | Path, out: str | Path, *, max_minutes: float = 1
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        step += 1
+        step = i + 1
         if step % 100 == 0:
             auc = float(roc_auc_score(val_y, _logits(net, val_x)))
             history.append({"step": step, "loss": round(float(np.mean(losses[-100:])), 4), "val_auc": round(auc, 4)})
             log(f"step {step}: loss {np.mean(losses[-100:]):.3f}, validation AUC {auc:.3f}")
             if auc > best[0]:
                 best = (auc, {k: v.detach().clone() for k, v in net.state_dict().items()}, step)
+        return {"loss": losses[-1]}
+
+    # no steps without a time budget; otherwise steps until it is spent
+    step = fit(train_step, steps=0 if max_minutes <= 0 else None, max_minutes=max(max_minutes, 0.0),
+               start=t_train, progress=False, desc="ct3d").steps_done
     if best[1] is not None:
         net.load_state_dict(best[1])
     logit = _logits(net, val_x)
@@ -398,7 +420,7 @@ def train_ct3d(data_root: str | Path, out: str | Path, *, max_minutes: float = 1
                                      "offset +-0.02, same for real and fake",
                      "steps": step, "max_minutes": max_minutes, "data_seconds": round(t_data, 1),
                      "train_seconds": round(time.time() - t_train, 1), "threads": threads, "history": history,
-                     "command": f"python -m medforensics.learn.ct3d train --data {data_root} --out {out.name} "
+                     "command": f"medforensics train ct3d --data {data_root} --out {out.name} "
                                 f"--minutes {max_minutes:g} --seed {seed} --injections {n_injections}"},
         "metrics": metrics,
     }
@@ -530,41 +552,3 @@ def scan_series(image: Image, *, model_path: str | Path | None = None, threshold
     ``image.pixels`` (float32, same shape) and the regions at ``threshold`` or more, strongest first."""
     s = scan(image, model_path=model_path, threshold=threshold)
     return s.heatmap(image.pixels.shape), s.regions
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    import typer
-
-    cli = typer.Typer(add_completion=False, help="CT patch model (3D): train the shipped checkpoint.")
-
-    @cli.command("train")
-    def _train(out: Path = typer.Option(..., "--out", help="new .safetensors checkpoint"),
-               data: Path = typer.Option(None, "--data", help="../shared/data (LIDC-IDRI series); default: $MEDFORENSICS_DATA or ../shared/data"),
-               minutes: float = typer.Option(10.0, "--minutes", help="training-loop time limit"),
-               seed: int = typer.Option(0, "--seed"),
-               injections: int = typer.Option(90, "--injections", help="tumours injected into the train series"),
-               manifest: Path = typer.Option(None, "--manifest", help="forge dataset manifest.csv giving the patient splits")) -> None:
-        """Train on forgeries of the train patient's series; validate on the validation patient's."""
-        from ..datapath import data_root
-
-        try:
-            train_ct3d(data_root(data), out, max_minutes=minutes, seed=seed, n_injections=injections, manifest=manifest)
-        except MedForensicsError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
-
-    @cli.callback()
-    def _root() -> None:
-        """CT patch model (3D)."""
-
-    try:
-        cli(args=list(argv) if argv is not None else None, standalone_mode=True)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..core import MedForensicsError
+from ..core import MedForensicsError, one_line
 
 CT_WINDOW = (-1000.0, 400.0)
 RADIOGRAPH_PERCENTILES = (0.5, 99.5)
@@ -126,7 +126,7 @@ def item_shape(path: str | Path) -> tuple[int, int]:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
             return int(ds.Rows), int(ds.Columns)
     except (OSError, ValueError, AttributeError) as e:
-        raise MedForensicsError(p, f"cannot read the image size: {' '.join(str(e).split())[:200]}") from None
+        raise MedForensicsError(p, f"cannot read the image size: {one_line(e, 200)}") from None
     return tuple(load_item(p, "radiograph").shape)  # type: ignore[return-value]
 
 

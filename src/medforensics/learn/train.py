@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import random
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -25,11 +24,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..core import MedForensicsError
+from ..core import MedForensicsError, one_line
 from .checkpoint import save_checkpoint
 from .calibration import fit_logistic, size_group
 from .data import (RESIZES, TASKS, ItemDataset, TileDataset, default_preprocess, item_shape, read_manifest,
                    refuse_leaks, select_rows)
+from .loop import fit, pick_device, seed_everything, torch_threads
 from .models import MODELS, build_model
 
 __all__ = ["TrainConfig", "train", "shipped_config", "SHIPPED_CONFIGS"]
@@ -127,7 +127,7 @@ class TrainConfig:
             with open(path, "rb") as f:
                 doc = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as e:
-            raise MedForensicsError(path, f"cannot read training configuration: {' '.join(str(e).split())}") from None
+            raise MedForensicsError(path, f"cannot read training configuration: {one_line(e)}") from None
         extra = set(doc) - {"train"}
         if extra:
             raise MedForensicsError(path, f"unknown table(s) or key(s) outside [train]: {', '.join(sorted(extra))}")
@@ -182,11 +182,12 @@ def _sha256(path: Path) -> str:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
+    """:func:`medforensics.learn.loop.pick_device`, with a ValueError for a missing CUDA device (a bad
+    configuration value, as :meth:`TrainConfig.validate` reports them)."""
+    try:
+        return pick_device(name)
+    except MedForensicsError as e:
+        raise ValueError(e.problem) from None
 
 
 def _amp(name: str, device: torch.device) -> torch.dtype | None:
@@ -241,12 +242,6 @@ class _HeldBatches:
         for i in range(0, len(order), self.batch):
             idx = order[i:i + self.batch]
             yield self.x[idx], self.y[idx]
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _norm_stats(ds: ItemDataset, limit: int = 256) -> tuple[float, float]:
@@ -335,13 +330,8 @@ def train(config: TrainConfig, manifest: str | Path, out: str | Path, *,
     manifest, out = Path(manifest), Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose a new name")
-    threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         return _train(config, manifest, out, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Callable[[int, int, str], None]]) -> Path:
@@ -369,7 +359,7 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
         keep = np.linspace(0, len(val_rows) - 1, num=config.max_validation).round().astype(int)
         val_rows = [val_rows[i] for i in np.unique(keep)]
 
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     fake_targets = [classes.index(c) for c in fake_classes]
     native = config.resize == "none"
     preprocess = default_preprocess(config.image_size, config.crop, resize=config.resize, stride=config.stride,
@@ -432,12 +422,17 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
     best_state = None
     step, stopped_by, epochs_done = 0, "epochs", 0.0
     t_train = time.perf_counter()
+    t_start = time.time() - (t_train - t0)  # the time budget counts from the start, data loading included
     for epoch in range(1, config.epochs + 1):
         if native:
             train_ds.set_epoch(epoch)
         model.train()
-        loss_sum, seen, stop = 0.0, 0, False
-        for x, y in train_loader:
+        batches = iter(train_loader)
+        acc = {"loss_sum": 0.0, "seen": 0}
+
+        def train_step(i: int, epoch: int = epoch) -> dict[str, float]:
+            nonlocal step
+            x, y = next(batches)
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -446,16 +441,22 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
             scaler.step(opt)
             scaler.update()
             step += 1
-            loss_sum += float(loss.detach()) * int(y.numel())
-            seen += int(y.numel())
+            acc["loss_sum"] += float(loss.detach()) * int(y.numel())
+            acc["seen"] += int(y.numel())
             if progress:
-                progress(step, total, f"epoch {epoch}/{config.epochs} loss {loss_sum / seen:.4f}")
-            if config.max_steps and step >= config.max_steps:
-                stopped_by, stop = "max_steps", True
-            elif config.max_minutes and time.perf_counter() - t0 >= config.max_minutes * 60:
-                stopped_by, stop = "max_minutes", True
-            if stop:
-                break
+                progress(step, total, f"epoch {epoch}/{config.epochs} loss {acc['loss_sum'] / acc['seen']:.4f}")
+            return {"loss": float(loss.detach())}
+
+        # the epoch's steps, cut short by the step budget (max_steps) or the time budget (max_minutes)
+        n = steps_per_epoch if not config.max_steps else min(steps_per_epoch, config.max_steps - step)
+        run = fit(train_step, steps=n, max_minutes=config.max_minutes, start=t_start, progress=False,
+                  desc=f"epoch {epoch}")
+        stop = False
+        if config.max_steps and step >= config.max_steps:
+            stopped_by, stop = "max_steps", True
+        elif run.stopped_by == "max_minutes":
+            stopped_by, stop = "max_minutes", True
+        loss_sum, seen = acc["loss_sum"], acc["seen"]
         epochs_done = epoch - 1 + seen / len(train_ds)
         val = _evaluate(model, val_loader, device, len(classes), fake_targets, amp)
         rec = {"epoch": epoch, "epochs_done": round(epochs_done, 4), "steps": step,

@@ -23,14 +23,12 @@ family          whole images (``sample``)              reconstructions (``recons
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ...progress import progress_bar
 from ...core import MedForensicsError
 
 __all__ = ["Preset", "ZooModel", "Family", "FAMILIES", "family", "train_family", "load_zoo_model",
@@ -88,29 +86,16 @@ class Family:
     modes: tuple[str, ...] = field(default=())
 
 
-# ============================================================================== the one training loop
+# ============================================================================== the training loop
 
 def fit_loop(steps: int, step: Callable[[int], dict[str, float]], *, desc: str, max_minutes: float = 0.0,
              progress: bool = True) -> dict[str, Any]:
-    """Run ``step(i)`` for ``steps`` steps (or until ``max_minutes``), with a progress bar showing
-    its losses; returns the history (every 10% of the run) and how the run ended."""
-    t0 = time.time()
-    history: list[dict[str, float]] = []
-    done, stopped_by = 0, "steps"
-    every = max(1, steps // 10)
-    with progress_bar(desc, show=progress) as bar:
-        task = bar.add_task(desc, total=steps)
-        for i in range(steps):
-            losses = step(i)
-            done = i + 1
-            if i % every == 0 or done == steps:
-                history.append({"step": done, **{k: round(float(v), 5) for k, v in losses.items()}})
-            bar.update(task, advance=1, description=f"{desc} " + " ".join(f"{k} {v:.3f}" for k, v in losses.items()))
-            if max_minutes and time.time() - t0 > 60 * max_minutes:
-                stopped_by = "max_minutes"
-                break
-    return {"steps_done": done, "stopped_by": stopped_by, "wall_time_s": round(time.time() - t0, 1),
-            "history": history}
+    """Run ``step(i)`` for ``steps`` steps (or until ``max_minutes``) with the package's one training
+    loop (:func:`medforensics.learn.loop.fit`); returns the history (every 10% of the run) and how
+    the run ended, as a model card keeps them."""
+    from ...learn.loop import fit
+    return fit(step, steps=steps, max_minutes=max_minutes, desc=desc, progress=progress,
+               log_every=max(1, steps // 10)).to_dict()
 
 
 # ============================================================================== batches
@@ -413,6 +398,7 @@ def train_family(name: str, preset: str | Preset = "small", out: str | Path | No
 
     from ...datapath import card_data_root, sources_of
     from ...learn.checkpoint import save_checkpoint
+    from ...learn.loop import pick_device, torch_threads
     from . import real_images
 
     fam = family(name)
@@ -421,12 +407,12 @@ def train_family(name: str, preset: str | Preset = "small", out: str | Path | No
         raise MedForensicsError(None, f"family {name} has no preset {preset!r} ({', '.join(fam.presets)})")
     if out is not None and Path(out).exists():
         raise FileExistsError(f"{out}: already exists; choose a new name")
-    if p.device.startswith("cuda") and not torch.cuda.is_available():
-        raise MedForensicsError(None, f"preset {p.name} of {name} asks for CUDA but no CUDA device is available")
-    torch.manual_seed(p.seed)
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, p.threads))
     try:
+        pick_device(p.device)
+    except MedForensicsError:
+        raise MedForensicsError(None, f"preset {p.name} of {name} asks for CUDA but no CUDA device is available") from None
+    torch.manual_seed(p.seed)
+    with torch_threads(max(1, p.threads)):
         reals = real_images(data_root, split="train", limit=p.max_images or None)
         nets = fam.build(p)
 
@@ -434,8 +420,6 @@ def train_family(name: str, preset: str | Preset = "small", out: str | Path | No
             return fit_loop(steps, step, desc=desc, max_minutes=p.max_minutes, progress=progress)
 
         training = fam.fit(nets, p, [r.pixels for r in reals], run)
-    finally:
-        torch.set_num_threads(old)
     for net in nets.values():
         net.eval()
     root = reals[0].root if reals else None
@@ -470,8 +454,7 @@ def load_zoo_model(path: str | Path) -> ZooModel:
         try:
             net.load_state_dict(sub)
         except RuntimeError as e:
-            raise MedForensicsError(path, f"checkpoint tensors do not fit the {key} "
-                                    f"({' '.join(str(e).split())[:160]})") from None
+            raise MedForensicsError.wrap(path, e, f"checkpoint tensors do not fit the {key}", limit=160) from None
         net.eval()
     return ZooModel(card["family"], nets, card, Path(path))
 
