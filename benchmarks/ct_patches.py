@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -33,11 +32,11 @@ def auc(pos: list[float], neg: list[float]) -> float | None:
     return float(roc_auc_score([1] * len(pos) + [0] * len(neg), list(pos) + list(neg)))
 
 
-def score_split(manifest: Path, split: str, progress: bool = True) -> dict:
+def score_split(manifest: Path, split: str, progress: bool = True, checkpoint: Path | None = None) -> dict:
     from medforensics.progress import progress_bar
     from medforensics.detectors.ct_patch import CTPatchDetector
 
-    det = CTPatchDetector()
+    det = CTPatchDetector(checkpoint)
     with open(manifest, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     if not rows:
@@ -81,14 +80,14 @@ def _score_form(det, rows: list[dict], manifest: Path, form: str, tick) -> dict:
         "raw": {c: [round(x, 3) for x in v] for c, v in sorted(raws.items())}}
 
 
-def nih_thumbnails(data: Path) -> dict | None:
+def nih_thumbnails(data: Path, checkpoint: Path | None = None) -> dict | None:
     from medforensics.detectors.ct_patch import CTPatchDetector
     from medforensics.io import load
 
     files = sorted((data / "xray" / "nih-cxr14" / "NIH1000").rglob("*.png"))
     if not files:
         return None
-    det = CTPatchDetector()
+    det = CTPatchDetector(checkpoint)
     claimed, flagged = 0, 0
     for f in files:
         image = load(f)[0]
@@ -114,8 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is not None and a.out.exists():
         print(f"{a.out}: already exists; choose a new name", file=sys.stderr)
         return 2
-    if a.checkpoint is not None:
-        os.environ["MEDFORENSICS_LEARNED_CTPATCH"] = str(a.checkpoint)
     data = data_root(a.data)
     t0 = time.perf_counter()
     if a.build is not None:
@@ -132,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{manifest}: manifest not found", file=sys.stderr)
         return 1
     res = {"manifest": f"{manifest.parent.name}/{manifest.name}", "split": a.split,
-           "scores": score_split(manifest, a.split), "nih_64px": nih_thumbnails(data)}
+           "scores": score_split(manifest, a.split, checkpoint=a.checkpoint),
+           "nih_64px": nih_thumbnails(data, a.checkpoint)}
     res["seconds"] = round(time.perf_counter() - t0, 1)
     for form, r in res["scores"].items():
         f = {k: (None if v is None else round(v, 3)) for k, v in r.items() if k.startswith("auc")}

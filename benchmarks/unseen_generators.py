@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -245,6 +244,5 @@ def main() -> None:
     print(f"\nwrote {out / 'unseen_generators.json'} ({result['seconds']:.0f} s)")
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("MEDFORENSICS_PROGRESS", "1")
+if __name__ == "__main__":  # progress bars in a log file: MEDFORENSICS_PROGRESS=1
     main()

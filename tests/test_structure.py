@@ -135,3 +135,46 @@ def test_every_module_imports_in_a_fresh_interpreter_in_alphabetical_order():
     r = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     assert len(names) > 80
+
+
+# ----------------------------------------------------------------------------------- settings
+
+def _code_files():
+    root = PACKAGE.parents[1]
+    return sorted(PACKAGE.rglob("*.py")) + sorted((root / "benchmarks").glob("*.py"))
+
+
+def test_no_code_writes_the_environment():
+    """Settings travel as arguments (``load_detectors(names, options)``), never through os.environ."""
+    import re
+
+    writes = re.compile(r"os\.environ\s*\[[^\]]+\]\s*=|os\.environ\.(setdefault|update|pop)\(|os\.putenv\(|del os\.environ")
+    found = [f"{p.name}:{i}" for p in _code_files()
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if writes.search(line)]
+    assert not found, f"code that writes the environment: {found}"
+
+
+def test_only_the_config_module_reads_medforensics_variables():
+    import re
+
+    reads = re.compile(r"(os\.environ|getenv).*(MEDFORENSICS_|ENV_)|envvar=")
+    found = [f"{p.relative_to(PACKAGE.parents[1])}:{i}" for p in _code_files() if p.name != "config.py"
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if reads.search(line)]
+    assert not found, f"MEDFORENSICS_* variables read outside medforensics.config: {found}"
+
+
+def test_detector_options_reach_the_constructors(tmp_path):
+    from medforensics.core import Image
+    from medforensics.detectors import load_detectors
+
+    import numpy as np
+    import pytest
+
+    missing = tmp_path / "missing.safetensors"
+    det, = load_detectors(["learned_2d"], {"learned_2d": {"checkpoints": {"xray": missing}}})
+    assert det.checkpoints["xray"] == missing
+    assert not det.applies(Image.from_array(np.zeros((300, 300)), modality="DX", format="dicom"))
+    with pytest.raises(KeyError, match="unknown detector"):
+        load_detectors(["copy_move"], {"no_such_detector": {}})
+    with pytest.raises(ValueError, match="unknown kind"):
+        load_detectors(["learned_2d"], {"learned_2d": {"checkpoints": {"mr": missing}}})

@@ -16,10 +16,11 @@ PosixPath('/data/xrays')
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-ENV_DATA = "MEDFORENSICS_DATA"
+from .config import DATA as ENV_DATA
+from .config import settings
+
 #: The repository (source checkout) that holds this package.
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -31,7 +32,7 @@ def data_root(explicit: str | Path | None = None) -> Path:
     repository. The folder is not required to exist (callers say what they miss)."""
     if explicit is not None and str(explicit) != "":
         return Path(explicit)
-    env = os.environ.get(ENV_DATA)
+    env = settings().data
     if env:
         return Path(env)
     return REPOSITORY.parent / "shared" / "data"

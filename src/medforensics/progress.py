@@ -13,8 +13,6 @@ for long work (training, building datasets) so that it never needs the command l
 """
 from __future__ import annotations
 
-import os
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -27,7 +25,9 @@ def progress_bar(label: str = "scanning", show: bool | None = None) -> Progress:
     """A rich progress bar labelled ``label``; ``show`` forces it on or off (default: on a
     terminal, or where ``MEDFORENSICS_PROGRESS=1``)."""
     if show is None:
-        show = _ERR.is_terminal or os.environ.get("MEDFORENSICS_PROGRESS", "") == "1"
+        from .config import settings
+
+        show = _ERR.is_terminal or settings().progress
     return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"), console=_ERR,
                     transient=False, disable=not show)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -100,11 +99,13 @@ _WORKER: dict = {}
 
 def _init_worker(names: list[str] | None, options: DetectorOptions | None, config: FusionConfig, figures: bool,
                  debug: bool, threads: int = 1) -> None:
-    # each worker's learned detectors get their share of the cores: n workers x torch's default
-    # threads on n cores would make every worker wait for the others
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    # each worker's learned detectors and OpenCV get their share of the cores: n workers x the
+    # libraries' default threads on n cores would make every worker wait for the others
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     _WORKER.update(detectors=load_detectors(names, options), config=config, figures=figures, debug=debug)
 
 

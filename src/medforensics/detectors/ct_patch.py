@@ -28,11 +28,11 @@ real tumour it learned from comes from one LIDC patient, so alone it can make a 
 Everything else -- full CT slices and series, radiographs, crops larger than :data:`MAX_PX`,
 colour, 16-bit or JPEG rasters -- is out of its domain (``not_assessed``, with the reason), so
 the detector changes no verdict on the images the other detectors read.
+``CTPatchDetector(checkpoint=...)`` (``scan``: ``load_detectors(names, {"ct_patch": {"checkpoint": ...}})``) or
 ``MEDFORENSICS_LEARNED_CTPATCH`` points it at another checkpoint.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from ..core import Evidence, Image
 from .base import Detector, logistic_array, regions_from_heatmap
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-CHECKPOINT_ENV, CHECKPOINT_NAME = "MEDFORENSICS_LEARNED_CTPATCH", "learned_ctpatch.safetensors"
+CHECKPOINT_NAME = "learned_ctpatch.safetensors"
 #: Crop sides the detector reads (pixels): CT-GAN's 64 px patches, and crops from 32 to 128 px.
 MIN_PX, MAX_PX = 32, 128
 #: A lung-window raster leaves this band of the window (HU -440..-160: between lung and soft
@@ -53,13 +53,11 @@ RASTERS = frozenset({"png", "tiff"})
 #: Its forgeries and real tumour come from one LIDC patient: alone it makes a crop suspicious, never manipulated.
 CONFIDENCE = "low"
 def checkpoint_path() -> Path:
-    return Path(os.environ.get(CHECKPOINT_ENV) or MODELS / CHECKPOINT_NAME)
+    """The default checkpoint: the one the environment names (:mod:`medforensics.config`), else
+    the shipped one."""
+    from ..config import settings
 
-
-def classifier():
-    """The loaded patch classifier (once per process and checkpoint)."""
-    from .learned2d import cached_classifier
-    return cached_classifier(checkpoint_path())
+    return Path(settings().checkpoint("ctpatch") or MODELS / CHECKPOINT_NAME)
 
 
 def gap_share(array01: np.ndarray) -> float:
@@ -93,12 +91,16 @@ class CTPatchDetector(Detector):
     dims = frozenset({2})
     formats = frozenset({"dicom", "png", "tiff", "jpeg"})
 
+    def __init__(self, checkpoint: str | Path | None = None):
+        """``checkpoint``: another patch model (default: :func:`checkpoint_path`)."""
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else checkpoint_path()
+
     def applies(self, image: Image) -> bool:
         if not super().applies(image):
             return False
         if image.format == "dicom":
-            return image.modality == "CT" and checkpoint_path().is_file()
-        return image.format in RASTERS | {"jpeg"} and checkpoint_path().is_file()
+            return image.modality == "CT" and self.checkpoint.is_file()
+        return image.format in RASTERS | {"jpeg"} and self.checkpoint.is_file()
 
     def out_of_domain(self, image: Image) -> str | None:
         from .anatomy import NO_LUNG_PARTS, header_body_part
@@ -127,7 +129,9 @@ class CTPatchDetector(Detector):
         from ..learn.calibration import group_for
         from ..learn.data import quantise, tiles
 
-        clf = classifier()
+        from .learned2d import cached_classifier
+
+        clf = cached_classifier(self.checkpoint)
         arr = quantise(patch_array(image), clf.preprocess)
         batch, pos, padded = tiles(arr, clf.preprocess)
         fake = np.clip(clf.fake_probability(clf.predict_tensors(batch)), 1e-7, 1 - 1e-7)
@@ -154,7 +158,7 @@ class CTPatchDetector(Detector):
             explanation = (f"The CT patch model finds this {arr.shape[0]}x{arr.shape[1]} px crop like authentic lung "
                            f"crops (score {score:.2f}, worst of {len(pos)} tiles).")
         details = {"raw": round(float(logits[top]), 4), "tiles": len(pos), "tile_px": crop, "worst_tile": list(pos[top]),
-                   "input": source, "calibration": {"midpoint": mid, "scale": sc}, "checkpoint": checkpoint_path().name,
+                   "input": source, "calibration": {"midpoint": mid, "scale": sc}, "checkpoint": self.checkpoint.name,
                    "architecture": clf.card.get("architecture", "?"), "trained_on": clf.card.get("data", {}).get("manifest"),
                    "train_patients": clf.card.get("data", {}).get("patients", {}).get("train", [])}
         return Evidence(self.name, score, explanation, heatmap=heat, regions=regions, details=details,

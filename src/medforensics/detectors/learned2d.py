@@ -34,13 +34,13 @@ image under :data:`CT_MIN_SIDE` px is a crop and left to ``ct_patch``. A radiogr
 whose header names another body part, or whose frame is not shaped like a chest radiograph, and a
 DICOM object of modality OT are not assessed (``not_assessed`` in the verdict says why); see
 :mod:`medforensics.detectors.anatomy`. The radiograph model's evidence is low-confidence
-(:data:`RADIOGRAPH_CONFIDENCE`). ``MEDFORENSICS_LEARNED_CT2D`` and
-``MEDFORENSICS_LEARNED_XRAY`` point the detector at other checkpoints.
+(:data:`RADIOGRAPH_CONFIDENCE`). ``Learned2DDetector(checkpoints={"ct": ..., "xray": ...})``, or
+``MEDFORENSICS_LEARNED_CT2D`` and ``MEDFORENSICS_LEARNED_XRAY``, point the detector at other checkpoints.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -48,8 +48,8 @@ from ..core import Evidence, Image
 from .base import Detector, logistic, logistic_array, regions_from_heatmap
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-CHECKPOINTS = {"ct": ("MEDFORENSICS_LEARNED_CT2D", "learned_ct2d.safetensors"),
-               "xray": ("MEDFORENSICS_LEARNED_XRAY", "learned_xray.safetensors")}
+#: Shipped checkpoint of each model, and its name in :data:`medforensics.config.CHECKPOINTS`.
+CHECKPOINTS = {"ct": ("ct2d", "learned_ct2d.safetensors"), "xray": ("xray", "learned_xray.safetensors")}
 RADIOGRAPHS = frozenset({"XR", "CR", "DX", "DR", "RG", "OT"})
 #: Most tiles scored in one CT series (a slice step is chosen to keep within it).
 MAX_SERIES_TILES = 3000
@@ -70,13 +70,12 @@ CT_MIN_SIDE = 128
 
 
 def checkpoint_path(which: str) -> Path:
-    env, name = CHECKPOINTS[which]
-    return Path(os.environ.get(env) or MODELS / name)
+    """The default checkpoint of model ``which`` (``ct`` or ``xray``): the one the environment
+    names (:mod:`medforensics.config`), else the shipped one."""
+    from ..config import settings
 
-
-def classifier(which: str):
-    """The loaded classifier for ``ct`` or ``xray`` (once per process)."""
-    return cached_classifier(checkpoint_path(which))
+    key, name = CHECKPOINTS[which]
+    return Path(settings().checkpoint(key) or MODELS / name)
 
 
 def cached_classifier(path: Path):
@@ -120,13 +119,26 @@ class Learned2DDetector(Detector):
                    "and Grad-CAM of every decision.")
     dims = frozenset({2, 3})
 
+    def __init__(self, checkpoints: Mapping[str, str | Path] | None = None):
+        """``checkpoints``: other models by kind (``{"ct": path, "xray": path}``); a kind left out
+        uses :func:`checkpoint_path` (the environment's, else the shipped model)."""
+        given = dict(checkpoints or {})
+        unknown = set(given) - set(CHECKPOINTS)
+        if unknown:
+            raise ValueError(f"learned_2d checkpoints: unknown kind(s) {', '.join(sorted(unknown))}; known: ct, xray")
+        self.checkpoints = {w: Path(given[w]) if w in given else checkpoint_path(w) for w in CHECKPOINTS}
+
+    def classifier(self, which: str):
+        """The loaded classifier for ``ct`` or ``xray`` (once per process and checkpoint)."""
+        return cached_classifier(self.checkpoints[which])
+
     def applies(self, image: Image) -> bool:
         if not super().applies(image):
             return False
         if image.pixels.ndim == 3 and image.modality != "CT":
             return False
         which = "ct" if image.modality == "CT" else "xray" if image.modality in RADIOGRAPHS else None
-        return which is not None and checkpoint_path(which).is_file()
+        return which is not None and self.checkpoints[which].is_file()
 
     def out_of_domain(self, image: Image) -> str | None:
         """Both models were trained and calibrated on the chest: CT slices through the lungs and
@@ -148,11 +160,11 @@ class Learned2DDetector(Detector):
         chest, why = chest_radiograph(image)
         return None if chest else f"{why}; the radiograph model knows chest radiographs only"
 
-    def detect(self, image: Image) -> Evidence:
+    def detect(self, image: Image) -> Evidence | None:
         from ..learn.data import normalise_image
 
         which = "ct" if image.modality == "CT" else "xray"
-        clf = classifier(which)
+        clf = self.classifier(which)
         if image.pixels.ndim == 3:
             if not clf.native:
                 return Evidence(self.name, 0.0, "The CT checkpoint is a whole-image classifier of single slices; it "
@@ -169,7 +181,7 @@ class Learned2DDetector(Detector):
         return self._detect_whole(image, clf, arr, which)
 
     def _details(self, clf, which: str, **extra) -> dict:
-        return {**extra, "checkpoint": checkpoint_path(which).name, "architecture": clf.card.get("architecture", "?"),
+        return {**extra, "checkpoint": self.checkpoints[which].name, "architecture": clf.card.get("architecture", "?"),
                 "trained_on": clf.card.get("data", {}).get("manifest")}
 
     def _detect_whole(self, image: Image, clf, arr: np.ndarray, which: str) -> Evidence:

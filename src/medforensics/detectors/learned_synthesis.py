@@ -26,7 +26,6 @@ it never saw.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from ..core import Evidence, Image
@@ -50,8 +49,11 @@ class LearnedSynthesisDetector(Learned2DDetector):
     dims = frozenset({2})
 
     def __init__(self, checkpoint: str | Path | None = None):
-        """``checkpoint``: another tile model (default: the shipped one, or ``$MEDFORENSICS_LEARNED_ZOO``)."""
-        self.checkpoint = Path(checkpoint or os.environ.get("MEDFORENSICS_LEARNED_ZOO") or MODELS / CHECKPOINT)
+        """``checkpoint``: another tile model (default: ``$MEDFORENSICS_LEARNED_ZOO`` through
+        :mod:`medforensics.config`, else the shipped one)."""
+        from ..config import settings
+
+        self.checkpoint = Path(checkpoint or settings().checkpoint("zoo") or MODELS / CHECKPOINT)
 
     def applies(self, image: Image) -> bool:
         return (image.pixels.ndim == 2 and image.modality in RADIOGRAPHS and self.checkpoint.is_file())
