@@ -71,7 +71,7 @@ def real_images(data_root: str | Path | None = None, split: str | None = None,
     the two full-size NIH images, the SIIM DICOM), optionally of one ``split`` only and at most
     ``limit`` of them (in file order)."""
     from ...datapath import data_root as data_root_of
-    from ..synth import _load_real, _patient_ids, find_training_images
+    from ..synth.reference import _load_real, _patient_ids, find_training_images
 
     if split is not None and split not in SPLIT_SHARES:
         raise MedForensicsError(None, f"unknown split {split!r}; choose from {', '.join(SPLIT_SHARES)}")
