@@ -162,6 +162,16 @@ def load_identity(key_path: str | Path, cert_path: str | Path, password: bytes |
     return ident
 
 
+def load_private_key(path: str | Path, password: bytes | None = None):
+    """A PEM private key from a file (any algorithm; callers check the one they need); a one-line
+    :class:`MedForensicsError` naming the file when it is missing, unreadable or not a PEM key."""
+    path = Path(path)
+    try:
+        return serialization.load_pem_private_key(read_bytes(path), password=password)
+    except (ValueError, TypeError) as e:
+        raise MedForensicsError(path, f"not a usable PEM private key ({_first_line(e)})") from None
+
+
 def load_certificates(path: str | Path) -> list[x509.Certificate]:
     """All certificates in a PEM (or single DER) file, in file order; a clear error otherwise."""
     path = Path(path)

@@ -1,60 +1,42 @@
-"""A tamper-evident transparency log of image fingerprints: an append-only Merkle tree (RFC 6962 /
-RFC 9162 style) with signed tree heads, inclusion and consistency proofs.
-
-Each logged image is a :class:`Fingerprint` -- a key (the SOP Instance UID of a DICOM instance,
-the pixel hash of a PNG/JPEG/TIFF/NIfTI), a hash of the decoded stored pixel values and a hash
-of the identifying header attributes (:data:`HEADER_ATTRIBUTES`) -- written as canonical JSON
-leaf bytes with a timestamp. The log lives in SQLite (a path or ``sqlite:///path``) or PostgreSQL
-(``postgresql://...``); every batch of appends is one transaction that ends with a new tree head
-signed by the log's key (Ed25519, ECDSA P-256 or RSA). Anyone holding the log's public key can
-check a proof bundle (:func:`check_bundle`) without access to the log.
-
->>> log = Ledger.create("fingerprints.db", generate_key())                 # doctest: +SKIP
->>> log.append([fingerprint("ct/slice001.dcm")])                          # doctest: +SKIP
-[0]
->>> log.lookup(fingerprint("ct/slice001.dcm")).status                     # doctest: +SKIP
-'unchanged'
-
-Storage keeps the hash of every complete subtree (``ledger_nodes``), so an append reads at most
-``log2 n`` nodes and writes about two rows per leaf, and a proof reads ``O(log n)`` nodes.
-"""
+"""The log itself: fingerprints of images (:class:`Fingerprint`, :func:`fingerprint`), the
+append-only Merkle tree with signed tree heads (:class:`TreeHead`), inclusion and consistency
+proofs, audits (:class:`Ledger`) and the third-party check of a proof bundle (:func:`check_bundle`).
+Keys are loaded with :mod:`medforensics.provenance.keys`; storage is
+:mod:`medforensics.provenance.ledger.store`."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-import os
 import re
-import sqlite3
 import struct
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from ..core import MedForensicsError
-from .merkle import (EMPTY_ROOT, consistency_ranges, fold, inclusion_ranges, leaf_hash, node_hash, range_nodes,
-                     verify_consistency, verify_inclusion)
+from ...config import LEDGER_KEY, settings
+from ...core import MedForensicsError, one_line
+from .. import keys as _keys
+from ..merkle import (EMPTY_ROOT, consistency_ranges, fold, inclusion_ranges, leaf_hash, node_hash, range_nodes,
+                      verify_consistency, verify_inclusion)
+from .store import ENV_LOG, _DB, _display, default_log
 
 __all__ = ["Fingerprint", "fingerprint", "HEADER_ATTRIBUTES", "TreeHead", "Entry", "LookupResult", "AuditReport",
            "BundleCheck", "Ledger", "verify_inclusion", "verify_consistency", "verify_tree_head", "check_bundle",
-           "generate_key", "load_private_key", "default_log", "create_app", "ENV_LOG", "ENV_KEY", "BUNDLE_FORMAT"]
+           "generate_key", "load_private_key", "default_log", "ENV_LOG", "ENV_KEY", "BUNDLE_FORMAT"]
 
 SCHEMA_VERSION = "1"
 BUNDLE_FORMAT = "medforensics-ledger-proof/1"
-#: Environment variable naming the default log (a path or a PostgreSQL URL).
-ENV_LOG = "MEDFORENSICS_LEDGER"
-#: Environment variable naming the PEM private key that signs tree heads.
-ENV_KEY = "MEDFORENSICS_LEDGER_KEY"
+#: Environment variable naming the PEM private key that signs tree heads; read by :mod:`medforensics.config`.
+ENV_KEY = LEDGER_KEY
 _STH_PREFIX = b"medforensics-sth-v1\n"
-_PG_LOCK = 0x6D666C6564676572  # 'mfledger': the advisory lock that serialises appends in PostgreSQL
 
 #: Identifying DICOM attributes hashed into ``header_sha256``, in this order.
 HEADER_ATTRIBUTES = (
@@ -163,7 +145,7 @@ def _dicom_fingerprint(ds, where: str | None) -> Fingerprint:
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged pixel data
-        raise MedForensicsError(where, f"cannot decode pixel data: {_short(e)}") from None
+        raise MedForensicsError(where, f"cannot decode pixel data: {one_line(e, 200)}") from None
     pixel = _pixel_digest(arr)
     key = str(getattr(ds, "SOPInstanceUID", "") or "").strip() or pixel
     return Fingerprint(key=key, pixel_sha256=pixel, header_sha256=_header_digest(values), kind="dicom",
@@ -198,7 +180,7 @@ def fingerprint(path_or_dataset: "str | Path | Any") -> Fingerprint:
         raise MedForensicsError(path, "no such file")
     if path.is_dir():
         raise MedForensicsError(path, "is a folder, not an image file")
-    from ..io import sniff
+    from ...io import sniff
     kind = sniff(path)
     if kind == "empty":
         raise MedForensicsError(path, "empty file")
@@ -212,9 +194,9 @@ def fingerprint(path_or_dataset: "str | Path | Any") -> Fingerprint:
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(path, force=not has_preamble)
         except InvalidDicomError as e:
-            raise MedForensicsError(path, f"not a DICOM file ({_short(e)})") from None
+            raise MedForensicsError(path, f"not a DICOM file ({one_line(e, 200)})") from None
         except Exception as e:  # noqa: BLE001
-            raise MedForensicsError(path, f"unreadable DICOM file: {_short(e)}") from None
+            raise MedForensicsError(path, f"unreadable DICOM file: {one_line(e, 200)}") from None
         return _dicom_fingerprint(ds, str(path))
     if kind == "raster":
         from PIL import Image as PILImage, UnidentifiedImageError
@@ -226,46 +208,30 @@ def fingerprint(path_or_dataset: "str | Path | Any") -> Fingerprint:
         except UnidentifiedImageError:
             raise MedForensicsError(path, "not an image file (format not recognised)") from None
         except (OSError, SyntaxError, ValueError) as e:
-            raise MedForensicsError(path, f"damaged or truncated image file: {_short(e)}") from None
+            raise MedForensicsError(path, f"damaged or truncated image file: {one_line(e, 200)}") from None
         return _array_fingerprint(arr, "raster", str(path))
     if kind == "nifti":
         try:
             import nibabel as nib
             arr = np.asarray(nib.load(str(path)).dataobj.get_unscaled())
         except Exception as e:  # noqa: BLE001
-            raise MedForensicsError(path, f"unreadable NIfTI file: {_short(e)}") from None
+            raise MedForensicsError(path, f"unreadable NIfTI file: {one_line(e, 200)}") from None
         return _array_fingerprint(arr, "nifti", str(path))
     raise MedForensicsError(path, "not a recognised medical image (expected DICOM, PNG, JPEG, TIFF or NIfTI)")
-
-
-def _short(e: BaseException) -> str:
-    msg = " ".join(str(e).split()) or type(e).__name__
-    return msg if len(msg) <= 200 else msg[:197] + "..."
-
 
 # ---------------------------------------------------------------------------------------------
 # Keys and signed tree heads
 # ---------------------------------------------------------------------------------------------
-
 def generate_key() -> ec.EllipticCurvePrivateKey:
-    """A new ECDSA P-256 private key for a log."""
-    return ec.generate_private_key(ec.SECP256R1())
+    """A new ECDSA P-256 private key for a log (:func:`medforensics.provenance.keys.generate_key`)."""
+    return _keys.generate_key("ec")
 
 
 def load_private_key(path: str | Path, password: bytes | None = None):
-    """A PEM private key (Ed25519, EC P-256 or RSA) from a file; a clear error otherwise."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MedForensicsError(path, "no such key file") from None
-    except OSError as e:
-        raise MedForensicsError(path, f"key file cannot be read ({e.strerror})") from None
-    try:
-        key = serialization.load_pem_private_key(data, password=password)
-    except (ValueError, TypeError) as e:
-        raise MedForensicsError(path, f"not a usable PEM private key ({_short(e)})") from None
-    _algorithm(key, path)
+    """A PEM private key (Ed25519, EC P-256 or RSA) from a file
+    (:func:`medforensics.provenance.keys.load_private_key`); a clear error otherwise."""
+    key = _keys.load_private_key(path, password)
+    _algorithm(key, Path(path))
     return key
 
 
@@ -279,11 +245,8 @@ def _algorithm(key, where=None) -> str:
     if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
         return "rsa-pkcs1-sha256"
     raise MedForensicsError(where, f"unsupported key type {type(key).__name__} (use Ed25519, EC P-256 or RSA)")
-
-
 def _public_pem(key) -> bytes:
-    pub = key.public_key() if hasattr(key, "private_bytes") else key
-    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return _keys.public_key_pem(key)
 
 
 def _load_public(public_key_pem: bytes | str, where=None):
@@ -292,7 +255,7 @@ def _load_public(public_key_pem: bytes | str, where=None):
     try:
         pub = serialization.load_pem_public_key(public_key_pem)
     except (ValueError, TypeError) as e:
-        raise MedForensicsError(where, f"not a PEM public key ({_short(e)})") from None
+        raise MedForensicsError(where, f"not a PEM public key ({one_line(e, 200)})") from None
     _algorithm(pub, where)
     return pub
 
@@ -361,7 +324,7 @@ class TreeHead:
         except KeyError as e:
             raise MedForensicsError(where, f"tree head lacks the field {e.args[0]!r}") from None
         except (TypeError, ValueError) as e:
-            raise MedForensicsError(where, f"malformed tree head ({_short(e)})") from None
+            raise MedForensicsError(where, f"malformed tree head ({one_line(e, 200)})") from None
         if len(th.root_hash) != 32 or len(th.log_id) != 32 or th.tree_size < 0:
             raise MedForensicsError(where, "malformed tree head (hashes must be 32 bytes, size >= 0)")
         return th
@@ -467,126 +430,6 @@ class BundleCheck:
 
 
 # ---------------------------------------------------------------------------------------------
-# Storage: SQLite and PostgreSQL behind one small DB-API wrapper
-# ---------------------------------------------------------------------------------------------
-
-def default_log() -> str | None:
-    """The log named by ``$MEDFORENSICS_LEDGER`` (None when unset)."""
-    return os.environ.get(ENV_LOG) or None
-
-
-def _display(location: str) -> str:
-    return re.sub(r"(postgres(?:ql)?://[^:/@]*):[^@]*@", r"\1:***@", location)
-
-
-class _DB:
-    """A connection to SQLite or PostgreSQL; SQL is written with ``?`` placeholders."""
-
-    def __init__(self, location: str | Path, name: str, create: bool):
-        loc = str(location)
-        self.name = name
-        if loc.startswith(("postgresql://", "postgres://")):
-            self.dialect = "postgresql"
-            try:
-                import psycopg
-            except ImportError:
-                raise MedForensicsError(name, "PostgreSQL logs need psycopg 3 (pip install 'psycopg[binary]')") from None
-            self._errors: tuple = (psycopg.Error,)
-            try:
-                self.conn = psycopg.connect(loc, autocommit=True, connect_timeout=10)
-            except psycopg.Error as e:
-                raise MedForensicsError(name, f"cannot connect to PostgreSQL: {_short(e)}") from None
-        else:
-            self.dialect = "sqlite"
-            self._errors = (sqlite3.Error,)
-            path = Path(loc[len("sqlite:///"):] if loc.startswith("sqlite:///") else loc)
-            if create:
-                if path.exists():
-                    raise MedForensicsError(name, "already exists; a new log needs a new file")
-                if not path.parent.exists():
-                    raise MedForensicsError(name, f"folder {path.parent} does not exist")
-            elif not path.exists():
-                raise MedForensicsError(name, "no such log; create it with 'medforensics ledger init'")
-            elif path.is_dir():
-                raise MedForensicsError(name, "is a folder, not a log file")
-            try:
-                uri = f"file:{path.resolve()}?mode={'rwc' if create else 'rw'}"
-                self.conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None,
-                                            check_same_thread=False)
-                self.conn.execute("PRAGMA busy_timeout = 60000")
-                if create:
-                    self.conn.execute("PRAGMA journal_mode = WAL")
-                self.conn.execute("PRAGMA synchronous = NORMAL")
-            except sqlite3.Error as e:
-                raise MedForensicsError(name, f"cannot open the SQLite log: {_short(e)}") from None
-
-    @property
-    def errors(self) -> tuple:
-        return self._errors
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
-
-    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return list(self.conn.execute(self._sql(sql), tuple(params)).fetchall())
-
-    def stream(self, sql: str, params: Sequence = (), size: int = 10000) -> Iterator[tuple]:
-        cur = self.conn.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        while True:
-            rows = cur.fetchmany(size)
-            if not rows:
-                break
-            yield from rows
-
-    def execute(self, sql: str, params: Sequence = ()) -> None:
-        self.conn.execute(self._sql(sql), tuple(params))
-
-    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
-        if rows:
-            self.conn.cursor().executemany(self._sql(sql), rows)
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        """One serialised write transaction (BEGIN IMMEDIATE / an advisory transaction lock)."""
-        if self.dialect == "sqlite":
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-        else:
-            with self.conn.transaction():
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
-                yield
-
-    def schema(self) -> list[str]:
-        blob = "BLOB" if self.dialect == "sqlite" else "BYTEA"
-        big = "INTEGER" if self.dialect == "sqlite" else "BIGINT"
-        without_rowid = " WITHOUT ROWID" if self.dialect == "sqlite" else ""
-        return [
-            "CREATE TABLE ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            f"CREATE TABLE ledger_leaves (idx {big} PRIMARY KEY, leaf_hash {blob} NOT NULL, fp_key TEXT NOT NULL, "
-            f"pixel_sha256 TEXT NOT NULL, header_sha256 TEXT NOT NULL, kind TEXT NOT NULL, timestamp BIGINT NOT NULL, "
-            f"leaf_data {blob} NOT NULL, source TEXT)",
-            "CREATE INDEX ledger_leaves_key ON ledger_leaves (fp_key, idx)",
-            "CREATE INDEX ledger_leaves_hash ON ledger_leaves (leaf_hash)",
-            f"CREATE TABLE ledger_nodes (level INTEGER NOT NULL, idx BIGINT NOT NULL, hash {blob} NOT NULL, "
-            f"PRIMARY KEY (level, idx)){without_rowid}",
-            f"CREATE TABLE ledger_heads (tree_size {big} PRIMARY KEY, root_hash {blob} NOT NULL, "
-            f"timestamp BIGINT NOT NULL, algorithm TEXT NOT NULL, signature {blob} NOT NULL)",
-        ]
-
-    def close(self) -> None:
-        try:
-            self.conn.close()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-# ---------------------------------------------------------------------------------------------
 # The log
 # ---------------------------------------------------------------------------------------------
 
@@ -642,7 +485,7 @@ class Ledger:
             rows = self._db.query("SELECT name, value FROM ledger_meta")
         except self._db.errors as e:
             self._rollback_pg()
-            raise MedForensicsError(self.name, f"not a medforensics ledger ({_short(e)})") from None
+            raise MedForensicsError(self.name, f"not a medforensics ledger ({one_line(e, 200)})") from None
         meta = dict(rows)
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise MedForensicsError(self.name, f"unsupported ledger schema version {meta.get('schema_version')!r} "
@@ -660,7 +503,7 @@ class Ledger:
             for table in ("ledger_leaves", "ledger_nodes", "ledger_heads"):
                 self._db.query(f"SELECT COUNT(*) FROM (SELECT 1 FROM {table} LIMIT 1) t")
         except self._db.errors as e:
-            raise MedForensicsError(self.name, f"wrong schema: {_short(e)}") from None
+            raise MedForensicsError(self.name, f"wrong schema: {one_line(e, 200)}") from None
         self._meta = meta
 
     def _rollback_pg(self) -> None:
@@ -691,7 +534,8 @@ class Ledger:
     def _signer(self):
         key = self._key
         if key is None:
-            path = self._key_path or (Path(os.environ[ENV_KEY]) if os.environ.get(ENV_KEY) else None) \
+            env_key = settings().ledger_key
+            path = self._key_path or (Path(env_key) if env_key else None) \
                 or (Path(self._meta["key_path"]) if self._meta.get("key_path") else None)
             if path is None:
                 raise MedForensicsError(self.name, f"no private key to sign tree heads: pass --key or set {ENV_KEY}")
@@ -715,7 +559,7 @@ class Ledger:
             def __exit__(self_inner, et, e, tb):
                 if et is not None and issubclass(et, db.errors):
                     rollback()
-                    raise MedForensicsError(name, f"database error while {what}: {_short(e)}") from None
+                    raise MedForensicsError(name, f"database error while {what}: {one_line(e, 200)}") from None
                 return False
         return _G()
 
@@ -1017,12 +861,12 @@ def check_bundle(bundle: "dict | str | bytes | Path", public_key_pem: bytes | st
         except FileNotFoundError:
             raise MedForensicsError(where, "no such file") from None
         except (OSError, UnicodeDecodeError) as e:
-            raise MedForensicsError(where, f"cannot be read ({_short(e)})") from None
+            raise MedForensicsError(where, f"cannot be read ({one_line(e, 200)})") from None
     if isinstance(bundle, (str, bytes)):
         try:
             bundle = json.loads(bundle)
         except ValueError as e:
-            raise MedForensicsError(where, f"not JSON ({_short(e)})") from None
+            raise MedForensicsError(where, f"not JSON ({one_line(e, 200)})") from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise MedForensicsError(where, f"not a ledger proof bundle (expected format {BUNDLE_FORMAT!r})")
     pub = _load_public(public_key_pem, "public key")
@@ -1037,7 +881,7 @@ def check_bundle(bundle: "dict | str | bytes | Path", public_key_pem: bytes | st
     except KeyError as e:
         raise MedForensicsError(where, f"malformed proof bundle: field {e.args[0]!r} is missing") from None
     except (TypeError, ValueError, AttributeError) as e:
-        raise MedForensicsError(where, f"malformed proof bundle ({_short(e)})") from None
+        raise MedForensicsError(where, f"malformed proof bundle ({one_line(e, 200)})") from None
     problems: list[str] = []
     if th.log_id != _log_id(pub):
         problems.append("the tree head is from another log (its log id is not the given public key's)")
@@ -1063,91 +907,3 @@ def check_bundle(bundle: "dict | str | bytes | Path", public_key_pem: bytes | st
         if diffs:
             problems.append(f"{image}: differs from the logged fingerprint ({', '.join(diffs)})")
     return BundleCheck(not problems, problems, index, th.tree_size, fp, th)
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP API
-# ---------------------------------------------------------------------------------------------
-
-def create_app(location: str | Path, *, writable: bool = False, key_path: str | Path | None = None):
-    """A FastAPI app serving the log: ``GET /tree-head``, ``/public-key``, ``/proof/inclusion``,
-    ``/proof/consistency``, ``/lookup`` and, only when ``writable``, ``POST /entries``."""
-    from fastapi import Body, FastAPI, HTTPException, Query
-    from fastapi.responses import PlainTextResponse
-
-    Ledger(location).close()  # fail now, with a clear error, if the log is unusable
-    if writable:
-        with Ledger(location, key_path=key_path) as lg:
-            lg._signer()
-    app = FastAPI(title="medforensics transparency log", version=SCHEMA_VERSION)
-
-    @contextmanager
-    def opened() -> Iterator[Ledger]:
-        try:
-            lg = Ledger(location, key_path=key_path)
-        except MedForensicsError as e:
-            raise HTTPException(503, str(e)) from None
-        try:
-            yield lg
-        except MedForensicsError as e:
-            raise HTTPException(500 if "corrupted" in e.problem or "database" in e.problem else 400, str(e)) from None
-        finally:
-            lg.close()
-
-    @app.get("/tree-head")
-    def tree_head() -> dict:
-        with opened() as lg:
-            return lg.head().to_dict()
-
-    @app.get("/public-key", response_class=PlainTextResponse)
-    def public_key() -> str:
-        with opened() as lg:
-            return lg.public_key_pem().decode("ascii")
-
-    @app.get("/proof/inclusion")
-    def proof_inclusion(leaf_hash: str = Query(..., description="hex SHA-256 leaf hash"),
-                        tree_size: int | None = Query(None, ge=1)) -> dict:
-        try:
-            lh = bytes.fromhex(leaf_hash)
-            assert len(lh) == 32
-        except (ValueError, AssertionError):
-            raise HTTPException(400, "leaf_hash must be 64 hex digits") from None
-        with opened() as lg:
-            e = lg.find_leaf(lh)
-            n = lg.size if tree_size is None else tree_size
-            if e is None or e.index >= n:
-                raise HTTPException(404, f"no leaf with this hash in the tree of size {n}")
-            return {"leaf_index": e.index, "tree_size": n, "audit_path": [p.hex() for p in lg.inclusion_proof(e.index, n)]}
-
-    @app.get("/proof/consistency")
-    def proof_consistency(first: int = Query(..., ge=0), second: int = Query(..., ge=0)) -> dict:
-        with opened() as lg:
-            return {"first": first, "second": second, "consistency": [p.hex() for p in lg.consistency_proof(first, second)]}
-
-    @app.get("/lookup")
-    def lookup(key: str = Query(..., min_length=1)) -> dict:
-        with opened() as lg:
-            entries = lg.entries_for_key(key)
-            if not entries:
-                raise HTTPException(404, f"key {key} is not in the log")
-            head = lg.head()
-            latest = entries[-1]
-            return {"key": key, "entries": [e.to_dict() for e in entries], "leaf_index": latest.index,
-                    "tree_head": head.to_dict(), "audit_path": [p.hex() for p in lg._proved(latest, head)]}
-
-    @app.post("/entries")
-    def post_entries(body: Any = Body(...)) -> dict:
-        if not writable:
-            raise HTTPException(403, "this log is served read-only (start it with --writable to accept entries)")
-        items = body.get("entries") if isinstance(body, dict) else body
-        if not isinstance(items, list) or not items:
-            raise HTTPException(400, "expected {\"entries\": [fingerprint, ...]} with at least one fingerprint")
-        try:
-            fps = [Fingerprint.from_dict(d, f"entry {i}") for i, d in enumerate(items)]
-        except MedForensicsError as e:
-            raise HTTPException(400, str(e)) from None
-        with opened() as lg:
-            idx = lg.append(fps)
-            return {"indexes": idx, "tree_head": lg.head().to_dict()}
-
-    return app

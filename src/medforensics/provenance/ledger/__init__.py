@@ -1,0 +1,38 @@
+"""A tamper-evident transparency log of image fingerprints: an append-only Merkle tree (RFC 6962 /
+RFC 9162 style) with signed tree heads, inclusion and consistency proofs.
+
+Each logged image is a :class:`Fingerprint` -- a key (the SOP Instance UID of a DICOM instance,
+the pixel hash of a PNG/JPEG/TIFF/NIfTI), a hash of the decoded stored pixel values and a hash
+of the identifying header attributes (:data:`HEADER_ATTRIBUTES`) -- written as canonical JSON
+leaf bytes with a timestamp. The log lives in SQLite (a path or ``sqlite:///path``) or PostgreSQL
+(``postgresql://...``); every batch of appends is one transaction that ends with a new tree head
+signed by the log's key (Ed25519, ECDSA P-256 or RSA). Anyone holding the log's public key can
+check a proof bundle (:func:`check_bundle`) without access to the log.
+
+>>> log = Ledger.create("fingerprints.db", generate_key())                 # doctest: +SKIP
+>>> log.append([fingerprint("ct/slice001.dcm")])                          # doctest: +SKIP
+[0]
+>>> log.lookup(fingerprint("ct/slice001.dcm")).status                     # doctest: +SKIP
+'unchanged'
+
+Storage keeps the hash of every complete subtree (``ledger_nodes``), so an append reads at most
+``log2 n`` nodes and writes about two rows per leaf, and a proof reads ``O(log n)`` nodes.
+
+The package has one module per job: :mod:`~medforensics.provenance.ledger.log` (fingerprints,
+the Merkle tree, signed tree heads, proofs, audits, :class:`Ledger`),
+:mod:`~medforensics.provenance.ledger.store` (SQLite and PostgreSQL storage) and
+:mod:`~medforensics.provenance.ledger.api` (the HTTP API, :func:`create_app`). Keys are loaded
+with :mod:`medforensics.provenance.keys`.
+"""
+from __future__ import annotations
+
+from .log import (BUNDLE_FORMAT, ENV_KEY, ENV_LOG, HEADER_ATTRIBUTES, AuditReport, BundleCheck, Entry,  # noqa: F401
+                  Fingerprint, Ledger, LookupResult, TreeHead, check_bundle, default_log, fingerprint, generate_key,
+                  load_private_key, verify_consistency, verify_inclusion, verify_tree_head)
+from .api import create_app
+
+
+
+__all__ = ["Fingerprint", "fingerprint", "HEADER_ATTRIBUTES", "TreeHead", "Entry", "LookupResult", "AuditReport",
+           "BundleCheck", "Ledger", "verify_inclusion", "verify_consistency", "verify_tree_head", "check_bundle",
+           "generate_key", "load_private_key", "default_log", "create_app", "ENV_LOG", "ENV_KEY", "BUNDLE_FORMAT"]
