@@ -108,7 +108,8 @@ def _run(kind: str, image_path: Path, out: Path, slice_: Optional[int], make) ->
     try:
         forgery = make(image, k)
     except ValueError as e:
-        raise _usage(" ".join(str(e).split())) from None
+        from ..core import one_line
+        raise _usage(one_line(e)) from None
     written = write_like(image, forgery.pixels, out_file)
     write_mask(forgery.mask, mask_file)
     forgery.write_ground_truth(truth_file, input=str(image_path), output=[str(p) for p in written],

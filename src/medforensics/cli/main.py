@@ -12,7 +12,7 @@ import sys
 import typer
 
 from .. import __version__
-from ..core import SCHEMA_VERSION, MedForensicsError
+from ..core import SCHEMA_VERSION, MedForensicsError, one_line
 from . import evaluate, export, forge, keys, ledger, scan, sign, train, watermark
 from .console import UsageError, err, out
 
@@ -77,8 +77,7 @@ def main() -> None:
             sys.exit(1)
         if debug:
             raise
-        msg = " ".join(str(e).split()) or type(e).__name__
-        err.print(f"[red]error:[/red] {type(e).__name__}: {msg} (run with --debug for details)", soft_wrap=True)
+        err.print(f"[red]error:[/red] {type(e).__name__}: {one_line(e)} (run with --debug for details)", soft_wrap=True)
         sys.exit(1)
 
 

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-from ..core import Image, MedForensicsError
+from ..core import Image, MedForensicsError, one_line
 
 #: Modalities whose instances with patient geometry form volumes.
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "ST"}
@@ -35,7 +35,7 @@ def read_header(path: Path) -> Dataset:
     except InvalidDicomError as e:
         raise MedForensicsError(path, f"not a DICOM file ({e})") from None
     except (EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as e:
-        raise MedForensicsError(path, f"unreadable DICOM header: {_short(e)}") from None
+        raise MedForensicsError(path, f"unreadable DICOM header: {one_line(e, 300)}") from None
 
 
 def _needs_force(path: Path) -> bool:
@@ -60,12 +60,6 @@ def looks_like_raw_dicom(path: Path) -> bool:
         return False
 
 
-def _short(e: BaseException) -> str:
-    """An exception as one line: lines joined, whitespace collapsed, at most 300 characters."""
-    msg = " ".join(str(e).split()) or type(e).__name__
-    return msg if len(msg) <= 300 else msg[:297] + "..."
-
-
 def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     """Read one file fully; decode its pixels as (frames, rows, cols) stored values (colour reduced
     to gray) and the (min, max) of the stored values as they were in the file."""
@@ -76,7 +70,7 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     except InvalidDicomError as e:
         raise MedForensicsError(path, f"not a DICOM file ({e})") from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
-        raise MedForensicsError(path, f"unreadable DICOM file: {_short(e)}") from None
+        raise MedForensicsError(path, f"unreadable DICOM file: {one_line(e, 300)}") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         sop = getattr(ds, "SOPClassUID", None)
         name = getattr(sop, "name", None) or sop or "unknown SOP class"
@@ -94,7 +88,7 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     if err is not None and arr is None:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", ts) or "unknown transfer syntax"
-        msg = _short(err)
+        msg = one_line(err, 300)
         if "shorter than" in msg or "truncat" in msg.lower() or "length" in msg.lower():
             raise MedForensicsError(path, f"pixel data is truncated or does not match the header ({msg})") from None
         raise MedForensicsError(path, f"cannot decode pixel data ({ts_name}): {msg}") from None

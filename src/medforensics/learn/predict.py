@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..core import MedForensicsError
+from ..core import MedForensicsError, one_line
 from .checkpoint import load_checkpoint, load_weights
 from .data import load_item, tiles, to_tensor
 from .models import MODELS, build_model
@@ -125,6 +125,5 @@ def load_classifier(path: str | Path, *, batch: int = 32, num_threads: int | Non
     try:
         model = build_model(card["architecture"], **card["config"], image_size=int(card["preprocess"]["crop"]))
     except (TypeError, ValueError, KeyError) as e:
-        raise MedForensicsError(path, f"model card does not describe a {card['architecture']}: "
-                                f"{' '.join(str(e).split())[:200]}") from None
+        raise MedForensicsError(path, f"model card does not describe a {card['architecture']}: {one_line(e, 200)}") from None
     return Classifier(load_weights(model, state, path), card, batch=batch, num_threads=num_threads, device=device)

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..core import MedForensicsError
+from ..core import MedForensicsError, one_line
 from .keys import read_bytes
 
 __all__ = ["export", "verify_manifest", "read_c2pa", "ManifestCheck", "render_dicom", "apply_window",
@@ -119,7 +119,7 @@ def _trust_pems(trust: Iterable[Any]) -> str:
             try:
                 certs = x509.load_pem_x509_certificates(bytes(t))
             except ValueError as e:
-                raise MedForensicsError(None, f"trust anchor is not a PEM certificate ({_line(e)})") from None
+                raise MedForensicsError(None, f"trust anchor is not a PEM certificate ({one_line(e, 240)})") from None
         else:
             where = t
             certs = load_certificates(t)
@@ -192,7 +192,7 @@ def verify_manifest(path: str | Path, *, trust: Sequence[Any] | None = None) -> 
         finally:
             reader.close()
     except Exception as e:  # noqa: BLE001 - c2pa raises its own error kinds; each becomes a reason
-        msg = _line(e)
+        msg = one_line(e, 240)
         if type(e).__name__.endswith("ManifestNotFound"):
             chk.reasons.append("no C2PA manifest in the file")
         elif type(e).__name__.endswith("NotSupported"):
@@ -304,7 +304,7 @@ def read_c2pa(path: str | Path) -> dict:
     except MedForensicsError as e:
         return {"present": False, "error": e.problem}
     except Exception as e:  # noqa: BLE001 - the detector must go on whatever the file holds
-        return {"present": False, "error": _line(e)}
+        return {"present": False, "error": one_line(e, 240)}
     if not chk.present:
         out: dict = {"present": False}
         if chk.reasons and not chk.reasons[0].startswith("no C2PA manifest"):
@@ -433,7 +433,7 @@ def _modality_values(path: Path) -> np.ndarray:
             ds = pydicom.dcmread(path)
             return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - the loader read it already; this is a last guard
-        raise MedForensicsError(path, f"cannot decode pixel data: {_line(e)}") from None
+        raise MedForensicsError(path, f"cannot decode pixel data: {one_line(e, 240)}") from None
 
 
 def _s(ds, key: str) -> str | None:
@@ -668,7 +668,7 @@ def _sign(manifest: dict, identity, alg: str, fmt: str, encoded: bytes, dest, pa
         signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg.encode(), identity.cert_pem(), identity.key_pem(),
                                                            None))
     except Exception as e:  # noqa: BLE001
-        raise MedForensicsError(dst, f"the signing key or certificate is not usable for C2PA ({_line(e)})") from None
+        raise MedForensicsError(dst, f"the signing key or certificate is not usable for C2PA ({one_line(e, 240)})") from None
     # no thumbnail: the exported image is the content, a copy in the manifest adds ~150 kB
     ctx = c2pa.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
     try:
@@ -683,7 +683,7 @@ def _sign(manifest: dict, identity, alg: str, fmt: str, encoded: bytes, dest, pa
     except MedForensicsError:
         raise
     except Exception as e:  # noqa: BLE001 - c2pa's own errors: certificate profile, key mismatch, ...
-        raise MedForensicsError(dst, f"C2PA signing failed ({_line(e)})") from None
+        raise MedForensicsError(dst, f"C2PA signing failed ({one_line(e, 240)})") from None
 
 
 def _common_name(cert) -> str | None:
@@ -691,8 +691,3 @@ def _common_name(cert) -> str | None:
 
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else cert.subject.rfc4514_string()
-
-
-def _line(e: BaseException) -> str:
-    msg = " ".join(str(e).split()) or type(e).__name__
-    return msg if len(msg) <= 240 else msg[:237] + "..."

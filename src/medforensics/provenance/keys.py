@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..core import MedForensicsError
+from ..core import MedForensicsError, one_line
 
 ALGORITHMS = ("rsa", "ec")
 #: id-kp-documentSigning (RFC 9336): accepted by C2PA for claim signers.
@@ -154,7 +154,7 @@ def load_identity(key_path: str | Path, cert_path: str | Path, password: bytes |
     try:
         key = serialization.load_pem_private_key(read_bytes(key_path), password=password)
     except (ValueError, TypeError) as e:
-        raise MedForensicsError(key_path, f"not a usable PEM private key ({_first_line(e)})") from None
+        raise MedForensicsError(key_path, f"not a usable PEM private key ({one_line(e, 160)})") from None
     certs = load_certificates(cert_path)
     ident = Identity(key=key, cert=certs[0], chain=certs[1:])
     if _public_der(certs[0].public_key()) != _public_der(key.public_key()):
@@ -169,7 +169,7 @@ def load_private_key(path: str | Path, password: bytes | None = None):
     try:
         return serialization.load_pem_private_key(read_bytes(path), password=password)
     except (ValueError, TypeError) as e:
-        raise MedForensicsError(path, f"not a usable PEM private key ({_first_line(e)})") from None
+        raise MedForensicsError(path, f"not a usable PEM private key ({one_line(e, 160)})") from None
 
 
 def load_certificates(path: str | Path) -> list[x509.Certificate]:
@@ -182,7 +182,7 @@ def load_certificates(path: str | Path) -> list[x509.Certificate]:
         else:
             certs = [x509.load_der_x509_certificate(data)]
     except ValueError as e:
-        raise MedForensicsError(path, f"not a readable X.509 certificate ({_first_line(e)})") from None
+        raise MedForensicsError(path, f"not a readable X.509 certificate ({one_line(e, 160)})") from None
     if not certs:
         raise MedForensicsError(path, "contains no certificate")
     return certs
@@ -221,8 +221,3 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-
-
-def _first_line(e: Exception) -> str:
-    s = " ".join(str(e).split())
-    return s[:160] or type(e).__name__

@@ -47,7 +47,7 @@ from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ..core import MedForensicsError
+from ..core import MedForensicsError, one_line
 from .keys import Identity, load_certificates
 
 __all__ = ["sign_dataset", "sign_file", "verify_dataset", "verify_file", "SignatureCheck", "FileVerification",
@@ -444,7 +444,7 @@ def _read_dicom(path: Path) -> Dataset:
     except InvalidDicomError:
         raise MedForensicsError(path, "not a DICOM file (no DICM prefix)") from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds for broken files
-        raise MedForensicsError(path, f"not a readable DICOM file ({_short(e)})") from None
+        raise MedForensicsError(path, f"not a readable DICOM file ({one_line(e, 160)})") from None
 
 
 def sign_file(src: str | Path, dst: str | Path, identity: Identity, **kw) -> str:
@@ -598,7 +598,7 @@ def _check_one(ds: Dataset, item: Dataset, params: dict[int, Dataset], anchors: 
     try:
         cert = x509.load_der_x509_certificate(_trim_der(bytes(item.CertificateOfSigner)))
     except (AttributeError, ValueError, TypeError) as e:
-        r.append(f"malformed signature item: the certificate of signer is not a DER X.509 certificate ({_short(e)})")
+        r.append(f"malformed signature item: the certificate of signer is not a DER X.509 certificate ({one_line(e, 160)})")
         return chk
     chk.signer = _signer_name(cert)
     pub = cert.public_key()
@@ -713,7 +713,7 @@ def verify_dataset(ds: Dataset, *, trust=None, at: _dt.datetime | None = None) -
         items = list(ds[_DIGITAL_SIGNATURES].value)
     except Exception as e:  # noqa: BLE001
         return [SignatureCheck(ok=False, signature_uid=None,
-                               reasons=[f"malformed Digital Signatures Sequence ({_short(e)})"])]
+                               reasons=[f"malformed Digital Signatures Sequence ({one_line(e, 160)})"])]
     params: dict[int, Dataset] = {}
     try:
         for p in (ds[_MAC_PARAMETERS].value if _MAC_PARAMETERS in ds else []):
@@ -731,7 +731,7 @@ def verify_dataset(ds: Dataset, *, trust=None, at: _dt.datetime | None = None) -
                 uid = str(item.get("DigitalSignatureUID", "")) or None
             except Exception:  # noqa: BLE001
                 pass
-            out.append(SignatureCheck(ok=False, signature_uid=uid, reasons=[f"malformed signature item ({_short(e)})"]))
+            out.append(SignatureCheck(ok=False, signature_uid=uid, reasons=[f"malformed signature item ({one_line(e, 160)})"]))
     return out
 
 
@@ -746,8 +746,3 @@ def verify_file(path: str | Path, *, trust=None, at: _dt.datetime | None = None)
     checks = verify_dataset(ds, trust=anchors, at=at)
     return FileVerification(path=str(path), ok=bool(checks) and all(c.ok for c in checks), unsigned=not checks,
                             signatures=checks)
-
-
-def _short(e: BaseException) -> str:
-    s = " ".join(str(e).split())
-    return (s[:160] or type(e).__name__)

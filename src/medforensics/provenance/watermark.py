@@ -636,7 +636,7 @@ def _read(path: str | Path):
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError) as e:
-        raise MedForensicsError(path, f"not a readable DICOM file ({' '.join(str(e).split())})") from None
+        raise MedForensicsError.wrap(path, e, "not a readable DICOM file") from None
     if "PixelData" not in ds:
         raise MedForensicsError(path, "has no pixel data")
     ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
@@ -651,7 +651,7 @@ def _read(path: str | Path):
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - any decoder problem is one line about this file
-        raise MedForensicsError(path, f"pixel data cannot be decoded ({' '.join(str(e).split())})") from None
+        raise MedForensicsError.wrap(path, e, "pixel data cannot be decoded") from None
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     return ds, arr, bits, signed
