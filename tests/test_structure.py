@@ -116,6 +116,13 @@ def test_no_import_cycle_through_the_command_line():
     assert not cycles, f"import cycles through the command line: {cycles}"
 
 
+def test_no_import_cycle_anywhere():
+    """Layers import downwards only (core <- io <- detectors <- scan <- report <- cli), also inside
+    functions."""
+    cycles = [sorted(g) for g in _strongly_connected(_graph())]
+    assert not cycles, f"import cycles: {cycles}"
+
+
 def test_the_graph_finds_a_cycle_when_there_is_one():
     """The check above can fail: a made-up graph with a cycle through the CLI is found."""
     graph = {"medforensics.cli.main": {"medforensics.cli.sign"}, "medforensics.cli.sign": {"medforensics.cli.main"},

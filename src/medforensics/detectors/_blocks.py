@@ -5,10 +5,10 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-#: Immerkaer's 3x3 operator: blind to edges and ramps, it sees the noise.
-IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-#: sigma = IMMERKAER_GAIN * mean(|IMMERKAER * I|) for white Gaussian noise.
-IMMERKAER_GAIN = float(np.sqrt(np.pi / 2) / 6)
+from ..noise import IMMERKAER_GAIN, IMMERKAER_KERNEL
+
+#: Immerkaer's 3x3 operator (:mod:`medforensics.noise`) in float32, for OpenCV.
+IMMERKAER = IMMERKAER_KERNEL.astype(np.float32)
 
 
 def immerkaer(img: np.ndarray) -> np.ndarray:
@@ -40,3 +40,30 @@ def cluster_mass(excess: np.ndarray) -> tuple[float, int]:
         return 0.0, 0
     masses = ndimage.sum_labels(excess, labels, np.arange(1, n + 1))
     return float(masses.max()), int((excess > 0).sum())
+
+
+#: block-boundary steps this much above the in-block steps: a JPEG grid
+GRID_RATIO = 1.04
+
+
+def jpeg_grid(img: np.ndarray) -> tuple[bool, int, float]:
+    """Whether the pixels carry a JPEG 8x8 block grid: ``(found, offset, ratio)``, the offset of the
+    first column of a block and the ratio of the mean step across block boundaries to the mean
+    step inside blocks (both axes pooled).
+
+    >>> rng = np.random.default_rng(0)
+    >>> jpeg_grid(rng.normal(100, 5, (128, 128)))[0]
+    False
+    """
+    a = np.asarray(img, np.float32)
+    sx = np.abs(np.diff(a, axis=1)).mean(axis=0)   # step between column j and j + 1
+    sy = np.abs(np.diff(a, axis=0)).mean(axis=1)
+    px = np.bincount(np.arange(sx.size) % 8, weights=sx, minlength=8) / np.bincount(np.arange(sx.size) % 8, minlength=8)
+    py = np.bincount(np.arange(sy.size) % 8, weights=sy, minlength=8) / np.bincount(np.arange(sy.size) % 8, minlength=8)
+    prof = px + py
+    b = int(np.argmax(prof))                          # the step from phase b to b + 1 crosses the boundary
+    others = np.delete(prof, b)
+    # the boundary step must stand out from every other phase (an up-sampling period of 2 or 4
+    # raises several phases alike)
+    ratio = float(prof[b] / max(others.max(), 1e-9))
+    return ratio >= GRID_RATIO, (b + 1) % 8, ratio

@@ -218,16 +218,6 @@ def region_from_box(image: Image, bbox: tuple[int, ...], score: float = 1.0, not
                   center_mm=image.voxel_to_mm(center), note=note)
 
 
-def robust_z(values: np.ndarray) -> np.ndarray:
-    """Robust z-scores (median / 1.4826·MAD) of an array; zeros when the spread is nil."""
-    v = np.asarray(values, dtype=np.float64)
-    med = np.nanmedian(v)
-    mad = 1.4826 * np.nanmedian(np.abs(v - med))
-    if not np.isfinite(mad) or mad < 1e-12:
-        return np.zeros_like(v)
-    return (v - med) / mad
-
-
 def print_raw_values(detector: Detector, paths: list[str]) -> None:
     """Calibration helper: print each applicable image's raw statistic and score.
 

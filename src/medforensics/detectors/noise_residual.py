@@ -64,7 +64,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core import Evidence, Image
-from ._blocks import blocks, cluster_mass, immerkaer, local_mean
+from ._blocks import blocks, cluster_mass, immerkaer, jpeg_grid, local_mean
 from .base import Detector, logistic, print_raw_values, regions_from_heatmap, unvalidated_modality
 
 MIDPOINT, SCALE = 55.0, 6.0
@@ -95,12 +95,11 @@ LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.1
 def is_lossy(image: Image) -> bool:
     """Whether the pixels went through lossy compression (JPEG file, lossy DICOM syntax, a DICOM
     header that says so, or a raster file whose pixels carry a JPEG 8x8 block grid: a web export
-    saved as JPEG, then as PNG; :func:`medforensics.detectors.spectral.jpeg_grid` on its first
+    saved as JPEG, then as PNG; :func:`medforensics.detectors._blocks.jpeg_grid` on its first
     1,024 px, which keep the grid's phase)."""
     if image.format == "jpeg":
         return True
     if image.format in ("png", "tiff") and image.pixels.ndim == 2 and min(image.pixels.shape) >= 64:
-        from .spectral import jpeg_grid
         return bool(jpeg_grid(image.pixels[:1024, :1024])[0])
     if image.format == "dicom":
         if image.meta.get("transfer_syntax") in LOSSY_SYNTAXES:

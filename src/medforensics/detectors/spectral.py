@@ -55,6 +55,7 @@ import numpy as np
 
 from ..core import Evidence, Image
 from .base import Detector, logistic, print_raw_values, regions_from_heatmap
+from ._blocks import GRID_RATIO, jpeg_grid  # noqa: F401 - jpeg_grid is part of this module's API
 from .noise_residual import MIN_LEVELS, grey_levels
 
 RADIOGRAPHS = frozenset({"CR", "DX", "XR"})
@@ -69,8 +70,6 @@ DEPTH_UNIT, TILE_UNIT = 0.02, 0.1
 #: depth of a fixed (signed) pattern that counts as one unit (:func:`mean_pattern`)
 MEAN_UNIT = 0.03
 MIDPOINT, SCALE = 2.0, 0.25
-#: block-boundary steps this much above the in-block steps: a JPEG grid
-GRID_RATIO = 1.04
 
 
 def second_differences(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,29 +125,6 @@ def clean_depths(h: np.ndarray) -> tuple[float, float]:
     """
     odd = max(float(h[0]), float(h[2]))
     return max(0.0, float(h[3]) - odd), max(0.0, float(h[1]) - odd)
-
-
-def jpeg_grid(img: np.ndarray) -> tuple[bool, int, float]:
-    """Whether the pixels carry a JPEG 8x8 block grid: ``(found, offset, ratio)``, the offset of the
-    first column of a block and the ratio of the mean step across block boundaries to the mean
-    step inside blocks (both axes pooled).
-
-    >>> rng = np.random.default_rng(0)
-    >>> jpeg_grid(rng.normal(100, 5, (128, 128)))[0]
-    False
-    """
-    a = np.asarray(img, np.float32)
-    sx = np.abs(np.diff(a, axis=1)).mean(axis=0)   # step between column j and j + 1
-    sy = np.abs(np.diff(a, axis=0)).mean(axis=1)
-    px = np.bincount(np.arange(sx.size) % 8, weights=sx, minlength=8) / np.bincount(np.arange(sx.size) % 8, minlength=8)
-    py = np.bincount(np.arange(sy.size) % 8, weights=sy, minlength=8) / np.bincount(np.arange(sy.size) % 8, minlength=8)
-    prof = px + py
-    b = int(np.argmax(prof))                          # the step from phase b to b + 1 crosses the boundary
-    others = np.delete(prof, b)
-    # the boundary step must stand out from every other phase (an up-sampling period of 2 or 4
-    # raises several phases alike)
-    ratio = float(prof[b] / max(others.max(), 1e-9))
-    return ratio >= GRID_RATIO, (b + 1) % 8, ratio
 
 
 def falloff_ratio(img: np.ndarray) -> float:
