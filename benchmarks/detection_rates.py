@@ -79,7 +79,7 @@ def radiograph_cases(data: Path, n: int, rng, detectors) -> dict[str, list]:
     files = sorted((data / "xray" / "mhh-covid19" / "images").glob("*.png"))
     res: dict[str, list] = {k: [] for k in ("original", "copy-move", "in-painting", "splice (donor rescaled)",
                                             "splice (donor + noise, same scale)", "rescale x1.3")}
-    for t in range(n):
+    for _ in range(n):
         f, d = files[rng.integers(len(files))], files[rng.integers(len(files))]
         a = np.asarray(PILImage.open(f).convert("L"), dtype=np.float32)
         h, w = a.shape
@@ -111,7 +111,7 @@ def ct_cases(data: Path, n: int, rng, detectors) -> dict[str, list]:
     res: dict[str, list] = {k: [] for k in ("CT series original (20 slices)", "CT blur 30 px", "CT in-painting 30 px",
                                             "CT contrast cut to 15% (64 px)", "CT rescale x1.3 (64 px)",
                                             "CT slice + noise 15 HU")}
-    for t in range(n):
+    for _ in range(n):
         z0 = int(rng.integers(0, full.pixels.shape[0] - 20))
         sub = copy.copy(full)
         sub.pixels = full.pixels[z0:z0 + 20].copy()
@@ -155,7 +155,7 @@ def _blur(x: np.ndarray, box) -> np.ndarray:
 def jpeg_cases(data: Path, n: int, rng, detectors) -> dict[str, list]:
     files = sorted((data / "xray" / "mhh-covid19" / "images").glob("*.png"))
     res: dict[str, list] = {"JPEG once (q 60-95)": [], "JPEG twice (q 50-95, then 60-95)": []}
-    for t in range(n):
+    for _ in range(n):
         a = np.asarray(PILImage.open(files[rng.integers(len(files))]).convert("L"), dtype=np.float32)
         q1 = int(rng.integers(60, 96))
         q0 = int(rng.integers(50, 96))

@@ -80,7 +80,7 @@ def train_autoencoder(images: list[np.ndarray], stages: int, steps: int, seed: i
     net = nn.Sequential(*enc, *dec)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
     rng = np.random.default_rng(seed)
-    for step in range(1, steps + 1):
+    for _ in range(steps):
         batch = []
         for _ in range(16):
             a = images[int(rng.integers(len(images)))]
@@ -102,7 +102,7 @@ def train_autoencoder(images: list[np.ndarray], stages: int, steps: int, seed: i
         out[:h, :w] = y * 255.0
         return np.clip(np.round(out), 0, 255)
 
-    apply.steps = step  # type: ignore[attr-defined]
+    apply.steps = steps  # type: ignore[attr-defined]
     return apply
 
 

@@ -84,7 +84,7 @@ def main() -> None:
             "CT slice 512x512 DICOM": sorted((args.data / "ct" / "slices" / "tcia-covid19-ny-sbu").rglob("*.dcm"))[0],
             "CT series 133x512x512 DICOM": lidc,
         }
-        print(f"| case | load s | detectors s | total s | peak RSS MB | slowest detectors |")
+        print("| case | load s | detectors s | total s | peak RSS MB | slowest detectors |")
         print("|---|---|---|---|---|---|")
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         for name, path in cases.items():

@@ -369,7 +369,7 @@ def test_container_exif_editor(tmp_path):
 def test_container_single_vs_double_jpeg(shared_data, tmp_path):
     files = sorted((shared_data / "xray" / "mhh-covid19" / "images").glob("*.png"))[:30]
     single, double = [], []
-    for i, f in enumerate(files):
+    for f in files:
         a = PILImage.open(f).convert("L")
         a.save(tmp_path / "s.jpg", quality=85)
         single.append(DET["container"].detect(load(tmp_path / "s.jpg")[0]).score)

@@ -557,6 +557,7 @@ def test_cli_inject_writes_series_and_ground_truth(small_dir: Path, small: Image
     again = _run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150")
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
 def test_cli_never_overwrites(small_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:

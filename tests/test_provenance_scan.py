@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file

@@ -185,3 +185,15 @@ def test_detector_options_reach_the_constructors(tmp_path):
         load_detectors(["copy_move"], {"no_such_detector": {}})
     with pytest.raises(ValueError, match="unknown kind"):
         load_detectors(["learned_2d"], {"learned_2d": {"checkpoints": {"mr": missing}}})
+
+
+def test_ruff_passes():
+    """The linter configuration in pyproject.toml ([tool.ruff]) passes on the code, tests and benchmarks."""
+    import shutil
+
+    root = PACKAGE.parents[1]
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is a test dependency (pip install -e '.[test]')"
+    r = subprocess.run([ruff, "check", "--output-format", "concise", "src", "tests", "benchmarks"], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]

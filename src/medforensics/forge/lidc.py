@@ -303,7 +303,7 @@ def nodules_for(image: Image, xml_path: str | Path | None = None, *, search: Ite
     geo = [_mark_geometry(m, image, sops, zs) for m in marks]
     # Cluster in mm (slice axis from the XML z so that marks on absent slices still join their lesion).
     pos = []
-    for m, (c, _, _, _, _) in zip(marks, geo):
+    for m, _geometry in zip(marks, geo):
         z = np.mean([r.z for r in m.rois if r.inclusion] or [r.z for r in m.rois])
         pts = np.concatenate([r.points for r in m.rois if r.inclusion] or [r.points for r in m.rois])
         pos.append(np.array([z, pts[:, 1].mean() * sp[1], pts[:, 0].mean() * sp[2]]))
