@@ -54,6 +54,19 @@ class CliResult(NamedTuple):
     out: str
     err: str
 
+    # the names of subprocess.CompletedProcess, so a test reads the same either way
+    @property
+    def returncode(self) -> int:
+        return self.code
+
+    @property
+    def stdout(self) -> str:
+        return self.out
+
+    @property
+    def stderr(self) -> str:
+        return self.err
+
 
 @pytest.fixture
 def run_cli(monkeypatch, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -98,19 +97,6 @@ def _nps_centroid(resid: np.ndarray, mask: np.ndarray, p: int = 8) -> float:
     return float((f * ps).sum() / ps.sum())
 
 
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the command line in this process (as the console script does); (exit code, stdout, stderr)."""
-    from medforensics.cli import main
-
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["medforensics", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        main()
-    got = capsys.readouterr()
-    return int(e.value.code or 0), got.out, got.err
-
-
 def _adjacent_correlation(residuals: list, masks: list) -> float:
     """Correlation of the residual at (k, i, j) with (k + 1, i, j), pooled over ``masks`` (True where
     both voxels count; the last slice is ignored)."""
@@ -121,11 +107,6 @@ def _adjacent_correlation(residuals: list, masks: list) -> float:
         a.append(r[m])
         b.append(np.roll(r, -1, axis=0)[m])
     return float(np.corrcoef(np.concatenate(a), np.concatenate(b))[0, 1])
-
-
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "medforensics", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 def _phantom(seed: int = 0, z_sigma: float = 0.0) -> Image:
@@ -530,9 +511,9 @@ def test_written_series_is_valid_dicom_with_headers_kept(series: Image, injected
 # command line (on the 11-slice series, to keep it quick)
 
 
-def test_cli_inject_writes_series_and_ground_truth(small_dir: Path, small: Image, tmp_path: Path) -> None:
+def test_cli_inject_writes_series_and_ground_truth(small_dir: Path, small: Image, tmp_path: Path, run_cli) -> None:
     out = tmp_path / "fake"
-    r = _run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150", "--diameter", "12",
+    r = run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150", "--diameter", "12",
                  "--type", "ground-glass", "--seed", "3")
     assert r.returncode == 0, r.stderr
     assert "voxel (k,i,j) (5, 300, 150)" in r.stdout and "mm" in r.stdout and "cube" in r.stdout
@@ -554,34 +535,34 @@ def test_cli_inject_writes_series_and_ground_truth(small_dir: Path, small: Image
         assert [n.center_voxel for n in nodules_for(back, search=[lidc_root])] == [n.center_voxel for n in nodules_for(small)]
     # never overwrite: the same command again is refused (exit 2, one line) and changes nothing
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
-    again = _run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150")
+    again = run_cli("forge", "inject", str(small_dir), "--out", str(out), "--center", "5,300,150")
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
-def test_cli_never_overwrites(small_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_never_overwrites(small_dir: Path, tmp_path: Path, monkeypatch, capsys, run_cli) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "a.dcm").write_bytes(b"x")
     (tmp_path / "other.groundtruth.json").write_text("{}")
     (tmp_path / "third.mask.npz").write_bytes(b"x")
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
     for out in ("taken", "other", "third"):
-        code, _, err = _main(monkeypatch, capsys, "forge", "inject", str(small_dir), "--out", str(tmp_path / out))
+        code, _, err = run_cli("forge", "inject", str(small_dir), "--out", str(tmp_path / out))
         assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = _main(monkeypatch, capsys, "forge", "remove", str(small_dir), "--out", str(tmp_path / "other"),
+    code, _, err = run_cli("forge", "remove", str(small_dir), "--out", str(tmp_path / "other"),
                          "--nodule", "1")
     assert code == 2 and "exists" in err
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before and not (tmp_path / "other").exists() and not (tmp_path / "third").exists()
     # never into the input folder
-    code, _, err = _main(monkeypatch, capsys, "forge", "inject", str(small_dir), "--out", str(small_dir / "x"))
+    code, _, err = run_cli("forge", "inject", str(small_dir), "--out", str(small_dir / "x"))
     assert code == 2 and "input" in err and not (small_dir / "x").exists()
 
 
-def test_cli_remove_careless(small_dir: Path, small: Image, tmp_path: Path) -> None:
+def test_cli_remove_careless(small_dir: Path, small: Image, tmp_path: Path, run_cli) -> None:
     out = tmp_path / "gone"
-    r = _run_cli("forge", "remove", str(small_dir), "--out", str(out), "--nodule", "1", "--careless")
+    r = run_cli("forge", "remove", str(small_dir), "--out", str(out), "--nodule", "1", "--careless")
     assert r.returncode == 0, r.stderr
     assert "removed nodule 1" in r.stdout
     gt = json.loads((tmp_path / "gone.groundtruth.json").read_text())
@@ -595,7 +576,7 @@ def test_cli_remove_careless(small_dir: Path, small: Image, tmp_path: Path) -> N
     assert "medforensics" in str(back.datasets[0].SoftwareVersions)
 
 
-def test_cli_errors_are_one_line(small_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_errors_are_one_line(small_dir: Path, tmp_path: Path, monkeypatch, capsys, run_cli) -> None:
     cases = [  # (arguments, exit code, text in the message)
         (["remove", str(small_dir), "--out", str(tmp_path / "e1"), "--nodule", "9"], 2, "no nodule 9"),
         (["inject", str(tmp_path / "missing"), "--out", str(tmp_path / "e2")], 1, "no such file"),
@@ -608,11 +589,11 @@ def test_cli_errors_are_one_line(small_dir: Path, tmp_path: Path, monkeypatch, c
         (["inject", str(small_dir), "--out", str(tmp_path / "e9"), "--seed", "abc"], 2, "--seed"),
     ]
     for args, want, text in cases:
-        code, _, err = _main(monkeypatch, capsys, "forge", *args)
+        code, _, err = run_cli("forge", *args)
         assert code == want and text in err, (args, code, err)
         assert "Traceback" not in err
         if "--bogus" not in args and "abc" not in args:  # typer's own usage errors add a usage line
             assert len(err.strip().splitlines()) == 1, err
     assert not any(tmp_path.iterdir())  # nothing written on any error
-    code, out, _ = _main(monkeypatch, capsys, "forge", "remove", str(small_dir), "--list")
+    code, out, _ = run_cli("forge", "remove", str(small_dir), "--list")
     assert code == 0 and "malignant" in out and "31.0" in out

@@ -6,7 +6,6 @@ Real images: a 16-bit Philips chest CR and a CT slice from pydicom-data, and che
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -363,12 +362,7 @@ def test_local_edits_do_what_they_say(cr):
 
 # ------------------------------------------------------------------------------ command line
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "medforensics", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
-
-
-def test_cli_writes_three_new_files_and_refuses_to_overwrite(tmp_path, cr):
+def test_cli_writes_three_new_files_and_refuses_to_overwrite(tmp_path, cr, run_cli):
     src = Path(get_testdata_file("RG1_UNCR.dcm"))
     before = src.read_bytes()
     r = run_cli("forge", "copymove", src, "--out", "fake.dcm", "--seed", 5, cwd=tmp_path)
@@ -394,7 +388,7 @@ def test_cli_writes_three_new_files_and_refuses_to_overwrite(tmp_path, cr):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.groundtruth.json"]
 
 
-def test_cli_splice_inpaint_edit_on_png(tmp_path, pngs):
+def test_cli_splice_inpaint_edit_on_png(tmp_path, pngs, run_cli):
     img, donor = pngs[0], pngs[1]
     r = run_cli("forge", "splice", img, "--donor", donor, "--out", "s.png", "--seed", 2, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -440,7 +434,7 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, args, code, word
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_learned_inpaint_works_or_says_what_is_missing(tmp_path):
+def test_cli_learned_inpaint_works_or_says_what_is_missing(tmp_path, run_cli):
     src = get_testdata_file("CT_small.dcm")
     r = run_cli("forge", "inpaint", src, "--out", "l.dcm", "--method", "learned", "--box", "40,40,70,70", cwd=tmp_path)
     if GAN_CHECKPOINT.is_file():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pydicom
 import pytest
@@ -144,22 +142,17 @@ def test_series_region_lands_on_the_edited_slice(tmp_path, identity, lidc_series
     assert reg.center_mm is not None
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "medforensics", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
-
-
-def test_scan_cli_reports_provenance(tmp_path, identity):
+def test_scan_cli_reports_provenance(tmp_path, identity, run_cli):
     signed = _protect(tmp_path, identity)
     paths = identity.save(tmp_path / "keys")
-    init = _cli("ledger", "init", tmp_path / "log.sqlite")
+    init = run_cli("ledger", "init", tmp_path / "log.sqlite")
     assert init.returncode == 0, init.stderr
-    add = _cli("ledger", "add", signed, "--log", tmp_path / "log.sqlite")
+    add = run_cli("ledger", "add", signed, "--log", tmp_path / "log.sqlite")
     assert add.returncode == 0, add.stderr
     (tmp_path / "copy").mkdir()  # another folder: two versions of one instance in one folder are one series
     bad = _edit(signed, tmp_path / "copy" / "bad.dcm", slice(10, 20), slice(10, 20))
     out = tmp_path / "scan.jsonl"
-    r = _cli("scan", signed, bad, "--detectors", "provenance", "--trust", paths["ca"], "--ledger",
+    r = run_cli("scan", signed, bad, "--detectors", "provenance", "--trust", paths["ca"], "--ledger",
              tmp_path / "log.sqlite", "--json", out)
     assert r.returncode == 0, r.stderr
     recs = {rec["path"].rsplit("/", 1)[-1]: rec for rec in map(json.loads, out.read_text().splitlines())}
@@ -170,10 +163,10 @@ def test_scan_cli_reports_provenance(tmp_path, identity):
     assert ev["detector"] == "provenance" and ev["regions"][0]["bbox_voxel"] == [0, 0, 32, 32]
 
 
-def test_scan_cli_bad_provenance_options_are_one_line_errors(tmp_path):
+def test_scan_cli_bad_provenance_options_are_one_line_errors(tmp_path, run_cli):
     (tmp_path / "not-a-cert.pem").write_text("hello")
-    r = _cli("scan", CT, "--trust", tmp_path / "not-a-cert.pem")
+    r = run_cli("scan", CT, "--trust", tmp_path / "not-a-cert.pem")
     assert r.returncode == 1 and "not-a-cert.pem" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    r = _cli("scan", CT, "--ledger", tmp_path / "missing.sqlite")
+    r = run_cli("scan", CT, "--ledger", tmp_path / "missing.sqlite")
     assert r.returncode == 1 and "missing.sqlite" in r.stderr and "Traceback" not in r.stderr

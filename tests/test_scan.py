@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,13 +75,7 @@ def test_scan_yields_one_verdict_per_item_and_goes_on(tmp_path):
     assert [(v.path, v.score, v.label) for v in parallel] == [(v.path, v.score, v.label) for v in verdicts]
 
 
-def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "medforensics", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
-
-
-def test_cli_scan_contract(tmp_path):
+def test_cli_scan_contract(tmp_path, run_cli):
     d = _mixed_folder(tmp_path)
     before = {p.name: p.read_bytes() for p in d.iterdir()}
     r = run_cli("scan", str(d), "--json", str(tmp_path / "o.jsonl"), "--report", str(tmp_path / "r.html"))
@@ -109,7 +100,7 @@ def test_cli_scan_contract(tmp_path):
     assert r3.returncode == 0 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
 
 
-def test_cli_usage_errors_are_one_line(tmp_path):
+def test_cli_usage_errors_are_one_line(tmp_path, run_cli):
     r = run_cli("scan", get_testdata_file("CT_small.dcm"), "--detectors", "nope")
     assert r.returncode == 2 and "unknown detector" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("scan", get_testdata_file("CT_small.dcm"), "--suspicious", "0.9", "--manipulated", "0.1")

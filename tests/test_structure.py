@@ -197,3 +197,17 @@ def test_ruff_passes():
     r = subprocess.run([ruff, "check", "--output-format", "concise", "src", "tests", "benchmarks"], cwd=root,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
+
+
+def test_the_installed_program_runs():
+    """The console script and ``python -m medforensics`` start the same app (the other CLI tests
+    run it in-process through the ``run_cli`` fixture)."""
+    import shutil
+
+    program = shutil.which("medforensics", path=str(Path(sys.executable).parent)) or shutil.which("medforensics")
+    assert program, "the console script is installed with the package"
+    for cmd in ([program, "--version"], [sys.executable, "-m", "medforensics", "--version"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and r.stdout.startswith("medforensics ") and "JSON schema" in r.stdout, r.stderr
+    r = subprocess.run([program, "scan"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
