@@ -314,7 +314,7 @@ class Verdict:
             self.label = Label(self.label)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-lines record of DESIGN.md (schema version :data:`SCHEMA_VERSION`)."""
+        """The JSON-lines record of docs/design.md (schema version :data:`SCHEMA_VERSION`)."""
         d: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "path": self.path,
