@@ -89,7 +89,7 @@ def test_render_any_size_and_tiling(monkeypatch):
     mask = _ellipsoid(ctx.shape, (6, 22, 18), (4, 12, 10))
     sketch = gan.lowpass(ctx) + 30.0 * _ellipsoid(ctx.shape, (6, 22, 18), (2, 5, 5))
     whole = gan.render(ctx, mask, sketch, seed=3)
-    monkeypatch.setattr(gan, "_MAX_TILE_VOXELS", 2000)        # force tiles
+    monkeypatch.setattr(gan.rendering, "_MAX_TILE_VOXELS", 2000)  # force tiles
     tiled = gan.render(ctx, mask, sketch, seed=3)
     for out in (whole, tiled):
         assert np.array_equal(out[~mask], ctx[~mask])

@@ -448,10 +448,10 @@ def _train_autoencoder(kind: str, data_root: Path, out: Path, *, max_minutes: fl
                        model_config: dict[str, Any] | None, half: bool, max_images: int | None, log) -> Path:
     import torch
 
-    from .loop import fit
+    from .loop import fit, seed_everything
 
     say = log or (lambda m: print(m, file=sys.stderr))
-    torch.manual_seed(seed)
+    seed_everything(seed)
     rng = np.random.default_rng(seed)
     t0 = time.time()
     sources, splits, how = authentic_sources(kind, data_root, manifest, seed)

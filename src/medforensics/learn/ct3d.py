@@ -326,9 +326,9 @@ def _train_ct3d(data_root: Path, out: Path, *, max_minutes: float, seed: int, n_
     from sklearn.metrics import roc_auc_score
 
     from .checkpoint import save_checkpoint
-    from .loop import fit
+    from .loop import fit, seed_everything
 
-    torch.manual_seed(seed)
+    seed_everything(seed)
     t0 = time.time()
     splits = patient_splits(manifest)
     series = _series_by_patient(data_root)

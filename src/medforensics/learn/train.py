@@ -448,7 +448,7 @@ def _train(config: TrainConfig, manifest: Path, out: Path, progress: Optional[Ca
             return {"loss": float(loss.detach())}
 
         # the epoch's steps, cut short by the step budget (max_steps) or the time budget (max_minutes)
-        n = steps_per_epoch if not config.max_steps else min(steps_per_epoch, config.max_steps - step)
+        n = len(train_loader) if not config.max_steps else min(len(train_loader), config.max_steps - step)
         run = fit(train_step, steps=n, max_minutes=config.max_minutes, start=t_start, progress=False,
                   desc=f"epoch {epoch}")
         stop = False

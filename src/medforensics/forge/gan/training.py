@@ -242,7 +242,15 @@ class _Losses:
 def train(config: TrainConfig, out: str | Path, data_root: str | Path | None = None, progress: bool = True) -> Path:
     """Train an in-painting generator on real images under ``data_root`` and write it to ``out``
     (a new safetensors file with a model card: data used, config, final losses, time, and the
-    noise ratio measured on held-out regions). Returns ``out``."""
+    noise ratio measured on held-out regions). Returns ``out``. Runs on ``config.threads`` torch
+    CPU threads (0: torch's setting), restored afterwards."""
+    from ...learn.loop import torch_threads
+
+    with torch_threads(config.threads if config.threads > 0 else None):
+        return _train(config, out, data_root, progress)
+
+
+def _train(config: TrainConfig, out: str | Path, data_root: str | Path | None, progress: bool) -> Path:
     torch = _torch()
     import torch.nn.functional as F
     from ...learn.checkpoint import save_checkpoint
@@ -264,8 +272,6 @@ def train(config: TrainConfig, out: str | Path, data_root: str | Path | None = N
     root = data_root_of(data_root)
     if not root.is_dir():
         raise MedForensicsError(root, "data folder not found")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -398,7 +398,7 @@ def train_family(name: str, preset: str | Preset = "small", out: str | Path | No
 
     from ...datapath import card_data_root, sources_of
     from ...learn.checkpoint import save_checkpoint
-    from ...learn.loop import pick_device, torch_threads
+    from ...learn.loop import pick_device, seed_everything, torch_threads
     from . import real_images
 
     fam = family(name)
@@ -411,7 +411,7 @@ def train_family(name: str, preset: str | Preset = "small", out: str | Path | No
         pick_device(p.device)
     except MedForensicsError:
         raise MedForensicsError(None, f"preset {p.name} of {name} asks for CUDA but no CUDA device is available") from None
-    torch.manual_seed(p.seed)
+    seed_everything(p.seed)
     with torch_threads(max(1, p.threads)):
         reals = real_images(data_root, split="train", limit=p.max_images or None)
         nets = fam.build(p)
