@@ -5,33 +5,28 @@
 >>> [(im.kind, im.modality, im.pixels.shape) for im in images]   # doctest: +SKIP
 [('series', 'CT', (133, 512, 512)), ('image', 'CR', (1024, 1024))]
 
-:func:`discover` finds what is in a set of paths and groups DICOM instances into series
+:mod:`.plan` is the input planner every command shares (which files a command takes, where
+its copies go, never overwriting); :func:`discover` finds what is in a set of paths and groups DICOM instances into series
 (:class:`Source`); :func:`load_source` turns one source into an :class:`~medforensics.core.Image`.
 Errors about a file are :class:`~medforensics.core.MedForensicsError` with a one-line message that
 names the file. Nothing is ever written.
 """
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from ..core import Image, MedForensicsError
-from .dicom import is_volume_candidate, load_instance, load_series, looks_like_raw_dicom, read_header
+from .dicom import is_volume_candidate, load_instance, load_series, read_header
 from .nifti import load_nifti
+from .plan import KINDS, Input, OutputCollision, Plan, kind_of, new_file, new_folder, plan, sniff, walk
 from .raster import file_digest, load_raster
 
 __all__ = ["Source", "discover", "load_source", "load", "load_instance", "load_series", "load_raster",
-           "load_nifti", "sniff"]
-
-#: Extensions that are never images; skipped without a word when walking folders.
-_NOT_IMAGES = {".md", ".txt", ".csv", ".xml", ".json", ".jsonl", ".html", ".htm", ".py", ".pdf", ".zip",
-               ".gz", ".tar", ".yaml", ".yml", ".toml", ".log", ".sh", ".ini", ".cfg", ".parquet"}
-_IMAGE_EXT = {".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom", ".png": "raster", ".jpg": "raster",
-              ".jpeg": "raster", ".tif": "raster", ".tiff": "raster", ".nii": "nifti"}
-
+           "load_nifti", "sniff", "kind_of", "plan", "walk", "Plan", "Input", "KINDS", "OutputCollision",
+           "new_folder", "new_file"]
 
 @dataclass
 class Source:
@@ -52,48 +47,10 @@ class Source:
         return self.files[0].parent if len(self.files) > 1 else self.files[0]
 
 
-def sniff(path: Path) -> str | None:
-    """The kind of a file from its first bytes (and its name for NIfTI): ``dicom``, ``raster``,
-    ``nifti``, ``empty`` or None when it is not a recognised image."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(352)
-    except OSError:
-        return None
-    name = path.name.lower()
-    if not head:
-        return "empty"
-    if head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8\xff") or head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "raster"
-    if name.endswith(".nii") or name.endswith(".nii.gz") or head[344:348] in (b"n+1\x00", b"ni1\x00"):
-        return "nifti"
-    ext = path.suffix.lower()
-    if ext in _NOT_IMAGES or name in ("license", "attribution", "readme", "copying", "notice"):
-        return None
-    if ext in _IMAGE_EXT:
-        return _IMAGE_EXT[ext]
-    if looks_like_raw_dicom(path):
-        return "dicom"
-    return None
-
-
 def _walk(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, bool]], list[str]]:
-    """Files under the paths, each with whether the user named it explicitly."""
-    out: list[tuple[Path, bool]] = []
-    missing: list[str] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                out.extend((Path(root) / f, False) for f in sorted(files) if not f.startswith("."))
-        elif p.exists():
-            out.append((p, True))
-        else:
-            missing.append(str(p))
-    return out, missing
+    """Files under the paths, each with whether the user named it explicitly (:func:`.plan.walk`)."""
+    w = walk(paths)
+    return [(f, named) for f, _, named in w.files], [str(m) for m in w.missing]
 
 
 def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
@@ -102,29 +59,22 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
     Instances are grouped by SeriesInstanceUID within one folder and one orientation: a copy of
     a series in another folder (an export, an edited version) is its own item.
 
-    Returns ``(sources, skipped)``: ``skipped`` lists files met while walking folders that are not
-    images (text, XML, CSV, ...). A file named explicitly that is not an image, a missing path,
-    or an unreadable DICOM header becomes a source with ``error`` set, so callers can report it
-    and go on.
+    Files are found by the input planner (:func:`.plan.plan` with the ``scan`` rule: DICOM, PNG,
+    JPEG, TIFF, NIfTI; names starting with ``.`` skipped). Returns ``(sources, skipped)``:
+    ``skipped`` lists files met while walking folders that are not images (text, XML, CSV, ...).
+    A file named explicitly that is not an image, a missing path, an empty file or an unreadable
+    DICOM header becomes a source with ``error`` set, so callers can report it and go on.
     """
-    files, missing = _walk(paths)
-    sources: list[Source] = [Source("unknown", [Path(m)], error="no such file or directory") for m in missing]
-    skipped: list[Path] = []
+    found = plan(paths, "scan")
+    sources: list[Source] = []
     series: dict[tuple, list] = defaultdict(list)
-    for path, explicit in files:
-        kind = sniff(path)
-        if kind is None:
-            if explicit:
-                sources.append(Source("unknown", [path], error="not a recognised medical image "
-                                      "(expected DICOM, PNG, JPEG, TIFF or NIfTI)"))
-            else:
-                skipped.append(path)
+    for inp in found.inputs:
+        path = inp.path
+        if inp.problem is not None:
+            sources.append(Source("unknown", [path], error=inp.problem))
             continue
-        if kind == "empty":
-            sources.append(Source("unknown", [path], error="file is empty"))
-            continue
-        if kind != "dicom":
-            sources.append(Source(kind, [path]))
+        if inp.kind != "dicom":
+            sources.append(Source("nifti" if inp.kind == "nifti" else "raster", [path]))
             continue
         try:
             hdr = read_header(path)
@@ -141,7 +91,7 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
         else:
             sources.extend(Source("dicom", [p], uid=str(getattr(h, "SOPInstanceUID", "") or "") or None,
                                   notes=[n for n in notes if str(p) in n]) for p, h in members)
-    return sources, skipped
+    return sources, found.skipped
 
 
 def _orientation_key(hdr) -> tuple:

@@ -28,6 +28,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ..core import Image, MedForensicsError
+from .plan import new_file as _new_file
+from .plan import new_folder
 
 __all__ = ["write_like", "write_mask", "new_file", "physical_to_stored", "CARELESS_SOFTWARE"]
 
@@ -50,9 +52,9 @@ def physical_to_stored(ds: Dataset, values: np.ndarray) -> np.ndarray:
 
 
 def new_file(path: Path) -> Path:
-    """``path`` if nothing is there yet and its folder exists; else FileExistsError or a one-line error."""
-    if path.exists():
-        raise FileExistsError(f"{path}: already exists; forge writes new files only")
+    """``path`` if nothing is there yet (:func:`.plan.new_file`: FileExistsError otherwise) and its
+    folder exists (else a one-line error)."""
+    _new_file(path)
     if not path.parent.exists():
         raise MedForensicsError(path, f"folder {path.parent} does not exist")
     return path
@@ -137,9 +139,7 @@ def _write_dicom(image: Image, pixels: np.ndarray, out: Path, careless: bool) ->
     series_uid = generate_uid() if careless else None
     sources = [Path(s) for s in image.sources]
     if image.pixels.ndim == 3 and len(sources) == image.pixels.shape[0] and len(sources) > 1:
-        if out.exists() and any(out.iterdir()):
-            raise FileExistsError(f"{out}: folder exists and is not empty; forge writes new files only")
-        out.mkdir(parents=True, exist_ok=True)
+        new_folder(out)
         written = []
         for k, (src, ds) in enumerate(zip(sources, image.datasets)):
             dst = new_file(out / src.name)
