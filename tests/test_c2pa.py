@@ -350,16 +350,18 @@ def test_cli_export(ids, tmp_path, capsys, monkeypatch):
     r = _cli(capsys, monkeypatch, "export", study, "--out", out, "--format", "png", "--window", "-600,1500", *sign)
     assert r.returncode == 0, r.stderr
     made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert made == ["study/series1/1.2.3.4.png", "study/series1/CT_small.png", "study/series1/MR_small.png"]
+    # the folder's layout below --out, without the folder's own name (io.plan's one layout)
+    assert made == ["series1/1.2.3.4.png", "series1/CT_small.png", "series1/MR_small.png"]
     assert "exported 3 of 3" in r.stderr and "Radiology export RSA" in r.stderr
-    chk = verify_manifest(out / "study/series1/CT_small.png", trust=[keys["ca"]])
+    assert "skipped 1 file(s) that export does not take" in r.stderr  # README.txt
+    chk = verify_manifest(out / "series1/CT_small.png", trust=[keys["ca"]])
     assert chk.ok and "c2pa.color_adjustments" in chk.actions
 
     # never overwrite: exit 2, nothing touched
-    before = (out / "study/series1/CT_small.png").read_bytes()
+    before = (out / "series1/CT_small.png").read_bytes()
     r = _cli(capsys, monkeypatch, "export", study, "--out", out, *sign)
     assert r.returncode == 2 and "already exists" in r.stderr
-    assert (out / "study/series1/CT_small.png").read_bytes() == before
+    assert (out / "series1/CT_small.png").read_bytes() == before
 
     # usage errors: no key, contradictory options, bad window, 16-bit JPEG
     assert _cli(capsys, monkeypatch, "export", CT, "--out", tmp_path / "o2").returncode == 2

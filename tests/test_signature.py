@@ -247,9 +247,9 @@ def test_cli_sign_and_verify_exit_codes(keydirs, tmp_path):
     assert r.returncode == 1 and "not trusted" in r.stdout
     r = _cli("verify", out / "ct.dcm", CT)
     assert r.returncode == 1 and "UNSIGNED" in r.stdout and "1 unsigned" in r.stderr
-    # never overwrite: signing again into the same folder fails for every file
+    # never overwrite: signing again into the same folder is refused before anything is written
     r = _cli("sign", src / "ct.dcm", "--key", k["key"], "--cert", k["cert"], "--out", out)
-    assert r.returncode == 1 and "already exists" in r.stderr
+    assert r.returncode == 2 and "ct.dcm: already exists" in r.stderr
     r = _cli("sign", src, "--key", k["key"], "--cert", k["cert"], "--out", tmp_path / "o2", "--profile", "nope")
     assert r.returncode == 2 and "--profile" in r.stderr
     r = _cli("verify", out, "--json", js)

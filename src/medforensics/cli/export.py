@@ -1,8 +1,13 @@
 """``medforensics export``: DICOM (and PNG/JPEG/TIFF) to new PNG/JPEG files carrying a signed C2PA manifest.
 
 Exit status: 0 when every input was exported, 1 when any input failed (the others are still
-exported), 2 for a usage error (no key without ``--no-manifest``, a bad option, an output that
-already exists -- checked for every input before anything is written).
+exported), 2 for a usage error (no key without ``--no-manifest``, a bad option, two inputs for one output,
+an output that already exists -- checked for every input before anything is written).
+
+Inputs and layout are :mod:`medforensics.io.plan`'s: DICOM, PNG, JPEG and TIFF files are taken
+(other files found in folders and hidden names are skipped and counted); below a folder given,
+its layout is kept under ``--out`` without the folder's own name, and a file given by name goes
+to the top of ``--out``.
 """
 from __future__ import annotations
 
@@ -43,37 +48,31 @@ def output_name(rel: Path, suffix: str) -> Path:
 
 
 def plan(paths: List[Path], out_dir: Path, suffix: str) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(source, output) pairs mirroring the inputs' layout under ``out_dir``, and input errors.
+    """(source, output) pairs under ``out_dir``, and input errors (``"<file>: <problem>"``).
 
-    A file named on the command line goes to ``out_dir/<name>``; a folder ``F`` to ``out_dir/F/...``
-    with its sub-folders kept. Files in folders that are neither DICOM nor PNG/JPEG/TIFF are skipped.
+    Inputs and layout are :mod:`medforensics.io.plan`'s: a file named on the command line goes to
+    ``out_dir/<name>``; below a folder ``F`` given, ``F/a/b.dcm`` goes to ``out_dir/a/b.png``
+    (sub-folders kept, ``F``'s own name not). Files in folders that are neither DICOM nor
+    PNG/JPEG/TIFF, and hidden names, are skipped. Raises :class:`~medforensics.io.OutputCollision`
+    when two inputs would be written to one path and ``FileExistsError`` when an output exists,
+    before anything is written.
     """
-    from ..io import sniff
+    from ..io import plan as plan_inputs
 
-    pairs: list[tuple[Path, Path]] = []
-    errors: list[str] = []
-    for p in paths:
-        if p.is_dir():
-            base = p.resolve().name or "root"
-            for f in sorted(x for x in p.rglob("*") if x.is_file() and not any(
-                    part.startswith(".") for part in x.relative_to(p).parts)):
-                if sniff(f) in ("dicom", "raster"):
-                    pairs.append((f, out_dir / base / output_name(f.relative_to(p), suffix)))
-        elif p.is_file():
-            kind = sniff(p)
-            if kind in ("dicom", "raster"):
-                pairs.append((p, out_dir / output_name(Path(p.name), suffix)))
-            else:
-                errors.append(f"{p}: not a DICOM, PNG, JPEG or TIFF image")
-        else:
-            errors.append(f"{p}: no such file or folder")
+    p = plan_inputs(paths, "export")
+    if p.note():
+        err.print(escape(p.note()), soft_wrap=True)
+    targets = p.targets(out_dir, rename=lambda rel: output_name(rel, suffix))
+    pairs = [(i.path, d) for i, d in targets if d is not None]
+    errors = [f"{i.path}: {i.problem}" for i in p.inputs if i.problem is not None]
     return pairs, errors
 
 
 def export_cmd(
     paths: List[Path] = typer.Argument(..., help="DICOM files and folders (PNG/JPEG/TIFF files too)."),
     out: Path = typer.Option(..., "--out", help="Folder for the exported images (created if missing); "
-                                                "the inputs' layout is mirrored inside it."),
+                                                "a folder's layout is kept inside it, without the "
+                                                "folder's own name."),
     fmt: str = typer.Option("png", "--format", help="png or jpeg."),
     key: Optional[Path] = typer.Option(None, "--key", help="PEM private key of the signer (keys new makes one)."),
     cert: Optional[Path] = typer.Option(None, "--cert", help="PEM certificate of the signer, then its issuers."),
@@ -111,20 +110,14 @@ def export_cmd(
         raise UsageError("export signs a C2PA manifest: give --key and --cert (make a test identity with "
                          "'medforensics keys new DIR'), or pass --no-manifest for plain images")
     identity = None if no_manifest else load_identity(key, cert)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a folder")
-    pairs, errors = plan(paths, out, suffix)
+    from ..io import OutputCollision
+
+    try:
+        pairs, errors = plan(paths, out, suffix)
+    except OutputCollision as e:
+        raise UsageError(str(e)) from None
     if not pairs and not errors:
         raise UsageError("no DICOM or raster images found in the given paths")
-    existing = [d for _, d in pairs if d.exists()]
-    if existing:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise UsageError(f"{existing[0]}: already exists{more}; export never overwrites, choose a new --out")
-    seen: dict[Path, Path] = {}
-    for s, d in pairs:
-        if d in seen:
-            raise UsageError(f"{s} and {seen[d]} would both be written to {d}; export them separately")
-        seen[d] = s
     for e in errors:
         err.print(f"[red]error[/red] {escape(e)}", soft_wrap=True)
     done = 0

@@ -26,9 +26,10 @@ def keys_new(
     """
     if algorithm not in ALGORITHMS:
         raise UsageError(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
-    if folder.exists() and any(folder.iterdir()):
-        raise UsageError(f"{folder}: already exists and is not empty; choose a new folder")
-    files = new_identity(name, algorithm=algorithm, days=days, organisation=organisation).save(folder)
+    from ..io.plan import new_folder
+
+    identity = new_identity(name, algorithm=algorithm, days=days, organisation=organisation)
+    files = identity.save(new_folder(folder))
     for role, path in files.items():
         err.print(f"{role:5s} {path}")
 

@@ -34,23 +34,14 @@ def _log(log: Optional[str]) -> str:
 
 
 def image_files(paths: List[Path]) -> list[tuple[Path, Optional[str]]]:
-    """Files named or found (recursively, hidden ones skipped) under ``paths``, each with an error
-    message when it cannot be an image; non-images met inside folders are skipped silently."""
-    from ..io import sniff
-    found: list[tuple[Path, Optional[str]]] = []
-    for p in paths:
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for f in sorted(files):
-                    fp = Path(root) / f
-                    if not f.startswith(".") and sniff(fp) not in (None,):
-                        found.append((fp, None))
-        elif p.exists():
-            found.append((p, None))
-        else:
-            found.append((p, "no such file or directory"))
-    return found
+    """The inputs of ``ledger add``/``verify`` (:func:`medforensics.io.plan`, ``ledger`` rule: DICOM,
+    PNG, JPEG, TIFF, NIfTI), each with an error message when it cannot be an image; other files met
+    in folders and hidden names are skipped and counted (the count is printed)."""
+    from ..io import plan
+    p = plan(paths, "ledger")
+    if p.note():
+        err.print(p.note(), soft_wrap=True, markup=False)
+    return [(i.path, i.problem) for i in p.inputs]
 
 
 def _fingerprints(paths: List[Path], label: str):

@@ -1,9 +1,13 @@
 """``medforensics sign`` and ``medforensics verify``: DICOM digital signatures (and, in ``verify``,
 C2PA manifests of PNG/JPEG files).
 
-``sign`` writes signed copies under ``--out`` (same relative layout, never overwriting); exit 1
-when any input failed. ``verify`` prints one row per signature; exit 0 only when every file is
-signed and every signature verified -- an unsigned file counts as not verified.
+``sign`` writes signed copies under ``--out`` (the layout of :mod:`medforensics.io.plan`: a
+folder's layout is kept below ``--out`` without the folder's own name, a file given by name goes to
+its top; every output is checked to be new before anything is written: exit 2 otherwise); exit 1
+when any input failed. Inputs follow the planner's rule: ``sign`` takes DICOM files, ``verify``
+DICOM, PNG and JPEG; other files found in folders are skipped and counted, hidden names too.
+``verify`` prints one row per signature; exit 0 only when every file is signed and every
+signature verified -- an unsigned file counts as not verified.
 """
 from __future__ import annotations
 
@@ -20,33 +24,26 @@ from .console import UsageError, err, new_output, out
 from ..progress import progress_bar
 from ..core import MedForensicsError
 
-_SKIP_EXT = {".md", ".txt", ".csv", ".xml", ".json", ".jsonl", ".html", ".htm", ".py", ".pdf", ".zip", ".gz",
-             ".tar", ".yaml", ".yml", ".toml", ".log", ".sh", ".ini", ".cfg", ".pem", ".key", ".crt"}
-_RASTER = {".png", ".jpg", ".jpeg"}
+_RASTER = {"png", "jpeg"}
 
 
-def _inputs(paths: List[Path]) -> list[tuple[Path, Path | None, str | None]]:
-    """(file, path relative to its output folder, problem) for every input file, folders walked."""
-    found: list[tuple[Path, Path | None, str | None]] = []
-    for p in paths:
-        if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file()):
-                rel = f.relative_to(p)
-                if any(part.startswith(".") for part in rel.parts) or f.suffix.lower() in _SKIP_EXT:
-                    continue
-                found.append((f, rel, None))
-        elif p.is_file():
-            found.append((p, Path(p.name), None))
-        else:
-            found.append((p, None, "no such file or folder"))
-    return found
+def _plan(paths: List[Path], command: str):
+    """The inputs of ``sign`` or ``verify`` (:func:`medforensics.io.plan`); what was skipped is said."""
+    from ..io import plan
+
+    p = plan(paths, command)
+    if p.note():
+        err.print(escape(p.note()), soft_wrap=True)
+    return p
 
 
 def sign_cmd(
-    paths: List[Path] = typer.Argument(..., help="DICOM files or folders (walked recursively)."),
+    paths: List[Path] = typer.Argument(..., help="DICOM files or folders (walked recursively; other files and "
+                                       "hidden names in folders are skipped)."),
     key: Path = typer.Option(..., "--key", help="Signer's private key (PEM)."),
     cert: Path = typer.Option(..., "--cert", help="Signer's certificate (PEM; its issuers may follow)."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder for the signed copies (relative layout kept)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the signed copies (a folder's layout is "
+                                  "kept below it, without the folder's own name; never overwrites)."),
     tags: Optional[str] = typer.Option(None, "--tags", help="Sign only these attributes: keywords or gggg,eeee, "
                                        "comma-separated (default: all)."),
     profile: str = typer.Option("base", "--profile", help="base, creator, authorization or none."),
@@ -70,8 +67,6 @@ def sign_cmd(
             raise UsageError(f"--tags: {e}") from None
         if profile == "creator":
             raise UsageError("--profile creator signs every attribute; leave out --tags")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir}: exists and is not a folder")
     ident = load_identity(key, cert)
     now = _dt.datetime.now(_dt.timezone.utc)
     if now > ident.cert.not_valid_after_utc:
@@ -79,17 +74,23 @@ def sign_cmd(
                                       "refusing to sign with it")
     if now < ident.cert.not_valid_before_utc:
         raise MedForensicsError(cert, "certificate is not valid yet; refusing to sign with it")
-    files = _inputs(paths)
+    from ..io import OutputCollision
+
+    p = _plan(paths, "sign")
+    try:
+        files = p.targets(out_dir)
+    except OutputCollision as e:
+        raise UsageError(str(e)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = done = 0
     with progress_bar("signing") as bar:
         task = bar.add_task("", total=len(files))
-        for src, rel, problem in files:
+        for inp, dst in files:
+            src = inp.path
             bar.update(task, description=escape(src.name))
             try:
-                if problem:
-                    raise MedForensicsError(src, problem)
-                dst = out_dir / rel
+                if inp.problem:
+                    raise MedForensicsError(src, inp.problem)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 sign_file(src, dst, ident, tags=sel, profile=profile, mac_algorithm=mac.upper(),
                           block_digest=not no_block_digest)
@@ -135,16 +136,16 @@ def verify_cmd(
 
     new_output(json_out)
     anchors = [c for p in (trust or []) for c in load_certificates(p)]
-    files = _inputs(paths)
+    files = _plan(paths, "verify").inputs
     table = Table(show_lines=False, pad_edge=False)
     for col in ("file", "signature", "signer", "result", "reasons"):
         table.add_column(col, overflow="fold")
     records, n_ok = [], 0
     with progress_bar("verifying") as bar:
         task = bar.add_task("", total=len(files))
-        for src, _rel, problem in files:
-            bar.update(task, description=escape(src.name))
-            rec = _verify_one(src, problem, anchors, verify_file)
+        for inp in files:
+            bar.update(task, description=escape(inp.path.name))
+            rec = _verify_one(inp.path, inp.kind, inp.problem, anchors, verify_file)
             records.append(rec)
             n_ok += bool(rec["ok"])
             _rows(table, rec)
@@ -161,10 +162,10 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
-def _verify_one(src: Path, problem: str | None, anchors, verify_file) -> dict:
+def _verify_one(src: Path, kind: str | None, problem: str | None, anchors, verify_file) -> dict:
     if problem:
         return {"path": str(src), "kind": "unknown", "ok": False, "unsigned": True, "error": problem, "signatures": []}
-    if src.suffix.lower() in _RASTER:
+    if kind in _RASTER:
         try:
             from ..provenance.c2pa_manifest import verify_manifest
         except ImportError as e:

@@ -1,4 +1,11 @@
-"""``medforensics watermark embed|check|restore``: the reversible fragile watermark on DICOM files."""
+"""``medforensics watermark embed|check|restore``: the reversible fragile watermark on DICOM files.
+
+Inputs and outputs follow :mod:`medforensics.io.plan`: DICOM files are taken (by content, or a
+``.dcm``-like name), other files found in folders and hidden names are skipped and counted; copies
+keep a folder's layout below ``--out`` (without the folder's own name) and a file given by name
+goes to its top; two inputs for one output, or an output that exists, stop the command (exit 2)
+before anything is written.
+"""
 from __future__ import annotations
 
 import json
@@ -27,41 +34,39 @@ def _key(key_file: Optional[Path]) -> Optional[bytes]:
         raise UsageError(str(e)) from None
 
 
-def _inputs(paths: List[Path]) -> list[tuple[Path, Path]]:
-    """(file, path relative to the output folder): a folder's DICOM files keep their layout below
-    the output folder; a file given by name goes to its top."""
-    from pydicom.misc import is_dicom
+def _inputs(paths: List[Path]):
+    """The DICOM inputs (:func:`medforensics.io.plan` with the ``watermark`` rule: other files found
+    in folders and hidden names are skipped and counted); a missing path or no DICOM file at all is
+    a usage error."""
+    from ..io import plan
 
-    found: list[tuple[Path, Path]] = []
-    for p in paths:
-        if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file()):
-                if is_dicom(f):
-                    found.append((f, f.relative_to(p)))
-        elif p.is_file():
-            found.append((p, Path(p.name)))
-        else:
-            raise UsageError(f"{p}: no such file or folder")
-    if not found:
+    p = plan(paths, "watermark")
+    missing = [i.path for i in p.inputs if i.rel is None]
+    if missing:
+        raise UsageError(f"{missing[0]}: no such file or folder")
+    if not p.inputs:
         raise UsageError("no DICOM files found in the given paths")
-    rels = [r for _, r in found]
-    if len(set(rels)) != len(rels):
-        raise UsageError("two inputs would be written to the same output name; give them separately")
-    return found
+    if p.note():
+        err.print(escape(p.note()), soft_wrap=True)
+    return p
 
 
-def _targets(found: list[tuple[Path, Path]], out_dir: Path) -> list[tuple[Path, Path]]:
-    pairs = [(f, out_dir / r) for f, r in found]
-    existing = [str(d) for _, d in pairs if d.exists()]
-    if existing:
-        raise UsageError(f"{existing[0]}: already exists; choose a new --out folder ({len(existing)} file(s) would be overwritten)")
-    return pairs
+def _targets(p, out_dir: Path):
+    """(input, output) pairs: a folder's layout is kept below ``out_dir`` (without the folder's own
+    name), a file given by name goes to its top; collisions and existing outputs are refused
+    before anything is written."""
+    from ..io import OutputCollision
+
+    try:
+        return p.targets(out_dir)
+    except OutputCollision as e:
+        raise UsageError(str(e)) from None
 
 
 @watermark_app.command("embed")
 def embed_cmd(
     paths: List[Path] = typer.Argument(..., help="DICOM files and folders (12-16-bit CT, X-ray; lossless pixel data)."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder for the watermarked copies (folders keep their layout)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the watermarked copies (a folder's layout is kept below it, without the folder's own name; never overwrites)."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key (file bytes, outer whitespace stripped): HMAC-SHA-256 digests."),
     block: int = typer.Option(32, "--block", min=4, help="Block side in pixels (localisation vs. distortion: 64 halves the change on noisy images)."),
 ) -> None:
@@ -76,8 +81,11 @@ def embed_cmd(
     failed = 0
     with progress_bar("embedding") as progress:
         task = progress.add_task("", total=len(pairs))
-        for src, dst in pairs:
+        for inp, dst in pairs:
+            src = inp.path
             try:
+                if inp.problem:
+                    raise MedForensicsError(src, inp.problem)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 r = embed_file(src, dst, key, block=block)
                 table.add_row(escape(str(dst)), str(r.n_blocks), str(r.max_abs_dev),
@@ -116,9 +124,12 @@ def check_cmd(
     jf = open(json_out, "x", encoding="utf-8") if json_out else None
     try:
         with progress_bar("checking") as progress:
-            task = progress.add_task("", total=len(found))
-            for src, _ in found:
+            task = progress.add_task("", total=len(found.inputs))
+            for inp in found.inputs:
+                src = inp.path
                 try:
+                    if inp.problem:
+                        raise MedForensicsError(src, inp.problem)
                     r = check_file(src, key)
                     d = r.to_dict()
                     style = "green" if r.intact else "red"
@@ -146,7 +157,7 @@ def check_cmd(
 @watermark_app.command("restore")
 def restore_cmd(
     paths: List[Path] = typer.Argument(..., help="Watermarked DICOM files and folders."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder for the restored originals (folders keep their layout)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the restored originals (a folder's layout is kept below it, without the folder's own name; never overwrites)."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="The key used at embedding (if any)."),
     partial: bool = typer.Option(False, "--partial", help="Restore tampered files too: verified blocks exactly, tampered ones as they are."),
 ) -> None:
@@ -158,8 +169,11 @@ def restore_cmd(
     failed = 0
     with progress_bar("restoring") as progress:
         task = progress.add_task("", total=len(pairs))
-        for src, dst in pairs:
+        for inp, dst in pairs:
+            src = inp.path
             try:
+                if inp.problem:
+                    raise MedForensicsError(src, inp.problem)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 r = restore_file(src, dst, key, partial=partial)
                 note = "" if r.intact else f" (partial: {len(r.tampered_blocks)} tampered block(s) left as they are)"
