@@ -44,13 +44,17 @@ def _sample(name: str) -> Path:
 
 
 def new_folder(base: Path) -> Path:
-    """``base`` if it does not exist, else ``base-2``, ``base-3``, ...: the demo never overwrites."""
-    if not base.exists():
-        return base
-    i = 2
-    while Path(f"{base}-{i}").exists():
-        i += 1
-    return Path(f"{base}-{i}")
+    """``base`` if it is new (or an empty folder), else ``base-2``, ``base-3``, ...: created with
+    :func:`medforensics.io.plan.new_folder`, so the demo never writes into a folder with files."""
+    from .io.plan import new_folder as create_new_folder
+
+    i = 1
+    while True:
+        folder = Path(base) if i == 1 else Path(f"{base}-{i}")
+        try:
+            return create_new_folder(folder)
+        except FileExistsError:
+            i += 1
 
 
 def _save_stored(ds: pydicom.Dataset, stored: np.ndarray, out: Path) -> None:

@@ -28,9 +28,8 @@ def dataset_cmd(
     from ..datapath import data_root
     from ..forge.dataset import DatasetConfig, build_dataset
     from ..forge.patches import PATCH_SIZES, build_patches
+    from ..io.plan import new_folder
 
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out}: folder exists and is not empty; choose a new one")
     methods = tuple(m.strip() for m in ct_methods.split(",") if m.strip())
     if not methods or any(m not in ("classic", "gan") for m in methods):
         raise UsageError("--ct-methods takes classic and/or gan")
@@ -38,6 +37,7 @@ def dataset_cmd(
         raise UsageError(f"--patches takes one of {', '.join(map(str, PATCH_SIZES))}")
     if patches and augment:
         raise UsageError("--augment is for slice datasets; patches are written unaugmented")
+    new_folder(out, create=False)  # FileExistsError (exit 2) unless new or empty; the builder creates it
     cfg = DatasetConfig(seed=seed, injections_per_100_slices=injections, removals_per_nodule=removals,
                         synthetic=synthetic, fakes_per_image=fakes_per_image, ct_methods=methods,
                         include_nih_small=not no_nih_small, augment=augment)
@@ -70,13 +70,13 @@ def report_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Compare each method's forged regions with real tissue (HU, noise, NPS) and say which detectors flag them."""
-    from .console import UsageError, out as console
+    from .console import out as console
     from ..progress import progress_bar
     from ..datapath import data_root
     from ..forge.realism import realism_report
+    from ..io.plan import new_folder
 
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out}: folder exists and is not empty; choose a new one")
+    new_folder(out, create=False)  # FileExistsError (exit 2) unless new or empty; the builder creates it
     with progress_bar("measuring") as bar:
         task = bar.add_task("", total=None)
 

@@ -54,8 +54,9 @@ def train_cmd(
         raise MedForensicsError(None, f"family {family} is not trained here ({fam.summary})")
     if out.suffix != ".safetensors":
         raise typer.BadParameter("the output file must end in .safetensors", param_hint="--out")
-    if out.exists():
-        raise FileExistsError(f"{out}: already exists; choose a new name")
+    from ..io.plan import new_file
+
+    new_file(out)
     p = fam.presets.get(preset)
     if p is None:
         raise typer.BadParameter(f"must be one of {', '.join(fam.presets)}", param_hint="--preset")
@@ -104,8 +105,9 @@ def dataset_cmd(
 
     from ..forge.zoo.dataset import ZooDatasetConfig, build_zoo_dataset
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty folder; choose a new one")
+    from ..io.plan import new_folder
+
+    new_folder(out, create=False)  # the builder creates it
     manifest = build_zoo_dataset(out, _models(model, vae), data, ZooDatasetConfig(seed=seed, samples_per_family=samples))
     import csv
     with open(manifest, newline="") as fh:
@@ -127,8 +129,9 @@ def realism_cmd(
 
     from ..forge.zoo.realism import family_realism
 
-    if out.exists():
-        raise FileExistsError(f"{out}: already exists; choose a new name")
+    from ..io.plan import new_file
+
+    new_file(out)
     table = family_realism(manifest, split, out)
     t = Table("items", "n", "noise", "NPS mean freq", "sharpness", "W1 noise", "W1 NPS", "W1 sharpness")
     for k, e in table.items():

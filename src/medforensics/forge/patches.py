@@ -50,6 +50,7 @@ import numpy as np
 
 from ..core import Image, MedForensicsError
 from ..io import load_instance, load_series
+from ..io.plan import new_file, new_folder
 from .dataset import (SPLITS, DatasetConfig, RealSource, assign_splits, check_patient_disjoint,
                       counts_by_split, inventory, write_manifest)
 
@@ -148,9 +149,7 @@ class _PatchWriter:
         source = Path(vol.sources[p.k if vol.pixels.ndim == 3 else 0])
         dcm = write_dicom_crop(source, hu, top, left, folder / f"{item_id}.dcm", f"{src.patient_id}/{item_id}")
         png = folder / f"{item_id}.png"
-        if png.exists():
-            raise FileExistsError(f"{png}: already exists; forge writes new files only")
-        PILImage.fromarray(lung_window_png(hu)).save(png)
+        PILImage.fromarray(lung_window_png(hu)).save(new_file(png))
         mpath = write_mask(mask.astype(np.uint8), folder / f"{item_id}.mask.png")
         centre = [int(p.center_ij[0]) - top, int(p.center_ij[1]) - left]
         box = ""
@@ -291,8 +290,7 @@ def build_patches(data_root: str | Path, out: str | Path, config: DatasetConfig 
     out = Path(out)
     if size not in PATCH_SIZES:
         raise ValueError(f"patch size must be one of {', '.join(map(str, PATCH_SIZES))}, got {size}")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: folder exists and is not empty; forge writes new files only")
+    new_folder(out, create=False)
     sources = inventory(data_root, config.include_nih_small)
     splits = assign_splits(sources, config.fractions, config.seed)  # the same splits as forge dataset
     series = [s for s in sources if s.kind == "ct-series" or s.dataset in CT_SLICE_DATASETS]
