@@ -92,6 +92,12 @@ def test_small_build_writes_a_consistent_patient_disjoint_dataset(shared_data, t
     assert list(rows[0]) == MANIFEST_COLUMNS
     card = json.loads((manifest.parent / "dataset.json").read_text())
     assert card["n_items"] == len(rows)
+    # no machine's folder: the data root is ".", real images are named relative to it
+    assert card["data_root"] == "."
+    assert str(root) not in manifest.read_text() and str(tmp_path) not in manifest.read_text()
+    assert all((root / r["source_file"]).is_file() for r in rows)
+    donors = [json.loads(r["params"])["donor"] for r in rows if "donor" in json.loads(r["params"])]
+    assert all((root / d).is_file() for d in donors)
     classes = {r["class"] for r in rows}
     assert {"authentic", "TB", "FM"} <= classes and classes & {"copymove", "splice", "inpaint", "intensity",
                                                                "contrast", "resample"}

@@ -26,6 +26,10 @@ Layout of the output folder::
     dataset.json           config, counts per split and class, time taken
     <split>/<class>/<id>.<ext>        the image (.dcm or .png)
     <split>/<class>/<id>.mask.png     what changed (forged items; all zero for real ones)
+
+Paths of real images in the manifest (``source_file``, and ``donor``/``reference`` in ``params``)
+are relative to the data root, and ``dataset.json`` records the data root as ``"."`` (as model
+cards do, :func:`medforensics.datapath.card_data_root`): no machine's folder is written.
 """
 from __future__ import annotations
 
@@ -41,7 +45,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..core import Image, MedForensicsError
+from ..datapath import card_data_root
 from ..io import load_instance, load_raster, load_series
+from ..io.plan import new_folder
 from ..io.write import write_like, write_mask
 from .base import Forgery
 
@@ -208,11 +214,41 @@ def check_patient_disjoint(manifest: str | Path) -> dict[str, set[str]]:
 
 # ----------------------------------------------------------------------------- writing items
 
-class _Writer:
-    """Writes items under ``out`` and collects manifest rows."""
+def relative_to_root(value: Any, root: str | Path | None) -> Any:
+    """``value`` with every absolute path under the data root ``root`` made relative to it (POSIX
+    form), in strings, lists and dicts: manifests and dataset cards hold no machine's folders.
 
-    def __init__(self, out: Path):
+    >>> relative_to_root({"donor": "/data/xray/a.png", "n": 3}, "/data")
+    {'donor': 'xray/a.png', 'n': 3}
+    """
+    if root is None:
+        return value
+    if isinstance(value, dict):
+        return {k: relative_to_root(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_to_root(v, root) for v in value]
+    if isinstance(value, (str, Path)) and str(value):
+        p, base = Path(value), Path(root)
+        try:
+            return p.relative_to(base).as_posix()
+        except ValueError:
+            pass
+        if p.is_absolute():
+            try:
+                return p.resolve().relative_to(base.resolve()).as_posix()
+            except (ValueError, OSError):
+                pass
+        return p.as_posix() if isinstance(value, Path) else value
+    return value
+
+
+class _Writer:
+    """Writes items under ``out`` and collects manifest rows (paths of real images relative to
+    the data root ``root``)."""
+
+    def __init__(self, out: Path, root: str | Path | None = None):
         self.out = out
+        self.root = None if root is None else Path(root)
         self.rows: list[dict[str, Any]] = []
         self.n = 0
 
@@ -236,12 +272,13 @@ class _Writer:
             "id": item_id, "file": str(path.relative_to(self.out)), "mask": str(mpath.relative_to(self.out)),
             "split": split, "label": label, "class": cls, "modality": image2d.modality, "kind": kind,
             "method": method, "patient_id": src.patient_id, "source_dataset": src.dataset,
-            "source_file": str(source_file), "slice": "" if slice_ is None else slice_,
+            "source_file": relative_to_root(Path(source_file), self.root), "slice": "" if slice_ is None else slice_,
             "center_voxel": json.dumps(centre) if centre is not None else "",
             "bbox_voxel": json.dumps(box) if box is not None else "",
             "center_mm": json.dumps(gt.get("center_mm")) if gt.get("center_mm") else "",
             "seed": "" if seed is None else seed, "augmentation": augmentation, "parent_id": parent_id,
-            "params": json.dumps(params if params is not None else gt.get("params", {}), default=str)})
+            "params": json.dumps(relative_to_root(params if params is not None else gt.get("params", {}), self.root),
+                                 default=str)})
         return item_id
 
 
@@ -270,12 +307,11 @@ def build_dataset(data_root: str | Path, out: str | Path, config: DatasetConfig 
     """
     t0 = time.perf_counter()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: folder exists and is not empty; forge writes new files only")
+    new_folder(out, create=False)
     sources = inventory(data_root, config.include_nih_small)
     splits = assign_splits(sources, config.fractions, config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    w = _Writer(out)
+    w = _Writer(out, data_root)
     rng = np.random.default_rng(config.seed)
     donors: dict[str, list[RealSource]] = defaultdict(list)
     for s in sources:
@@ -305,7 +341,7 @@ def build_dataset(data_root: str | Path, out: str | Path, config: DatasetConfig 
         _augment(w, config)
     manifest = write_manifest(out, w.rows)
     per_split = check_patient_disjoint(manifest)
-    card = {"config": config.to_dict(), "data_root": str(data_root), "n_items": len(w.rows),
+    card = {"config": config.to_dict(), "data_root": card_data_root(), "n_items": len(w.rows),
             "seconds": round(time.perf_counter() - t0, 1), "counts": counts_by_split(w.rows),
             "patients": {s: len(per_split.get(s, ())) for s in SPLITS}, "problems": problems}
     with open(out / "dataset.json", "x") as fh:
