@@ -168,7 +168,8 @@ def test_shipped_ct_model_noise_level_on_a_real_lidc_cube(lidc_series_dir):
     k = vol.shape[0] // 2
     sl = vol[k]
     rows, cols = np.nonzero((sl > -900) & (sl < -700))
-    i = int(np.median(rows)); j = int(np.median(cols[cols < 256])) if (cols < 256).any() else int(np.median(cols))
+    i = int(np.median(rows))
+    j = int(np.median(cols[cols < 256])) if (cols < 256).any() else int(np.median(cols))
     cube = vol[k - 8:k + 8, i - 32:i + 32, j - 32:j + 32].astype(np.float32)
     assert np.median(cube) < -500
     mask = _ellipsoid(cube.shape, (8, 32, 32), (3, 10, 10))

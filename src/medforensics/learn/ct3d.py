@@ -86,7 +86,7 @@ def window_hu(x: np.ndarray) -> np.ndarray:
 def crop(volume: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
     """``volume[start:start+size]`` per axis, voxels beyond the edge repeating the edge."""
     src, pad = [], []
-    for a, (s, n, dim) in enumerate(zip(start, size, volume.shape)):
+    for s, n, dim in zip(start, size, volume.shape):
         lo, hi = max(0, s), min(dim, s + n)
         if hi <= lo:  # entirely outside: the nearest edge slab
             lo, hi = (0, 1) if s + n <= 0 else (dim - 1, dim)

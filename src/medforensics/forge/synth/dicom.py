@@ -104,7 +104,10 @@ def _dicom_like(arr: np.ndarray, bits: int, style: dict[str, Any], rng: np.rando
     UIDs (under the same UID root) and a new patient."""
     from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
     root = style.get("uid_root") or ""
-    uid = (lambda kind: generate_uid(prefix=f"{root}{kind}." if root and len(root) < 40 else None))
+
+    def uid(kind: str) -> str:
+        return generate_uid(prefix=f"{root}{kind}." if root and len(root) < 40 else None)
+
     ts = style.get("TransferSyntaxUID") or ExplicitVRLittleEndian
     ds = _base_dataset(style.get("SOPClassUID", "1.2.840.10008.5.1.4.1.1.1"), ts, uid("1.4"))
     bits_stored = int(style.get("BitsStored", 8 if ts == JPEGBaseline8Bit else 12))

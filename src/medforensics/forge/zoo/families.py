@@ -265,7 +265,7 @@ def _diffusion_sample(m: ZooModel, n: int, seed: int) -> list[np.ndarray]:
     sched.set_timesteps(m.preset.sample_steps)
     gen = torch.Generator().manual_seed(int(seed))
     out = []
-    for i in range(n):
+    for _ in range(n):
         x = torch.randn(1, 1, size, size, generator=gen)
         y = _denoise(m.nets["unet"], x, sched, sched.timesteps, gen)[0, 0].numpy()
         out.append(((y + 1) / 2).clip(0, 1).astype(np.float32))
