@@ -454,7 +454,7 @@ def test_gan_method_uses_forge_gan_render(series: Image, site, monkeypatch) -> N
 
 
 def test_sketch_is_the_gan_lowpass_of_the_content(small: Image) -> None:
-    gan = pytest.importorskip("medforensics.forge.gan", reason="the GAN renderer (forge/gan.py) is not installed")
+    gan = pytest.importorskip("medforensics.forge.gan", reason="the GAN renderer (forge/gan/) is not installed")
     cube = small.pixels[0:11, 270:330, 120:180]
     parts = ct.nodule_sketch(cube, small.spacing, (5, 30, 30), 12.0, "part-solid", 4)
     assert np.allclose(parts["sketch"], gan.lowpass(cube + parts["delta"]), atol=1e-2)
@@ -464,7 +464,7 @@ def test_sketch_is_the_gan_lowpass_of_the_content(small: Image) -> None:
 
 
 def test_gan_method_with_the_shipped_model(small: Image) -> None:
-    gan = pytest.importorskip("medforensics.forge.gan", reason="the GAN renderer (forge/gan.py) is not installed")
+    gan = pytest.importorskip("medforensics.forge.gan", reason="the GAN renderer (forge/gan/) is not installed")
     if not hasattr(gan, "default_model_path") or not gan.default_model_path(3).exists():
         pytest.skip("no trained 3D in-painting checkpoint shipped yet: method='gan' end-to-end not run")
     f = ct.inject(small, center_voxel=(5, 300, 150), diameter_mm=10.0, nodule_type="solid", method="gan", seed=1)

@@ -1,4 +1,4 @@
-"""The learned in-painting generator (forge/gan.py): the render contract, the shipped models on
+"""The learned in-painting generator (forge/gan/): the render contract, the shipped models on
 real CT, training, the checkpoint and its model card, the train-gan command."""
 from __future__ import annotations
 
