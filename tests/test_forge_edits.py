@@ -6,7 +6,6 @@ Real images: a 16-bit Philips chest CR and a CT slice from pydicom-data, and che
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -419,17 +418,11 @@ def test_cli_splice_inpaint_edit_on_png(tmp_path, pngs, run_cli):
     (["copymove", "{cr}", "--out", "nofolder/x.dcm"], 2, "does not exist"),
     (["copymove", "{cr}", "--out", "x.dcm", "--slice", "2"], 2, "2D image"),
 ])
-def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, args, code, words):
-    """In-process (the same ``main`` as the console script, without a process start per case)."""
-    from medforensics.cli import main
-
+def test_cli_errors_are_one_line(tmp_path, run_cli, args, code, words):
     src = get_testdata_file("RG1_UNCR.dcm")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["medforensics", "forge", *[a.format(cr=src) for a in args]])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert e.value.code == code, (e.value.code, err)
+    r = run_cli("forge", *[a.format(cr=src) for a in args], cwd=tmp_path)
+    err = r.err
+    assert r.code == code, (r.code, err)
     assert words in err and len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
 
@@ -446,20 +439,14 @@ def test_cli_learned_inpaint_works_or_says_what_is_missing(tmp_path, run_cli):
         assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_volume_slice_writes_a_3d_mask(tmp_path, shared_data, monkeypatch, capsys):
-    from medforensics.cli import main
-
+def test_cli_volume_slice_writes_a_3d_mask(tmp_path, shared_data, run_cli):
     src = shared_data / "ct" / "nifti" / "example_ct_sm.nii.gz"
     if not src.is_file():
         pytest.skip(f"{src} not found")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["medforensics", "forge", "edit", str(src), "--out", "v.nii.gz", "--kind",
-                                      "intensity", "--offset", "80", "--slice", "5", "--seed", "1"])
-    with pytest.raises(SystemExit) as e:
-        main()
-    captured = capsys.readouterr()
-    assert e.value.code == 0, captured.err
-    assert "slice, row, column" in captured.out
+    r = run_cli("forge", "edit", src, "--out", "v.nii.gz", "--kind", "intensity", "--offset", "80", "--slice", "5",
+                "--seed", "1", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "slice, row, column" in r.out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.groundtruth.json", "v.mask.npz", "v.nii.gz"]
     mask = np.load(tmp_path / "v.mask.npz")["mask"]
     before, after = load(src)[0].pixels, load(tmp_path / "v.nii.gz")[0].pixels

@@ -2,7 +2,6 @@
 real CT, training, the checkpoint and its model card, the train-gan command."""
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -248,11 +247,10 @@ def test_gpu_config_code_path_runs_on_cpu_for_2d(tmp_path, shared_data):
     assert m.card["training"]["train_config"]["preset"] == "gpu" and m.card["training"]["steps_done"] == 3
 
 
-def test_train_gan_cli_refuses_to_overwrite_and_bad_options(tmp_path, monkeypatch, capsys):
-    from medforensics import cli
-
+def test_train_gan_cli_refuses_to_overwrite_and_bad_options(tmp_path, run_cli):
     existing = tmp_path / "model.safetensors"
     existing.write_bytes(b"keep me")
+    errs = []
     for argv, code in (
         (["--modality", "ct", "--config", "small", "--out", str(existing), "--steps", "1"], 2),
         (["--modality", "mr", "--out", str(tmp_path / "new.safetensors")], 2),
@@ -261,13 +259,12 @@ def test_train_gan_cli_refuses_to_overwrite_and_bad_options(tmp_path, monkeypatc
           "--data", str(tmp_path / "nowhere")], 1),
     ) + ((["--modality", "ct", "--out", str(tmp_path / "new.safetensors"), "--steps", "1", "--device", "cuda",
            "--data", str(tmp_path)], 1),) * (not _cuda_available()):
-        monkeypatch.setattr(sys, "argv", ["medforensics", "forge", "train-gan", *argv])
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-        assert e.value.code == code, argv
+        r = run_cli("forge", "train-gan", *argv)
+        assert r.code == code, argv
+        errs.append(r.err)
     assert existing.read_bytes() == b"keep me"
     assert not (tmp_path / "new.safetensors").exists()
-    err = capsys.readouterr().err
+    err = "".join(errs)
     assert "already exists" in err and "data folder not found" in err
     assert _cuda_available() or "no CUDA device" in err
     assert "Invalid value for --modality" in err and "Invalid value for --config" in err

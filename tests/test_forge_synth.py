@@ -8,7 +8,6 @@ shipped checkpoint.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,36 +199,20 @@ def test_shipped_checkpoint_loads_and_samples_like_the_real_data():
     assert s[0].low_res.shape == (m.config.image_size,) * 2 and 0.05 < s[0].low_res.std() < 0.5
 
 
-class _Result:
-    def __init__(self, code, out, err):
-        self.returncode, self.stdout, self.stderr = code, out, err
-
-
-def _cli(capsys, monkeypatch, *args):
-    """Run ``medforensics forge ...`` in this process (as the console script does: exit status, one-line errors)."""
-    from medforensics.cli import main
-    monkeypatch.setattr(sys, "argv", ["medforensics", "forge", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main()
-    cap = capsys.readouterr()
-    return _Result(e.value.code, cap.out, cap.err)
-
-
-def test_cli_synthesizes_and_refuses_to_overwrite(tiny_model, tmp_path, capsys, monkeypatch):
+def test_cli_synthesizes_and_refuses_to_overwrite(tiny_model, tmp_path, run_cli):
     out = tmp_path / "fakes"
-    r = _cli(capsys, monkeypatch, "synthesize", "--n", "2", "--out", str(out), "--format", "jpeg", "--model", str(tiny_model.path))
+    r = run_cli("forge", "synthesize", "--n", "2", "--out", str(out), "--format", "jpeg", "--model", str(tiny_model.path))
     assert r.returncode == 0, r.stderr
     assert "wrote 2 synthetic radiographs" in r.stdout
     assert len(list(out.glob("*.jpg"))) == 2 and len(list(out.glob("*.jpg.json"))) == 2
     before = sorted(p.name for p in out.iterdir())
-    r = _cli(capsys, monkeypatch, "synthesize", "--n", "1", "--out", str(out), "--model", str(tiny_model.path))
+    r = run_cli("forge", "synthesize", "--n", "1", "--out", str(out), "--model", str(tiny_model.path))
     assert r.returncode == 2 and "not an empty folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == before
     ck = tmp_path / "exists.safetensors"
     ck.write_bytes(b"x")
-    r = _cli(capsys, monkeypatch, "train-synth", "--config", "small", "--out", str(ck))
+    r = run_cli("forge", "train-synth", "--config", "small", "--out", str(ck))
     assert r.returncode == 2 and "already exists" in r.stderr and ck.read_bytes() == b"x"
-    r = _cli(capsys, monkeypatch, "synthesize", "--n", "1", "--out", str(tmp_path / "new"), "--format", "gif", "--model",
+    r = run_cli("forge", "synthesize", "--n", "1", "--out", str(tmp_path / "new"), "--format", "gif", "--model",
              str(tiny_model.path))
     assert r.returncode == 1 and "unknown --format" in r.stderr

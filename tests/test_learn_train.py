@@ -6,7 +6,6 @@ stronger sensor-like noise: easy for a noise-residual network, impossible to sol
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -288,33 +287,39 @@ def test_config_errors_name_the_file(tmp_path):
 
 # ----------------------------------------------------------------------------- command line
 
-def _cli(monkeypatch, *args) -> int:
-    from medforensics.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["medforensics", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    return int(e.value.code or 0)
-
-
-def test_cli_train_exit_codes(toy, tmp_path, monkeypatch, capsys):
+def test_cli_train_exit_codes(toy, tmp_path, run_cli):
     cfg = tmp_path / "toy.toml"
     cfg.write_text('[train]\nmodel = "fastnet"\ntask = "binary"\nimage_size = 48\ncrop = 48\nbatch = 16\n'
                    'epochs = 1\nmax_steps = 2\naugment_fakes = false\nnum_threads = 1\ndevice = "cpu"\n')
     out = tmp_path / "cli.safetensors"
-    assert _cli(monkeypatch, "train", "--config", cfg, "--manifest", toy, "--out", out, "--seed", 3) == 0
-    text = capsys.readouterr().out
-    assert "best validation" in text and str(out) in text
+    r = run_cli("train", "--config", cfg, "--manifest", toy, "--out", out, "--seed", 3)
+    assert r.code == 0, r.err
+    assert "best validation" in r.out and str(out) in r.out
     assert load_checkpoint(out)[1]["training"]["seed"] == 3
-    assert _cli(monkeypatch, "train", "--config", cfg, "--manifest", toy, "--out", out) == 2  # exists
-    assert "already exists" in capsys.readouterr().err
-    assert _cli(monkeypatch, "train", "--config", cfg, "--manifest", toy, "--out", tmp_path / "m.st", "--model", "alexnet") == 2
-    assert _cli(monkeypatch, "train", "--config", "no-such", "--manifest", toy) == 2
-    assert _cli(monkeypatch, "train", "--config", cfg, "--manifest", tmp_path / "none.csv", "--out", tmp_path / "n.st") == 1
+    r = run_cli("train", "--config", cfg, "--manifest", toy, "--out", out)
+    assert r.code == 2 and "already exists" in r.err
+    assert run_cli("train", "--config", cfg, "--manifest", toy, "--out", tmp_path / "m.st", "--model", "alexnet").code == 2
+    assert run_cli("train", "--config", "no-such", "--manifest", toy).code == 2
+    assert run_cli("train", "--config", cfg, "--manifest", tmp_path / "none.csv", "--out", tmp_path / "n.st").code == 1
+    assert run_cli("train").code == 2  # neither --config nor a subcommand
     cfg.write_text('[train]\nmodel = "fastnet"\nbatchsize = 3\n')
-    assert _cli(monkeypatch, "train", "--config", cfg, "--manifest", toy, "--out", tmp_path / "k.st") == 1
-    err = capsys.readouterr().err
-    assert "batchsize" in err and "Traceback" not in err
+    r = run_cli("train", "--config", cfg, "--manifest", toy, "--out", tmp_path / "k.st")
+    assert r.code == 1 and "batchsize" in r.err and "Traceback" not in r.err
+
+
+def test_cli_train_ct3d_and_autoencoder_refuse_bad_input(tmp_path, run_cli):
+    """The former private command lines of learn.ct3d and learn.autoencoder, now under ``train``."""
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"keep")
+    for args in (("ct3d", "--out", taken), ("autoencoder", "ct", "--out", taken)):
+        r = run_cli("train", *args)
+        assert r.code == 2 and "already exists" in r.err and taken.read_bytes() == b"keep", r.err
+    r = run_cli("train", "autoencoder", "mr", "--out", tmp_path / "a.safetensors")
+    assert r.code == 2 and "kind must be one of" in r.err
+    for args in (("ct3d",), ("autoencoder", "ct")):
+        r = run_cli("train", *args, "--out", tmp_path / "n.safetensors", "--data", tmp_path / "nowhere", "--minutes", "0.01")
+        assert r.code == 1 and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err, r.err
+        assert not (tmp_path / "n.safetensors").exists()
 
 
 def test_load_item_real_ct_slice_uses_lung_window(lidc_series_dir):

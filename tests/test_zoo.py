@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -194,10 +193,11 @@ def test_learned_synthesis_detector_on_a_tiny_model(tiny_dataset, tmp_path, shar
     assert "learned_synthesis" in v.not_assessed and "chest" in v.not_assessed["learned_synthesis"]
 
 
-def test_cli_zoo(tmp_path, tiny_models, shared_data):
+def test_cli_zoo(tmp_path, tiny_models, shared_data, run_cli, monkeypatch):
+    monkeypatch.setenv("MEDFORENSICS_DATA", str(shared_data))
+
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "medforensics", "forge", "zoo", *args], capture_output=True,
-                              text=True, env={**__import__("os").environ, "MEDFORENSICS_DATA": str(shared_data)})
+        return run_cli("forge", "zoo", *args)
 
     r = run("list")
     assert r.returncode == 0 and all(f in r.stdout for f in FAMILIES)
