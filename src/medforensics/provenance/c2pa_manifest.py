@@ -8,13 +8,30 @@ and what was done (``c2pa.opened`` the source, ``c2pa.converted`` to PNG/JPEG,
 validates the manifest of any PNG/JPEG with c2pa-python, optionally against trust anchors (CA
 certificates), and says in one line per problem why a file fails.
 
->>> from medforensics.provenance.keys import load_identity
->>> ident = load_identity("keys/key.pem", "keys/cert.pem")                     # doctest: +SKIP
->>> export("ct/slice001.dcm", "out/slice001.png", ident, window=(40, 400))    # doctest: +SKIP
-{'output': 'out/slice001.png', 'format': 'png', 'bits': 8, 'manifest': True, ...}
->>> chk = verify_manifest("out/slice001.png", trust=["keys/ca.pem"])         # doctest: +SKIP
->>> chk.ok, chk.signer, chk.source["sop_instance_uid"]                       # doctest: +SKIP
-(True, 'medforensics signer', '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322')
+>>> import tempfile
+>>> from pathlib import Path
+>>> from pydicom.data import get_testdata_file
+>>> from medforensics.provenance.keys import load_identity, new_identity
+>>> folder = tempfile.TemporaryDirectory()
+>>> tmp = Path(folder.name)
+>>> keys = new_identity("Radiology signer").save(tmp / "keys")    # or the hospital's own key.pem, cert.pem
+>>> ident = load_identity(keys["key"], keys["cert"])
+>>> info = export(get_testdata_file("CT_small.dcm"), tmp / "slice001.png", ident, window=(40, 400))
+>>> info["format"], info["bits"], info["manifest"], info["actions"]
+('png', 8, True, ['c2pa.opened', 'c2pa.converted', 'c2pa.color_adjustments'])
+>>> chk = verify_manifest(tmp / "slice001.png", trust=[keys["ca"]])
+>>> chk.ok, chk.trusted, chk.signer, chk.source["sop_instance_uid"]
+(True, True, 'Radiology signer', '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322')
+
+Changed image bytes no longer match the manifest:
+
+>>> data = bytearray((tmp / "slice001.png").read_bytes())
+>>> data[data.find(b"IDAT") + 20] ^= 1
+>>> _ = (tmp / "edited.png").write_bytes(bytes(data))
+>>> chk = verify_manifest(tmp / "edited.png")
+>>> chk.present, chk.ok, chk.reasons
+(True, False, ['the image bytes no longer match the manifest (assertion.dataHash.mismatch)'])
+>>> folder.cleanup()
 """
 from __future__ import annotations
 

@@ -9,9 +9,19 @@ root CA (``ca.pem``, ``ca-key.pem``) and a signer certificate issued by it (``ce
 
 Example
 -------
->>> ident = new_identity("Radiology signer", algorithm="ec")          # doctest: +SKIP
->>> ident.save("keys/")                                              # doctest: +SKIP
->>> ident = load_identity("keys/key.pem", "keys/cert.pem")           # doctest: +SKIP
+>>> import tempfile
+>>> from pathlib import Path
+>>> ident = new_identity("Radiology signer", algorithm="ec")
+>>> ident.algorithm, ident.cert.subject.rfc4514_string()
+('ec', 'O=medforensics,CN=Radiology signer')
+>>> tmp = tempfile.TemporaryDirectory()
+>>> folder = Path(tmp.name) / "keys"
+>>> sorted(ident.save(folder))
+['ca', 'cert', 'key']
+>>> loaded = load_identity(folder / "key.pem", folder / "cert.pem")
+>>> loaded.cert == ident.cert, len(load_certificates(folder / "ca.pem"))
+(True, 1)
+>>> tmp.cleanup()
 """
 from __future__ import annotations
 

@@ -15,11 +15,24 @@ per frame. Standard verifiers (dcmsign) ignore its meaning but verify it like an
 our verifier finds a broken signature it uses it to name the attributes that changed and the
 pixel blocks that changed (boxes ``(frame0, row0, col0, frame1, row1, col1)``, exclusive stops).
 
+>>> import pydicom
+>>> from pydicom.data import get_testdata_file
 >>> from medforensics.provenance.keys import new_identity
->>> ident = new_identity("Radiology", algorithm="ec")               # doctest: +SKIP
->>> uid = sign_dataset(ds, ident)                                    # doctest: +SKIP
->>> [c.ok for c in verify_dataset(ds, trust=ident.chain)]            # doctest: +SKIP
-[True]
+>>> ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))          # Explicit VR Little Endian
+>>> ident = new_identity("Radiology", algorithm="ec")
+>>> uid = sign_dataset(ds, ident)
+>>> [(c.ok, c.signer, c.trusted) for c in verify_dataset(ds, trust=ident.chain)]
+[(True, 'Radiology', True)]
+
+A change after signing breaks the signature, and the block digests say where:
+
+>>> pixels = ds.pixel_array.copy()
+>>> pixels[40:44, 10:20] += 100
+>>> ds.PixelData = pixels.tobytes()
+>>> ds.PatientName = "Someone^Else"
+>>> check = verify_dataset(ds, trust=ident.chain)[0]
+>>> check.ok, check.changed_tags, check.changed_blocks
+(False, ['PatientName (0010,0010)'], [(0, 32, 0, 1, 64, 32)])
 """
 from __future__ import annotations
 

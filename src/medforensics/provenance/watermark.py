@@ -7,10 +7,22 @@ key, plain SHA-256 without one, truncated to 64 bits. The digest is hidden by re
 shifting of prediction errors (checkerboard rhombus predictor inside the block, two passes), so the
 checker recovers the exact original block and the digest from the marked block alone.
 
->>> marked, report = embed(stored, bits_stored=12, signed=False, key=b"secret")   # doctest: +SKIP
->>> result = check(marked, bits_stored=12, signed=False, key=b"secret")           # doctest: +SKIP
->>> result.intact, result.tampered_blocks, (result.restored == stored).all()      # doctest: +SKIP
+>>> import pydicom
+>>> from pydicom.data import get_testdata_file
+>>> stored = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array   # 128x128, 16 bits signed
+>>> marked, report = embed(stored, bits_stored=16, signed=True, key=b"secret")
+>>> marked.dtype, report.n_blocks, report.max_abs_dev <= 4
+(dtype('int16'), 16, True)
+>>> result = check(marked, bits_stored=16, signed=True, key=b"secret")
+>>> result.intact, result.tampered_blocks, bool((result.restored == stored).all())
 (True, [], True)
+
+Changing one pixel by one stored value breaks exactly its block; the other blocks still restore:
+
+>>> marked[70, 40] += 1
+>>> result = check(marked, bits_stored=16, signed=True, key=b"secret")
+>>> result.intact, result.tampered_blocks, result.n_verified
+(False, [(64, 32, 96, 64)], 15)
 
 A block verifies only when (a) decoding yields an original and a digest that match and (b)
 embedding that original again gives back the marked block bit for bit; so any change of any

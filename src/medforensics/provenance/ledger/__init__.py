@@ -9,11 +9,33 @@ leaf bytes with a timestamp. The log lives in SQLite (a path or ``sqlite:///path
 signed by the log's key (Ed25519, ECDSA P-256 or RSA). Anyone holding the log's public key can
 check a proof bundle (:func:`check_bundle`) without access to the log.
 
->>> log = Ledger.create("fingerprints.db", generate_key())                 # doctest: +SKIP
->>> log.append([fingerprint("ct/slice001.dcm")])                          # doctest: +SKIP
-[0]
->>> log.lookup(fingerprint("ct/slice001.dcm")).status                     # doctest: +SKIP
-'unchanged'
+>>> import tempfile
+>>> from pathlib import Path
+>>> import pydicom
+>>> from pydicom.data import get_testdata_file
+>>> ct, mr = get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")
+>>> folder = tempfile.TemporaryDirectory()
+>>> log = Ledger.create(Path(folder.name) / "fingerprints.db", generate_key())
+>>> log.append([fingerprint(ct), fingerprint(mr)])
+[0, 1]
+>>> log.lookup(fingerprint(ct)).status, log.size
+('unchanged', 2)
+
+An edited copy of a logged instance (same SOP Instance UID) is found and named as changed:
+
+>>> ds = pydicom.dcmread(ct)
+>>> ds.PatientName = "Someone^Else"
+>>> res = log.lookup(fingerprint(ds))
+>>> res.status, res.changed, res.leaf_index
+('changed', ('header',), 0)
+
+A proof bundle is checked with the log's public key alone:
+
+>>> bundle = log.prove(ct)
+>>> check = check_bundle(bundle, log.public_key_pem(), image=ct)
+>>> check.ok, check.leaf_index, check.tree_size
+(True, 0, 2)
+>>> log.close(); folder.cleanup()
 
 Storage keeps the hash of every complete subtree (``ledger_nodes``), so an append reads at most
 ``log2 n`` nodes and writes about two rows per leaf, and a proof reads ``O(log n)`` nodes.
