@@ -21,10 +21,7 @@ CORE = ["medforensics.core", "medforensics.fusion", "medforensics.forge.edits", 
         "medforensics.progress", "medforensics.datapath"]
 
 #: modules whose doctests do not run yet, with the reason; remove an entry once its examples run
-KNOWN_FAILING = {
-    # a +SKIP example (reading a LIDC series from disk) defines ``vol``, which the next example uses
-    "medforensics.io.write": "examples depend on a skipped example that reads a CT series",
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 def _modules() -> list[str]:

@@ -7,14 +7,47 @@ keep their bit depth, JPEG its quality. Only values that differ from the origina
 so voxels outside an edit stay bit-for-bit what they were; instances with no change are copied
 byte for byte. Nothing existing is ever overwritten.
 
+A three-slice CT series (made here from pydicom's test slice) is loaded, one slice edited and
+the series written back:
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> import pydicom
+>>> from pydicom.data import get_testdata_file
+>>> from pydicom.uid import generate_uid
 >>> from medforensics.io import load_series
->>> vol = load_series(files)                                  # doctest: +SKIP
->>> edited = vol.pixels.copy(); edited[60, 200:220, 300:320] += 80
->>> write_like(vol, edited, "forged_series/")                 # doctest: +SKIP
-[PosixPath('forged_series/000001.dcm'), ...]
+>>> folder = tempfile.TemporaryDirectory()
+>>> tmp = Path(folder.name)
+>>> (tmp / "series").mkdir()
+>>> for k in range(3):
+...     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+...     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+...     ds.InstanceNumber = k + 1
+...     ds.ImagePositionPatient[2] += 5 * k
+...     ds.save_as(tmp / "series" / f"{k + 1:06d}.dcm")
+>>> vol = load_series(sorted((tmp / "series").iterdir()))
+>>> vol.kind, vol.pixels.shape
+('series', (3, 128, 128))
+>>> edited = vol.pixels.copy(); edited[1, 40:60, 50:70] += 80
+>>> written = write_like(vol, edited, tmp / "forged_series")
+>>> [p.name for p in written]
+['000001.dcm', '000002.dcm', '000003.dcm']
+>>> changed = load_series(written).pixels != vol.pixels
+>>> int(changed.sum()), bool(changed[1, 40:60, 50:70].all())
+(400, True)
+>>> written[0].read_bytes() == (tmp / "series" / "000001.dcm").read_bytes()   # unedited: copied
+True
+>>> pydicom.dcmread(written[1]).SOPInstanceUID == pydicom.dcmread(tmp / "series" / "000002.dcm").SOPInstanceUID
+True
 
 ``careless=True`` leaves the traces a hurried editor leaves (new SOP and series UIDs, the editing
 software in SoftwareVersions and DerivationDescription): fakes for testing header forensics.
+
+>>> careless = write_like(vol, edited, tmp / "careless_series", careless=True)
+>>> ds = pydicom.dcmread(careless[1])
+>>> ds.SeriesInstanceUID == pydicom.dcmread(written[1]).SeriesInstanceUID, ds.DerivationDescription
+(False, 'edited with medforensics-forge (CT-GAN style in-painting, OpenCV)')
+>>> folder.cleanup()
 """
 from __future__ import annotations
 
