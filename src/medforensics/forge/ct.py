@@ -28,12 +28,27 @@ the final content should look like*. A renderer (the classical one here, or a GA
 ``(G(real cube), real cube)`` pairs) must return content whose blur matches the sketch inside
 the mask, with the texture and noise of real tissue.
 
->>> from medforensics.io import load
+A real series comes from :func:`medforensics.io.load` (``load("LIDC-IDRI-0001/")[0]``); here a
+small chest phantom in HU (air, body, two lungs, 15 HU of noise; 2.5 mm slices of 0.7 mm pixels)
+stands in for it:
+
+>>> import numpy as np
+>>> from medforensics.core import Image
 >>> from medforensics.forge import ct
->>> image = load("LIDC-IDRI-0001/")[0]                                    # doctest: +SKIP
->>> fake = ct.inject(image, diameter_mm=12, nodule_type="part-solid", seed=3)  # doctest: +SKIP
->>> fake.center_voxel, fake.bbox_voxel, int(fake.mask.sum())              # doctest: +SKIP
-((87, 318, 334), (80, 295, 311, 95, 342, 358), 1481)
+>>> rng = np.random.default_rng(0)
+>>> vol = np.full((24, 160, 160), -1000.0)                      # air
+>>> vol[:, 10:150, 8:152] = 40.0                                # body
+>>> vol[:, 30:126, 22:74] = vol[:, 30:126, 86:138] = -860.0     # lungs
+>>> image = Image.from_array(np.round(vol + rng.normal(0, 15, vol.shape)), modality="CT", spacing=(2.5, 0.7, 0.7))
+>>> fake = ct.inject(image, diameter_mm=12, nodule_type="part-solid", seed=3)
+>>> fake.center_voxel, fake.bbox_voxel, int(fake.mask.sum())
+((15, 54, 38), (8, 31, 15, 23, 78, 62), 1497)
+>>> float(image.pixels[fake.center_voxel]) < -700 < float(fake.pixels[fake.center_voxel])   # lung -> nodule
+True
+>>> k0, i0, j0, k1, i1, j1 = fake.bbox_voxel
+>>> changed = fake.pixels != image.pixels
+>>> int(changed.sum()) == int(changed[k0:k1, i0:i1, j0:j1].sum())      # every change inside the cube
+True
 """
 from __future__ import annotations
 

@@ -5,9 +5,26 @@ JSON *model card* saying what the model is (``architecture`` and its ``config``)
 trained on (``data``), how (``training``) and how well (``metrics``). safetensors holds no code,
 so loading a checkpoint never runs anything from the file.
 
->>> save_checkpoint(model, "gan.safetensors", {"architecture": "InpaintUNet3D", "config": cfg})  # doctest: +SKIP
->>> state, card = load_checkpoint("gan.safetensors")                                           # doctest: +SKIP
->>> model = InpaintUNet3D(**card["config"]); model.load_state_dict(state)                      # doctest: +SKIP
+>>> import tempfile
+>>> from pathlib import Path
+>>> import torch
+>>> from medforensics.learn.models import build_model
+>>> folder = tempfile.TemporaryDirectory()
+>>> model = build_model("fastnet", num_classes=4).eval()
+>>> path = save_checkpoint(model, Path(folder.name) / "fastnet.safetensors",
+...                        {"architecture": "fastnet", "config": {"num_classes": 4}})
+>>> state, card = load_checkpoint(path)
+>>> card["architecture"], card["config"], card["format"]
+('fastnet', {'num_classes': 4}, 1)
+>>> again = load_weights(build_model(card["architecture"], **card["config"]), state, path)
+>>> x = torch.rand(1, 1, 64, 64)
+>>> torch.equal(model(x), again(x)), again.training
+(True, False)
+>>> save_checkpoint(model, path, card)
+Traceback (most recent call last):
+    ...
+FileExistsError: ...fastnet.safetensors: already exists; choose a new name
+>>> folder.cleanup()
 """
 from __future__ import annotations
 

@@ -20,9 +20,23 @@ and GAN, solid / part-solid / ground-glass, 4-20 mm; :func:`medforensics.forge.c
 readers' real nodules). Negatives are random lung cubes of the authentic series *and* cubes
 around its real nodules, so that "nodule" does not mean "fake".
 
+Scanning a LIDC-IDRI series (seconds on a CPU, after loading MONAI and the shipped model; the
+heatmap has the shape of ``image.pixels``, the regions are :class:`~medforensics.core.Region`):
+
 >>> from medforensics.io import load
 >>> from medforensics.learn.ct3d import scan_series
 >>> heatmap, regions = scan_series(load("LIDC-IDRI-0003/")[0])   # doctest: +SKIP
+
+What the network sees: a cube on the series' own grid, edges repeated, windowed to [0, 1]:
+
+>>> import numpy as np
+>>> from medforensics.learn.ct3d import CUBE, crop, window_hu
+>>> volume = np.arange(10 * 80 * 80, dtype=np.float32).reshape(10, 80, 80)
+>>> cube = crop(volume, (-4, 8, 32), CUBE)          # 4 slices before the first, 16 columns past the last
+>>> cube.shape, bool((cube[:4] == cube[4]).all()), bool((cube[:, :, 48:] == cube[:, :, 47:48]).all())
+((16, 64, 64), True, True)
+>>> window_hu(np.array([-1200.0, -1000.0, -300.0, 400.0, 1000.0]))
+array([0. , 0. , 0.5, 1. , 1. ], dtype=float32)
 """
 from __future__ import annotations
 

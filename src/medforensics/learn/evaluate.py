@@ -1,10 +1,28 @@
 """Evaluation of learned detectors the way the review paper reports them, and past it.
 
+Trained checkpoints on the test split of a forge dataset (seconds to minutes per model; writes
+the figures and ``report.html`` into the new folder ``eval/``):
+
 >>> from medforensics.learn.evaluate import evaluate_checkpoints
 >>> summary = evaluate_checkpoints(["resnet50.safetensors", "fast.safetensors"], "forge-ds/manifest.csv",
 ...                                out_dir="eval/")                                # doctest: +SKIP
 >>> summary["models"]["fast"]["accuracy"]                                          # doctest: +SKIP
 0.93
+
+The numbers of one model come from :func:`evaluate_predictions`, here on four manifest rows and
+made-up probabilities (one real item is called fake):
+
+>>> import numpy as np
+>>> rows = [{"label": "real", "class": "real", "method": "none", "patient_id": "p1"},
+...         {"label": "real", "class": "real", "method": "none", "patient_id": "p2"},
+...         {"label": "fake", "class": "fake", "method": "copy-move", "patient_id": "p1"},
+...         {"label": "fake", "class": "fake", "method": "inpaint", "patient_id": "p2"}]
+>>> probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+>>> m = evaluate_predictions(rows, probs, ["real", "fake"], ["fake"])
+>>> m["n"], m["accuracy"], m["roc_auc"], m["confusion"]["matrix"]
+(4, 0.75, 1.0, [[1, 1], [0, 2]])
+>>> {k: v["accuracy"] for k, v in m["breakdown"]["method"].items()}
+{'fake/copy-move': 1.0, 'fake/inpaint': 1.0, 'real': 0.5}
 
 :func:`evaluate_predictions` turns one model's probabilities on manifest rows into every number
 (scikit-learn metrics): accuracy, precision / recall / F1 (macro and weighted), ROC-AUC (real vs

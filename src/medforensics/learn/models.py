@@ -1,9 +1,19 @@
 """The 2D classifiers: the review's six torchvision networks and ``fastnet``, a small CPU model.
 
+>>> import torch
 >>> from medforensics.learn.models import build_model, MODELS
->>> net = build_model("resnet50", num_classes=4)            # doctest: +SKIP
->>> net(torch.zeros(1, 1, 224, 224)).shape                  # doctest: +SKIP
+>>> MODELS
+('resnet50', 'efficientnet_b0', 'densenet121', 'vgg16', 'inception_v3', 'vit_b_16', 'fastnet')
+>>> net = build_model("efficientnet_b0", num_classes=4).eval()    # any name of MODELS
+>>> with torch.no_grad():
+...     net(torch.zeros(1, 1, 224, 224)).shape
 torch.Size([1, 4])
+>>> net = build_model("fastnet", num_classes=4).eval()
+>>> sum(p.numel() for p in net.parameters())
+257524
+>>> with torch.no_grad():
+...     net(torch.zeros(2, 1, 128, 128)).shape
+torch.Size([2, 4])
 
 Every network is the torchvision one, built with ``weights=None`` (no pretrained weights), its
 ReLU activations as in the original, and its ImageNet head replaced by ``Dropout(p)`` followed by

@@ -1,9 +1,25 @@
 """Inference with a trained 2D classifier checkpoint.
 
->>> clf = load_classifier("fastnet-ct4.safetensors")                        # doctest: +SKIP
->>> probs = clf.predict_files(["a.dcm", "b.png"], ["ct-slice", "radiograph"])  # doctest: +SKIP
->>> clf.fake_probability(probs)                                              # doctest: +SKIP
-array([0.03, 0.91], dtype=float32)
+The shipped CT-slice model (a native-resolution tile model) on pydicom's test slice, and on a
+copy with a region smoothed over:
+
+>>> from pathlib import Path
+>>> from pydicom.data import get_testdata_file
+>>> from scipy.ndimage import gaussian_filter
+>>> import medforensics
+>>> from medforensics.learn.data import load_item
+>>> clf = load_classifier(Path(medforensics.__file__).parent / "models" / "learned_ct2d.safetensors")
+>>> clf.classes, clf.fake_classes, clf.native
+(['real', 'fake'], ['fake'], True)
+>>> ct = get_testdata_file("CT_small.dcm")
+>>> probs = clf.predict_files([ct], ["ct-slice"])
+>>> probs.shape, bool(abs(probs.sum() - 1) < 1e-5)
+((1, 2), True)
+>>> real = load_item(ct, "ct-slice")                       # windowed HU scaled to [0, 1]
+>>> smoothed = real.copy()
+>>> smoothed[32:96, 32:96] = gaussian_filter(real, 2)[32:96, 32:96]
+>>> (clf.fake_probability(clf.predict_arrays([real, smoothed])) > 0.5).tolist()
+[False, True]
 """
 from __future__ import annotations
 

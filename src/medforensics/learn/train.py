@@ -1,7 +1,19 @@
 """Training the 2D classifiers on a forge dataset: :class:`TrainConfig` and :func:`train`.
 
->>> cfg = TrainConfig.from_toml("review.toml")                            # doctest: +SKIP
->>> train(cfg, "forge-ds/manifest.csv", "resnet50-ct4.safetensors")       # doctest: +SKIP
+>>> cfg = TrainConfig.from_toml(shipped_config("fast-cpu"), max_minutes=2)   # or your own TOML file
+>>> cfg.model, cfg.task, cfg.image_size, cfg.epochs, cfg.max_minutes
+('fastnet', 'ct4', 128, 5, 2.0)
+>>> TrainConfig.from_toml(shipped_config("review")).model
+'resnet50'
+>>> TrainConfig(model="resnet18")
+Traceback (most recent call last):
+    ...
+ValueError: model must be one of resnet50, efficientnet_b0, densenet121, vgg16, inception_v3, vit_b_16, fastnet, got 'resnet18'
+
+Training itself takes minutes and a forge dataset (``medforensics forge dataset``):
+
+>>> train(cfg, "forge-ds/manifest.csv", "fastnet-ct4.safetensors")         # doctest: +SKIP
+PosixPath('fastnet-ct4.safetensors')
 
 The loop: seeded model, Adam, weighted cross-entropy (inverse class frequency of the training
 items as seen, augmentations included), one validation pass after each epoch; the weights of the
