@@ -7,11 +7,39 @@ rates it (``characteristics``, ``malignancy`` 1-5); a nodule under 3 mm gets a s
 ratings. Readers mark the same lesion independently, so :func:`nodules_for` merges their marks
 into consensus nodules.
 
->>> from medforensics.io import load
->>> from medforensics.forge.lidc import nodules_for
->>> image = load("LIDC-IDRI-0001/")[0]                      # doctest: +SKIP
->>> [(n.id, n.center_voxel, round(n.diameter_mm), n.n_readers) for n in nodules_for(image)]  # doctest: +SKIP
-[(1, (87, 367, 316), 27, 4), (2, (76, 166, 188), 3, 3), ...]
+On LIDC-IDRI data, ``nodules_for(load("LIDC-IDRI-0001/")[0])`` finds the XML beside the series
+itself. Here, a six-slice series (headers only) and an XML file in which two readers outline one
+nodule on slices 2-4 (squares of 12 and 16 pixels, malignancy 4 and 3):
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> import numpy as np
+>>> from pydicom.dataset import Dataset
+>>> from medforensics.core import Image
+>>> headers = [Dataset() for _ in range(6)]
+>>> for k, ds in enumerate(headers):
+...     ds.SOPInstanceUID, ds.ImagePositionPatient = f"1.2.3.{k}", [0.0, 0.0, 2.5 * k]
+>>> image = Image.from_array(np.full((6, 64, 64), -850.0), modality="CT", spacing=(2.5, 0.7, 0.7),
+...                          datasets=headers)
+>>> def roi(k, x, y, r):              # one slice's outline: the corners of a square, in pixels
+...     edges = "".join(f"<edgeMap><xCoord>{a}</xCoord><yCoord>{b}</yCoord></edgeMap>"
+...                     for a, b in [(x - r, y - r), (x + r, y - r), (x + r, y + r), (x - r, y + r)])
+...     return f"<roi><imageZposition>{2.5 * k}</imageZposition><imageSOP_UID>1.2.3.{k}</imageSOP_UID>{edges}</roi>"
+>>> def read(reader, r, malignancy):
+...     return (f"<readingSession><servicingRadiologistID>{reader}</servicingRadiologistID>"
+...             f"<unblindedReadNodule><noduleID>N1</noduleID><characteristics><malignancy>{malignancy}"
+...             "</malignancy></characteristics>" + "".join(roi(k, 30, 40, r) for k in (2, 3, 4))
+...             + "</unblindedReadNodule></readingSession>")
+>>> folder = tempfile.TemporaryDirectory()
+>>> xml = Path(folder.name) / "069.xml"
+>>> _ = xml.write_text('<LidcReadMessage xmlns="http://www.nih.gov">' + read("A", 6, 4) + read("B", 8, 3)
+...                    + "</LidcReadMessage>")
+>>> [(m.reader, m.nodule_id, m.malignancy, len(m.rois)) for m in read_annotations(xml)]
+[('1:A', 'N1', 4, 3), ('2:B', 'N1', 3, 3)]
+>>> [(n.id, n.center_voxel, round(n.diameter_mm, 1), n.n_readers, n.malignancy, n.bbox_voxel)
+...  for n in nodules_for(image, xml)]
+[(1, (3, 40, 30), 13.9, 2, 3.5, (2, 32, 22, 5, 49, 39))]
+>>> folder.cleanup()
 """
 from __future__ import annotations
 

@@ -5,7 +5,20 @@ region to change, paints the *coarse* content they want (a bright ball, or smoot
 a generator add the fine texture and the scanner noise that make the result look acquired, then
 pastes the cube back. :func:`render` is that generator step:
 
->>> out = render(cube_hu, mask, sketch, seed=3)          # doctest: +SKIP
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> cube_hu = np.round(-850 + rng.normal(0, 20, (16, 48, 48))).astype(np.float32)   # lung, 2.5 x 0.7 x 0.7 mm
+>>> zz, yy, xx = np.indices(cube_hu.shape)
+>>> r_mm = np.sqrt(((zz - 8) * 2.5) ** 2 + ((yy - 24) * 0.7) ** 2 + ((xx - 24) * 0.7) ** 2)
+>>> mask, ball = r_mm < 8, r_mm < 6                         # generate 16 mm; a 12 mm nodule in it
+>>> sketch = lowpass(np.where(ball, 40.0, -850.0))           # coarse content: a soft-tissue ball
+>>> out = render(cube_hu, mask, sketch, seed=3)              # the shipped 3D CT model
+>>> out.shape, out.dtype, np.array_equal(out[~mask], cube_hu[~mask])
+((16, 48, 48), dtype('float32'), True)
+>>> bool(np.abs(lowpass(out) - sketch)[mask].mean() < 20), bool(out[ball].mean() > -200)
+(True, True)
+>>> np.array_equal(render(cube_hu, mask, sketch, seed=3), out)   # same seed, same result
+True
 
 * ``context``: float array in physical units -- HU for a CT cube ``(D, H, W)``, gray levels for a
   radiograph patch ``(H, W)``;
