@@ -8,11 +8,16 @@ way, in this order:
 2. the environment variable ``MEDFORENSICS_DATA``;
 3. ``../shared/data`` next to the repository (the checkout holding ``src/medforensics``).
 
->>> from pathlib import Path
+>>> import os
+>>> from unittest import mock
 >>> data_root("/data/xrays")
 PosixPath('/data/xrays')
->>> data_root(None).parts[-2:]  # doctest: +SKIP
-('shared', 'data')
+>>> with mock.patch.dict(os.environ, {ENV_DATA: "/srv/images"}):
+...     data_root(None)
+PosixPath('/srv/images')
+>>> with mock.patch.dict(os.environ, {ENV_DATA: ""}):
+...     data_root(None) == REPOSITORY.parent / "shared" / "data", data_root(None).parts[-2:]
+(True, ('shared', 'data'))
 """
 from __future__ import annotations
 

@@ -1,12 +1,26 @@
 """The scan pipeline: sources -> images -> detectors -> evidence -> fusion -> verdicts.
 
->>> from medforensics.scan import scan
->>> for verdict in scan(["study/"], workers=2):          # doctest: +SKIP
-...     print(verdict.path, verdict.label, verdict.score)
-
 Every source yields exactly one :class:`~medforensics.core.Verdict`: an unreadable one yields a
 verdict with ``errors`` and no score, and the scan goes on. A detector that fails on an image adds
 an error to that image's verdict; the others still run.
+
+A folder with a CT slice and a copy of it cut short (four fast detectors named here; without
+names every detector runs, and ``workers=4`` would analyse sources in four processes):
+
+>>> import shutil
+>>> import tempfile
+>>> from pathlib import Path
+>>> from pydicom.data import get_testdata_file
+>>> from medforensics.scan import scan
+>>> folder = tempfile.TemporaryDirectory()
+>>> study = Path(folder.name)
+>>> _ = shutil.copy(get_testdata_file("CT_small.dcm"), study / "a.dcm")
+>>> _ = (study / "b.dcm").write_bytes((study / "a.dcm").read_bytes()[:2000])
+>>> for verdict in scan([study], ["copy_move", "dicom_header", "noise_residual", "ct_physics"]):
+...     print(Path(verdict.path).name, verdict.label, verdict.assessed, verdict.errors)
+a.dcm authentic ['copy_move', 'dicom_header', 'noise_residual', 'ct_physics'] []
+b.dcm None [] ['...b.dcm: no pixel data (not an image: CT Image Storage)']
+>>> folder.cleanup()
 """
 from __future__ import annotations
 

@@ -3,9 +3,23 @@
 All figures are small PNGs, base64-encoded, so that a report can embed them and a verdict can
 carry them between processes (worker processes ship these, not the full-size heatmaps).
 
->>> figs = render_figures(image, verdict.evidence)            # doctest: +SKIP
->>> sorted(figs)                                               # doctest: +SKIP
+A CT volume and one piece of evidence with a heatmap and a region on slice 12 (in a scan, the
+evidence comes from the detectors: ``render_figures(image, verdict.evidence)``):
+
+>>> import base64
+>>> import numpy as np
+>>> from medforensics.core import Evidence, Image, Region
+>>> image = Image.from_array(np.random.default_rng(0).normal(40, 15, (20, 96, 96)), modality="CT",
+...                          spacing=(2.5, 0.7, 0.7))
+>>> heat = np.zeros(image.pixels.shape, np.float32)
+>>> heat[12, 30:50, 40:60] = 0.9
+>>> ev = Evidence("copy_move", 0.93, "two regions match", heatmap=heat,
+...               regions=[Region(center_voxel=(12, 40, 50), bbox_voxel=(12, 30, 40, 13, 50, 60), score=0.93)])
+>>> figs = render_figures(image, [ev])
+>>> sorted(figs)
 ['overlay:copy_move', 'slice', 'slice:copy_move', 'thumbnail']
+>>> figs["slice"], figs["slice:copy_move"], base64.b64decode(figs["overlay:copy_move"])[1:4]
+('12', '12', b'PNG')
 
 Keys of the returned dict:
 

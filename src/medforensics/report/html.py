@@ -1,8 +1,20 @@
 """The self-contained HTML report: summary, table of all items, one card per item.
 
+>>> import tempfile
+>>> from pathlib import Path
+>>> from pydicom.data import get_testdata_file
 >>> from medforensics.report import write_report
->>> write_report(verdicts, "scan.html", summary={"elapsed_s": 12.3})   # doctest: +SKIP
-PosixPath('scan.html')
+>>> from medforensics.scan import scan
+>>> verdicts = list(scan([get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")],
+...                      ["dicom_header", "noise_residual"], figures=True))
+>>> folder = tempfile.TemporaryDirectory()
+>>> out = write_report(verdicts, Path(folder.name) / "scan.html", summary={"elapsed_s": 12.3})
+>>> out.name
+'scan.html'
+>>> html = out.read_text(encoding="utf-8")
+>>> "CT_small.dcm" in html, "MR_small.dcm" in html, html.count("<img"), "<script" in html
+(True, True, 2, False)
+>>> folder.cleanup()
 
 The report reads only the verdicts: pictures come from ``verdict.figures`` (made next to the
 detectors by :func:`~medforensics.report.figures.render_figures`), so no image is needed here. The
