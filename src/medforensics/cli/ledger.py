@@ -28,6 +28,10 @@ STATUS_STYLE = {"unchanged": "green", "changed": "red", "unknown": "yellow", "er
 
 
 def _log(log: Optional[str]) -> str:
+    """The log given, else the one the environment names (:mod:`medforensics.config`)."""
+    from ..config import settings
+
+    log = log or settings().ledger
     if not log:
         raise UsageError(f"no log given: pass LOG / --log or set {ENV_LOG}")
     return log
@@ -64,7 +68,7 @@ def _fingerprints(paths: List[Path], label: str):
 
 @ledger_app.command("init")
 def init_cmd(
-    log: Optional[str] = typer.Argument(None, envvar=ENV_LOG, help=_LOG_HELP),
+    log: Optional[str] = typer.Argument(None, help=_LOG_HELP),
     key: Optional[Path] = typer.Option(None, "--key", help="PEM private key of the log (e.g. key.pem from "
                                        "'medforensics keys new'); default: generate an EC P-256 key."),
     key_out: Optional[Path] = typer.Option(None, "--key-out", help="Where to write a generated key (new file, mode "
@@ -103,9 +107,9 @@ def init_cmd(
 @ledger_app.command("add")
 def add_cmd(
     paths: List[Path] = typer.Argument(..., help="Image files and folders (DICOM, PNG, JPEG, TIFF, NIfTI)."),
-    log: Optional[str] = typer.Option(None, "--log", envvar=ENV_LOG, help=_LOG_HELP),
-    key: Optional[Path] = typer.Option(None, "--key", envvar=ENV_KEY, help="The log's PEM private key (default: the "
-                                       "key recorded at init)."),
+    log: Optional[str] = typer.Option(None, "--log", help=_LOG_HELP),
+    key: Optional[Path] = typer.Option(None, "--key", help="The log's PEM private key (default: "
+                                       f"${ENV_KEY}, else the key recorded at init)."),
     batch: int = typer.Option(1000, "--batch", min=1, help="Entries per transaction (one signed head each)."),
 ) -> None:
     """Fingerprint images and append them to the log (images already logged unchanged are skipped;
@@ -141,7 +145,7 @@ def add_cmd(
 @ledger_app.command("verify")
 def verify_cmd(
     paths: List[Path] = typer.Argument(..., help="Image files and folders to compare with the log."),
-    log: Optional[str] = typer.Option(None, "--log", envvar=ENV_LOG, help=_LOG_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=_LOG_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write one JSON object per file here (new file)."),
 ) -> None:
     """Is each image logged and unchanged? Exit 0 only when all are unchanged (3 otherwise, 1 on read errors)."""
@@ -179,7 +183,7 @@ def verify_cmd(
 @ledger_app.command("prove")
 def prove_cmd(
     path: Path = typer.Argument(..., help="The image to prove logged and unchanged."),
-    log: Optional[str] = typer.Option(None, "--log", envvar=ENV_LOG, help=_LOG_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=_LOG_HELP),
     out_path: Path = typer.Option(..., "--out", help="The proof bundle to write (new JSON file)."),
 ) -> None:
     """Write a self-contained proof bundle (leaf, audit path, signed tree head, public key)."""
@@ -212,7 +216,7 @@ def check_cmd(
 
 
 @ledger_app.command("head")
-def head_cmd(log: Optional[str] = typer.Argument(None, envvar=ENV_LOG, help=_LOG_HELP)) -> None:
+def head_cmd(log: Optional[str] = typer.Argument(None, help=_LOG_HELP)) -> None:
     """Print the latest signed tree head as JSON."""
     with Ledger(_log(log)) as lg:
         out.print_json(json.dumps(lg.head().to_dict()))
@@ -220,7 +224,7 @@ def head_cmd(log: Optional[str] = typer.Argument(None, envvar=ENV_LOG, help=_LOG
 
 @ledger_app.command("key")
 def key_cmd(
-    log: Optional[str] = typer.Argument(None, envvar=ENV_LOG, help=_LOG_HELP),
+    log: Optional[str] = typer.Argument(None, help=_LOG_HELP),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Write the PEM here (new file) instead of printing it."),
 ) -> None:
     """Export the log's public key (PEM): what third parties need to check proofs."""
@@ -236,7 +240,7 @@ def key_cmd(
 
 
 @ledger_app.command("audit")
-def audit_cmd(log: Optional[str] = typer.Argument(None, envvar=ENV_LOG, help=_LOG_HELP)) -> None:
+def audit_cmd(log: Optional[str] = typer.Argument(None, help=_LOG_HELP)) -> None:
     """Recompute every hash from the leaves and check every signed head (exit 3 if anything disagrees)."""
     with Ledger(_log(log)) as lg:
         rep = lg.audit()
@@ -251,11 +255,11 @@ def audit_cmd(log: Optional[str] = typer.Argument(None, envvar=ENV_LOG, help=_LO
 
 @ledger_app.command("serve")
 def serve_cmd(
-    log: Optional[str] = typer.Argument(None, envvar=ENV_LOG, help=_LOG_HELP),
+    log: Optional[str] = typer.Argument(None, help=_LOG_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8470, "--port", min=1, max=65535, help="Port to listen on."),
     writable: bool = typer.Option(False, "--writable", help="Accept POST /entries (needs the private key)."),
-    key: Optional[Path] = typer.Option(None, "--key", envvar=ENV_KEY, help="The log's PEM private key for --writable."),
+    key: Optional[Path] = typer.Option(None, "--key", help=f"The log's PEM private key for --writable (default: ${ENV_KEY}, else the key recorded at init)."),
 ) -> None:
     """Serve the log over HTTP (read-only unless --writable): /tree-head, /public-key,
     /proof/inclusion, /proof/consistency, /lookup, POST /entries."""
