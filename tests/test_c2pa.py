@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -321,22 +320,7 @@ def test_export_refuses_bad_requests_and_never_overwrites(ids, tmp_path):
 
 # ------------------------------------------------------------------ command line
 
-class _Result:
-    def __init__(self, code, out, err):
-        self.returncode, self.stdout, self.stderr = code, out, err
-
-
-def _cli(capsys, monkeypatch, *args):
-    from medforensics.cli import main
-    monkeypatch.setattr(sys, "argv", ["medforensics", *map(str, args)])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main()
-    cap = capsys.readouterr()
-    return _Result(e.value.code, cap.out, cap.err)
-
-
-def test_cli_export(ids, tmp_path, capsys, monkeypatch):
+def test_cli_export(ids, tmp_path, capsys, monkeypatch, run_cli):
     keys = ids["rsa"].save(tmp_path / "keys")
     study = tmp_path / "study"
     (study / "series1").mkdir(parents=True)
@@ -347,7 +331,7 @@ def test_cli_export(ids, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     sign = ["--key", keys["key"], "--cert", keys["cert"]]
 
-    r = _cli(capsys, monkeypatch, "export", study, "--out", out, "--format", "png", "--window", "-600,1500", *sign)
+    r = run_cli("export", study, "--out", out, "--format", "png", "--window", "-600,1500", *sign)
     assert r.returncode == 0, r.stderr
     made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     # the folder's layout below --out, without the folder's own name (io.plan's one layout)
@@ -359,28 +343,28 @@ def test_cli_export(ids, tmp_path, capsys, monkeypatch):
 
     # never overwrite: exit 2, nothing touched
     before = (out / "series1/CT_small.png").read_bytes()
-    r = _cli(capsys, monkeypatch, "export", study, "--out", out, *sign)
+    r = run_cli("export", study, "--out", out, *sign)
     assert r.returncode == 2 and "already exists" in r.stderr
     assert (out / "series1/CT_small.png").read_bytes() == before
 
     # usage errors: no key, contradictory options, bad window, 16-bit JPEG
-    assert _cli(capsys, monkeypatch, "export", CT, "--out", tmp_path / "o2").returncode == 2
-    assert _cli(capsys, monkeypatch, "export", CT, "--out", tmp_path / "o2", "--no-manifest", *sign).returncode == 2
-    r = _cli(capsys, monkeypatch, "export", CT, "--out", tmp_path / "o2", "--window", "40", *sign)
+    assert run_cli("export", CT, "--out", tmp_path / "o2").returncode == 2
+    assert run_cli("export", CT, "--out", tmp_path / "o2", "--no-manifest", *sign).returncode == 2
+    r = run_cli("export", CT, "--out", tmp_path / "o2", "--window", "40", *sign)
     assert r.returncode == 2 and "CENTRE,WIDTH" in r.stderr
-    assert _cli(capsys, monkeypatch, "export", CT, "--out", tmp_path / "o2", "--format", "jpeg", "--bits", "16",
+    assert run_cli("export", CT, "--out", tmp_path / "o2", "--format", "jpeg", "--bits", "16",
                 *sign).returncode == 2
     # a wrong key file: one line, exit 1
-    r = _cli(capsys, monkeypatch, "export", CT, "--out", tmp_path / "o2", "--key", keys["cert"], "--cert", keys["cert"])
+    r = run_cli("export", CT, "--out", tmp_path / "o2", "--key", keys["cert"], "--cert", keys["cert"])
     assert r.returncode == 1 and "not a usable PEM private key" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o2").exists()
 
     # an input that is not an image: reported, the others are exported, exit 1
-    r = _cli(capsys, monkeypatch, "export", CT, get_testdata_file("rtplan.dcm"), "--out", tmp_path / "o3",
+    r = run_cli("export", CT, get_testdata_file("rtplan.dcm"), "--out", tmp_path / "o3",
              "--format", "jpeg", *sign)
     assert r.returncode == 1 and "no pixel data" in r.stderr and "exported 1 of 2" in r.stderr
     assert verify_manifest(tmp_path / "o3" / "CT_small.jpg").valid
 
     # --no-manifest writes plain images
-    r = _cli(capsys, monkeypatch, "export", CT, "--out", tmp_path / "o4", "--no-manifest")
+    r = run_cli("export", CT, "--out", tmp_path / "o4", "--no-manifest")
     assert r.returncode == 0 and not verify_manifest(tmp_path / "o4" / "CT_small.png").present

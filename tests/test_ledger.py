@@ -9,7 +9,6 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -351,16 +350,7 @@ def test_open_errors_name_the_log(tmp_path):
 # Command line
 # ---------------------------------------------------------------------------------------------
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from medforensics.cli import main
-    monkeypatch.setattr(sys, "argv", ["medforensics", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
-
-
-def test_cli_workflow_and_exit_codes(tmp_path, monkeypatch, capsys):
+def test_cli_workflow_and_exit_codes(tmp_path, monkeypatch, capsys, run_cli):
     monkeypatch.delenv("MEDFORENSICS_LEDGER", raising=False)
     monkeypatch.delenv("MEDFORENSICS_LEDGER_KEY", raising=False)
     log = str(tmp_path / "l.db")
@@ -369,46 +359,46 @@ def test_cli_workflow_and_exit_codes(tmp_path, monkeypatch, capsys):
     shutil.copy(CT, imgs / "ct.dcm")
     shutil.copy(MR, imgs / "mr.dcm")
     (imgs / "notes.txt").write_text("skipped in folders")
-    assert run_cli(monkeypatch, capsys, "ledger", "init", log)[0] == 0
+    assert run_cli("ledger", "init", log)[0] == 0
     assert (tmp_path / "l.db.key.pem").stat().st_mode & 0o777 == 0o600
-    assert run_cli(monkeypatch, capsys, "ledger", "init", log)[0] == 2  # refuses an existing log
-    rc, out, _ = run_cli(monkeypatch, capsys, "ledger", "add", str(imgs), str(tmp_path / "missing.dcm"), "--log", log)
+    assert run_cli("ledger", "init", log)[0] == 2  # refuses an existing log
+    rc, out, _ = run_cli("ledger", "add", str(imgs), str(tmp_path / "missing.dcm"), "--log", log)
     assert rc == 1 and "2 added" in out and "1 error" in out
-    rc, out, _ = run_cli(monkeypatch, capsys, "ledger", "add", str(imgs), "--log", log)
+    rc, out, _ = run_cli("ledger", "add", str(imgs), "--log", log)
     assert rc == 0 and "0 added, 2 already logged" in out
-    assert run_cli(monkeypatch, capsys, "ledger", "verify", str(imgs), "--log", log)[0] == 0
+    assert run_cli("ledger", "verify", str(imgs), "--log", log)[0] == 0
     # change PatientName of the copy: verify says changed (header), exit 3
     ds = pydicom.dcmread(imgs / "ct.dcm")
     ds.PatientName = "Changed^Name"
     ds.save_as(tmp_path / "changed.dcm")
     monkeypatch.setenv("MEDFORENSICS_LEDGER", log)  # the default log
-    rc, out, _ = run_cli(monkeypatch, capsys, "ledger", "verify", str(tmp_path / "changed.dcm"), str(imgs / "ct.dcm"))
+    rc, out, _ = run_cli("ledger", "verify", str(tmp_path / "changed.dcm"), str(imgs / "ct.dcm"))
     assert rc == 3 and "changed (header)" in out and "1 unchanged" in out
     proof, pub = tmp_path / "proof.json", tmp_path / "pub.pem"
-    assert run_cli(monkeypatch, capsys, "ledger", "prove", str(imgs / "ct.dcm"), "--out", str(proof))[0] == 0
-    assert run_cli(monkeypatch, capsys, "ledger", "prove", str(imgs / "ct.dcm"), "--out", str(proof))[0] == 2
-    assert run_cli(monkeypatch, capsys, "ledger", "prove", str(tmp_path / "changed.dcm"), "--out",
+    assert run_cli("ledger", "prove", str(imgs / "ct.dcm"), "--out", str(proof))[0] == 0
+    assert run_cli("ledger", "prove", str(imgs / "ct.dcm"), "--out", str(proof))[0] == 2
+    assert run_cli("ledger", "prove", str(tmp_path / "changed.dcm"), "--out",
                    str(tmp_path / "p2.json"))[0] == 1
-    assert run_cli(monkeypatch, capsys, "ledger", "key", "--out", str(pub))[0] == 0
-    rc, out, _ = run_cli(monkeypatch, capsys, "ledger", "check", str(proof), "--public-key", str(pub))
+    assert run_cli("ledger", "key", "--out", str(pub))[0] == 0
+    rc, out, _ = run_cli("ledger", "check", str(proof), "--public-key", str(pub))
     assert rc == 0 and "valid" in out
-    assert run_cli(monkeypatch, capsys, "ledger", "check", str(proof), "--public-key", str(pub), "--image",
+    assert run_cli("ledger", "check", str(proof), "--public-key", str(pub), "--image",
                    str(tmp_path / "changed.dcm"))[0] == 3
     other = tmp_path / "other.pem"
     other.write_bytes(generate_key().public_key().public_bytes(serialization.Encoding.PEM,
                                                                serialization.PublicFormat.SubjectPublicKeyInfo))
-    assert run_cli(monkeypatch, capsys, "ledger", "check", str(proof), "--public-key", str(other))[0] == 3
+    assert run_cli("ledger", "check", str(proof), "--public-key", str(other))[0] == 3
     (tmp_path / "junk.json").write_text("{}")
-    rc, _, err = run_cli(monkeypatch, capsys, "ledger", "check", str(tmp_path / "junk.json"), "--public-key", str(pub))
+    rc, _, err = run_cli("ledger", "check", str(tmp_path / "junk.json"), "--public-key", str(pub))
     assert rc == 1 and "junk.json" in err
-    rc, out, _ = run_cli(monkeypatch, capsys, "ledger", "head")
+    rc, out, _ = run_cli("ledger", "head")
     assert rc == 0 and json.loads(out)["tree_size"] == 2
-    assert run_cli(monkeypatch, capsys, "ledger", "audit")[0] == 0
+    assert run_cli("ledger", "audit")[0] == 0
     raw_execute(log, "UPDATE ledger_nodes SET hash = ? WHERE level = 0 AND idx = 1", (b"\x00" * 32,))
-    rc, out, _ = run_cli(monkeypatch, capsys, "ledger", "audit")
+    rc, out, _ = run_cli("ledger", "audit")
     assert rc == 3 and "altered" in out
     monkeypatch.delenv("MEDFORENSICS_LEDGER")
-    assert run_cli(monkeypatch, capsys, "ledger", "head")[0] == 2  # no log given
+    assert run_cli("ledger", "head")[0] == 2  # no log given
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,10 +3,8 @@ interoperability with DCMTK's dcmsign in both directions."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,13 +218,7 @@ def test_malformed_items_give_reasons_not_crashes(ids):
     assert "unsupported certificate type" in verify_dataset(ds)[0].reasons[0]
 
 
-def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "300"}  # one table row per line
-    return subprocess.run([sys.executable, "-m", "medforensics", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env=env)
-
-
-def test_cli_sign_and_verify_exit_codes(keydirs, tmp_path):
+def test_cli_sign_and_verify_exit_codes(keydirs, tmp_path, run_cli):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
     shutil.copy(CT, src / "ct.dcm")
@@ -234,35 +226,35 @@ def test_cli_sign_and_verify_exit_codes(keydirs, tmp_path):
     (src / "broken.dcm").write_text("no dicom here")
     k = keydirs["rsa"]
     out = tmp_path / "out"
-    r = _cli("sign", src, "--key", k["key"], "--cert", k["cert"], "--out", out)
+    r = run_cli("sign", src, "--key", k["key"], "--cert", k["cert"], "--out", out)
     assert r.returncode == 1, r.stderr
     assert "broken.dcm: not a DICOM file" in r.stderr and "signed 2 of 3" in r.stderr
     assert (out / "ct.dcm").is_file() and (out / "sub" / "mr.dcm").is_file() and not (out / "broken.dcm").exists()
 
     js = tmp_path / "v.jsonl"
-    r = _cli("verify", out, "--trust", k["ca"], "--json", js)
+    r = run_cli("verify", out, "--trust", k["ca"], "--json", js)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(js.read_text().splitlines()) == 2
-    r = _cli("verify", out, "--trust", keydirs["ec"]["ca"])
+    r = run_cli("verify", out, "--trust", keydirs["ec"]["ca"])
     assert r.returncode == 1 and "not trusted" in r.stdout
-    r = _cli("verify", out / "ct.dcm", CT)
+    r = run_cli("verify", out / "ct.dcm", CT)
     assert r.returncode == 1 and "UNSIGNED" in r.stdout and "1 unsigned" in r.stderr
     # never overwrite: signing again into the same folder is refused before anything is written
-    r = _cli("sign", src / "ct.dcm", "--key", k["key"], "--cert", k["cert"], "--out", out)
+    r = run_cli("sign", src / "ct.dcm", "--key", k["key"], "--cert", k["cert"], "--out", out)
     assert r.returncode == 2 and "ct.dcm: already exists" in r.stderr
-    r = _cli("sign", src, "--key", k["key"], "--cert", k["cert"], "--out", tmp_path / "o2", "--profile", "nope")
+    r = run_cli("sign", src, "--key", k["key"], "--cert", k["cert"], "--out", tmp_path / "o2", "--profile", "nope")
     assert r.returncode == 2 and "--profile" in r.stderr
-    r = _cli("verify", out, "--json", js)
+    r = run_cli("verify", out, "--json", js)
     assert r.returncode == 2 and "already exists" in r.stderr
 
 
-def test_cli_verify_delegates_png_to_c2pa(tmp_path):
+def test_cli_verify_delegates_png_to_c2pa(tmp_path, run_cli):
     pytest.importorskip("medforensics.provenance.c2pa_manifest",
                         reason="provenance.c2pa_manifest not written yet (integrator checks this path)")
     from PIL import Image
     png = tmp_path / "plain.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
-    r = _cli("verify", png)
+    r = run_cli("verify", png)
     assert r.returncode == 1 and "UNSIGNED" in r.stdout
 
 

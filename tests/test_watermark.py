@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -245,13 +242,7 @@ def test_blocks_cannot_be_swapped():
 
 
 # ------------------------------------------------------------------------------- files and CLI
-def _cli(*args):
-    env = dict(os.environ, COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "medforensics", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
-def test_dicom_cli_round_trip(tmp_path, lidc_series_dir):
+def test_dicom_cli_round_trip(tmp_path, lidc_series_dir, run_cli):
     src = tmp_path / "in"
     src.mkdir()
     (src / "sub").mkdir()
@@ -263,7 +254,7 @@ def test_dicom_cli_round_trip(tmp_path, lidc_series_dir):
     rle.save_as(src / "ct_rle.dcm")
     (tmp_path / "key").write_bytes(b"hospital secret\n")
 
-    r = _cli("watermark", "embed", src, "--out", tmp_path / "marked", "--key-file", tmp_path / "key")
+    r = run_cli("watermark", "embed", src, "--out", tmp_path / "marked", "--key-file", tmp_path / "key")
     assert r.returncode == 0, r.stderr
     assert "PSNR" in r.stdout and "HU" in r.stdout
     marked = tmp_path / "marked"
@@ -279,14 +270,14 @@ def test_dicom_cli_round_trip(tmp_path, lidc_series_dir):
         assert m.private_block(0x0077, wm.PRIVATE_CREATOR)[0x02].value == "HMAC_SHA256_64"
 
     # never overwrite
-    r = _cli("watermark", "embed", src, "--out", tmp_path / "marked", "--key-file", tmp_path / "key")
+    r = run_cli("watermark", "embed", src, "--out", tmp_path / "marked", "--key-file", tmp_path / "key")
     assert r.returncode == 2 and "already exists" in r.stderr
 
-    r = _cli("watermark", "check", marked, "--key-file", tmp_path / "key", "--json", tmp_path / "c.jsonl")
+    r = run_cli("watermark", "check", marked, "--key-file", tmp_path / "key", "--json", tmp_path / "c.jsonl")
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
     assert [d["status"] for d in rows] == ["intact"] * 3 and all(d["header_declared"] for d in rows)
-    assert _cli("watermark", "check", marked).returncode == 1  # no key: not verified
+    assert run_cli("watermark", "check", marked).returncode == 1  # no key: not verified
 
     # tamper one pixel bit in the LIDC slice
     ds = _read(marked / "sub" / lidc.name)
@@ -296,15 +287,15 @@ def test_dicom_cli_round_trip(tmp_path, lidc_series_dir):
     tampered = tmp_path / "tampered"
     tampered.mkdir()
     ds.save_as(tampered / "t.dcm")
-    r = _cli("watermark", "check", tampered, "--key-file", tmp_path / "key", "--json", tmp_path / "t.jsonl")
+    r = run_cli("watermark", "check", tampered, "--key-file", tmp_path / "key", "--json", tmp_path / "t.jsonl")
     assert r.returncode == 1 and "tampered at 1 block" in r.stdout
     assert json.loads((tmp_path / "t.jsonl").read_text())["tampered_blocks"] == [[288, 96, 320, 128]]
-    r = _cli("watermark", "restore", tampered, "--out", tmp_path / "rt", "--key-file", tmp_path / "key")
+    r = run_cli("watermark", "restore", tampered, "--out", tmp_path / "rt", "--key-file", tmp_path / "key")
     assert r.returncode == 1 and "--partial" in r.stderr and not (tmp_path / "rt" / "t.dcm").exists()
-    r = _cli("watermark", "restore", tampered, "--out", tmp_path / "rt2", "--key-file", tmp_path / "key", "--partial")
+    r = run_cli("watermark", "restore", tampered, "--out", tmp_path / "rt2", "--key-file", tmp_path / "key", "--partial")
     assert r.returncode == 0 and "partial" in r.stderr
 
-    r = _cli("watermark", "restore", marked, "--out", tmp_path / "restored", "--key-file", tmp_path / "key")
+    r = run_cli("watermark", "restore", marked, "--out", tmp_path / "restored", "--key-file", tmp_path / "key")
     assert r.returncode == 0, r.stderr
     for f in src.rglob("*.dcm"):
         o, b = _read(f), _read(tmp_path / "restored" / f.relative_to(src))
@@ -315,7 +306,7 @@ def test_dicom_cli_round_trip(tmp_path, lidc_series_dir):
         assert (tmp_path / "restored" / name).read_bytes() == (src / name).read_bytes()
 
 
-def test_file_api_multiframe_and_lossy_refused(tmp_path):
+def test_file_api_multiframe_and_lossy_refused(tmp_path, run_cli):
     src = get_testdata_file("eCT_Supplemental.dcm")  # 2 frames, 16-bit unsigned
     rep = embed_file(src, tmp_path / "m.dcm")
     assert rep.n_blocks == 2 * 256 and rep.physical_unit == "HU" and rep.max_abs_dev_physical is not None
@@ -332,7 +323,7 @@ def test_file_api_multiframe_and_lossy_refused(tmp_path):
     lossy = get_testdata_file("693_J2KI.dcm")  # JPEG 2000 (lossy allowed)
     with pytest.raises(MedForensicsError, match="is lossy"):
         embed_file(lossy, tmp_path / "x.dcm")
-    r = _cli("watermark", "embed", lossy, "--out", tmp_path / "lossy")
+    r = run_cli("watermark", "embed", lossy, "--out", tmp_path / "lossy")
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "693_J2KI.dcm" in lines[0] and "lossy" in lines[0] and "Traceback" not in r.stderr
