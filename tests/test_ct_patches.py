@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,19 +106,16 @@ def test_dicom_crop_keeps_the_series_headers_and_moves_its_position(patches, sha
     assert np.array_equal(a.pixels[~mask], real[~mask]) and not np.array_equal(a.pixels[mask], real[mask])
 
 
-def test_patches_refuse_an_existing_folder_and_bad_sizes(patches, tmp_path):
+def test_patches_refuse_an_existing_folder_and_bad_sizes(patches, tmp_path, run_cli):
     from medforensics.forge.patches import build_patches
 
     with pytest.raises(FileExistsError):
         build_patches(patches.parent.parent, patches.parent)
     with pytest.raises(ValueError, match="patch size"):
         build_patches(patches.parent.parent, tmp_path / "new", size=50)
-    res = subprocess.run([sys.executable, "-m", "medforensics", "forge", "dataset", "--patches", "50",
-                          "--out", str(tmp_path / "p")], capture_output=True, text=True)
+    res = run_cli("forge", "dataset", "--patches", "50", "--out", tmp_path / "p")
     assert res.returncode == 2 and "--patches takes one of" in res.stderr + res.stdout
-    res = subprocess.run([sys.executable, "-m", "medforensics", "forge", "dataset", "--patches", "64",
-                          "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "q")],
-                         capture_output=True, text=True)
+    res = run_cli("forge", "dataset", "--patches", "64", "--data", tmp_path / "missing", "--out", tmp_path / "q")
     assert res.returncode == 1 and str(tmp_path / "missing") in res.stderr + res.stdout
     assert len((res.stderr + res.stdout).strip().splitlines()) == 1
 
