@@ -113,13 +113,13 @@ _WORKER: dict = {}
 
 def _init_worker(names: list[str] | None, options: DetectorOptions | None, config: FusionConfig, figures: bool,
                  debug: bool, threads: int = 1) -> None:
-    # each worker's learned detectors and OpenCV get their share of the cores: n workers x the
-    # libraries' default threads on n cores would make every worker wait for the others
-    import cv2
+    # each worker's learned detectors get their share of the cores: n workers x torch's default
+    # threads on n cores would make every worker wait for the others. Setting it in the worker also
+    # keeps a forked worker off the parent's OpenMP pool (which would hang it). (OpenCV's
+    # cv2.setNumThreads must not be called here: in a forked worker it hangs.)
     import torch
 
     torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
     _WORKER.update(detectors=load_detectors(names, options), config=config, figures=figures, debug=debug)
 
 
