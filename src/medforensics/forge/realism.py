@@ -408,10 +408,9 @@ def _md_table(rows: list[dict[str, Any]], unit: str) -> list[str]:
 def realism_report(data_root: str | Path, out: str | Path, *, n: int = 12, seed: int = 0,
                    progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Measure every forge method against real tissue; write JSON, markdown and figures to ``out``."""
-    root, out = Path(data_root), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: folder exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io.plan import new_folder
+
+    root, out = Path(data_root), new_folder(out)
     done = [0]
     total = 4 * n + 3 * n
 
