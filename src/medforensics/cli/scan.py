@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from ..fusion import FusionConfig
-from ..scan import run_scan
 from .console import UsageError, new_output, out
 
 
@@ -57,6 +56,8 @@ def scan_cmd(
         for p in (json_out, report):
             if p is not None and p.exists():
                 p.unlink()
+    from ..scan import run_scan
+
     cfg = _fusion_config(config, suspicious, manipulated)
     options = provenance_options(trust, ledger, watermark_key)
     verdicts = run_scan(paths, json_out=json_out, report=report, detectors=names, detector_options=options,
