@@ -116,3 +116,51 @@ def test_detectors_off_by_default_run_only_when_named():
     default = {d.name for d in load_detectors()}
     assert "ct_patch3d" not in default and "provenance" in default
     assert [d.name for d in load_detectors(["ct_patch3d"])] == ["ct_patch3d"]
+
+
+def _bomb_png(path: Path, side: int = 30_000) -> Path:
+    """A small PNG whose header declares ``side`` x ``side`` pixels (over Pillow's decoding limit)."""
+    import io as _io
+    import struct
+    import zlib
+
+    from PIL import Image as PILImage
+
+    buf = _io.BytesIO()
+    PILImage.new("L", (16, 16)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8  # signature, then the IHDR chunk: length (4), type (4), data (13), crc (4)
+    data[ihdr + 8:ihdr + 16] = struct.pack(">II", side, side)
+    data[ihdr + 21:ihdr + 25] = struct.pack(">I", zlib.crc32(bytes(data[ihdr + 4:ihdr + 21])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_decompression_bomb_is_one_items_error_and_the_scan_goes_on(tmp_path, run_cli):
+    """Issue 18, item 1: a PNG over Pillow's pixel limit used to stop the whole scan."""
+    d = tmp_path / "in"
+    d.mkdir()
+    _bomb_png(d / "a_bomb.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), d / "b_ct.dcm")
+    verdicts = list(scan([str(d)]))
+    assert [Path(v.path).name for v in verdicts] == ["a_bomb.png", "b_ct.dcm"]
+    assert verdicts[0].score is None and "decompression bomb" in verdicts[0].errors[0]
+    assert verdicts[1].score is not None and not verdicts[1].errors
+    r = run_cli("scan", d, "--json", tmp_path / "o.jsonl")
+    assert r.code == 1 and "Traceback" not in r.err
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_unexpected_loader_failure_is_one_items_error(tmp_path, monkeypatch):
+    import medforensics.scan as scan_module
+
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), d / "a.dcm")
+
+    def broken(source):
+        raise RuntimeError("decoder\n crashed")
+
+    monkeypatch.setattr(scan_module, "load_source", broken)
+    v, = scan([str(d)])
+    assert v.score is None and v.errors == [f"{d / 'a.dcm'}: cannot be read (RuntimeError) (decoder crashed)"]

@@ -92,11 +92,13 @@ def scan_source(source: Source, detectors: Sequence[Detector] | None = None, con
     t0 = time.perf_counter()
     try:
         image = load_source(source)
-    except MedForensicsError as e:
+    except Exception as e:  # noqa: BLE001 - one unreadable input must not stop the scan
         if debug:
             raise
+        error = e if isinstance(e, MedForensicsError) else MedForensicsError.wrap(
+            source.path, e, f"cannot be read ({type(e).__name__})")
         return Verdict(path=str(source.path), kind=Kind.SERIES if source.kind == "dicom-series" else Kind.IMAGE,
-                       uid=source.uid, n_instances=len(source.files), score=None, label=None, errors=[str(e)])
+                       uid=source.uid, n_instances=len(source.files), score=None, label=None, errors=[str(error)])
     t_load = time.perf_counter() - t0
     verdict = analyze(image, detectors, config, figures=figures, debug=debug)
     verdict.timings = {"load": t_load, **verdict.timings, "total": time.perf_counter() - t0}

@@ -60,6 +60,9 @@ def load_raster(path: str | Path) -> Image:
         raise
     except UnidentifiedImageError:
         raise MedForensicsError(path, "not an image file (format not recognised)") from None
+    except PILImage.DecompressionBombError as e:
+        raise MedForensicsError.wrap(path, e, "refused: the image declares more pixels than the decoder allows "
+                                     "(a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MedForensicsError(path, f"damaged or truncated image file: {msg}") from None
