@@ -36,9 +36,7 @@ def synthesize_cmd(
     fmt = "jpeg" if fmt == "jpg" else fmt
     if dicom_style not in ("like", "cr"):
         raise MedForensicsError(None, f"unknown --dicom-style {dicom_style!r} (use like or cr)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty folder; choose a new one")
-    m = load_model(model)
+    m = load_model(model)  # write_samples refuses an output folder that is not new or empty
     console = Console()
     with progress_bar("synthesizing") as bar:
         task = bar.add_task("", total=n)

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..core import MedForensicsError
 from .dicom import looks_like_raw_dicom
 
 __all__ = ["KINDS", "Input", "Plan", "Walk", "OutputCollision", "walk", "plan", "kind_of", "sniff", "new_folder",
@@ -304,8 +305,12 @@ def new_folder(path: str | Path, *, create: bool = True) -> Path:
 
 
 def new_file(path: str | Path) -> Path:
-    """``path`` when nothing is there yet; ``FileExistsError`` with a one-line message otherwise."""
+    """``path`` when nothing is there yet and its folder exists; ``FileExistsError`` (or a
+    :class:`~medforensics.core.MedForensicsError` for a missing folder) with a one-line message
+    otherwise."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         raise FileExistsError(f"{path}: already exists; choose a new name (nothing is overwritten)")
+    if not path.parent.exists():
+        raise MedForensicsError(path, f"folder {path.parent} does not exist")
     return path

@@ -61,8 +61,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ..core import Image, MedForensicsError
-from .plan import new_file as _new_file
-from .plan import new_folder
+from .plan import new_file, new_folder
 
 __all__ = ["write_like", "write_mask", "new_file", "physical_to_stored", "CARELESS_SOFTWARE"]
 
@@ -82,15 +81,6 @@ def physical_to_stored(ds: Dataset, values: np.ndarray) -> np.ndarray:
         stored = -stored if signed else float((1 << bits) - 1) - stored
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     return np.clip(np.round(stored), lo, hi)
-
-
-def new_file(path: Path) -> Path:
-    """``path`` if nothing is there yet (:func:`.plan.new_file`: FileExistsError otherwise) and its
-    folder exists (else a one-line error)."""
-    _new_file(path)
-    if not path.parent.exists():
-        raise MedForensicsError(path, f"folder {path.parent} does not exist")
-    return path
 
 
 def _careless(ds: Dataset, series_uid: str) -> None:

@@ -85,9 +85,9 @@ def build_zoo_dataset(out: str | Path, models: dict[str, ZooModel], data_root: s
     ``out``; returns its ``manifest.csv``."""
     from ..dataset import counts_by_split, write_manifest
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty folder; choose a new one")
+    from ...io.plan import new_folder
+
+    out = new_folder(out, create=False)
     for name, m in models.items():
         if name not in FAMILIES or m.family != name:
             raise MedForensicsError(None, f"model given for {name!r} is of family {m.family!r}")
