@@ -11,6 +11,10 @@ variable                        meaning
 ``MEDFORENSICS_LEDGER``         the transparency log (a file or a ``postgresql://`` URL) that
                                 ``scan`` and ``ledger`` use when none is given
 ``MEDFORENSICS_LEDGER_KEY``     the log's signing key (PEM) for ``ledger add``
+``MEDFORENSICS_LEDGER_TOKEN``   the bearer token that ``ledger add`` sends to a writable log
+                                served over HTTP (``ledger serve --writable``)
+``MEDFORENSICS_DECODE_BUDGET``  the most bytes one image may decode to (e.g. ``2G``, ``512M``);
+                                larger images are refused before decoding (default 2 GiB)
 ``MEDFORENSICS_TRUST``          CA certificates (PEM files, separated by ``os.pathsep``) that
                                 signers must chain to
 ``MEDFORENSICS_WATERMARK_KEY``  key file of keyed watermarks
@@ -34,6 +38,8 @@ from typing import Mapping
 DATA = "MEDFORENSICS_DATA"
 LEDGER = "MEDFORENSICS_LEDGER"
 LEDGER_KEY = "MEDFORENSICS_LEDGER_KEY"
+LEDGER_TOKEN = "MEDFORENSICS_LEDGER_TOKEN"
+DECODE_BUDGET = "MEDFORENSICS_DECODE_BUDGET"
 TRUST = "MEDFORENSICS_TRUST"
 WATERMARK_KEY = "MEDFORENSICS_WATERMARK_KEY"
 PROGRESS = "MEDFORENSICS_PROGRESS"
@@ -41,7 +47,7 @@ PROGRESS = "MEDFORENSICS_PROGRESS"
 CHECKPOINTS = {"ct2d": "MEDFORENSICS_LEARNED_CT2D", "xray": "MEDFORENSICS_LEARNED_XRAY",
                "ctpatch": "MEDFORENSICS_LEARNED_CTPATCH", "zoo": "MEDFORENSICS_LEARNED_ZOO"}
 #: Every variable this module reads.
-VARIABLES = (DATA, LEDGER, LEDGER_KEY, TRUST, WATERMARK_KEY, PROGRESS, *CHECKPOINTS.values())
+VARIABLES = (DATA, LEDGER, LEDGER_KEY, LEDGER_TOKEN, DECODE_BUDGET, TRUST, WATERMARK_KEY, PROGRESS, *CHECKPOINTS.values())
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class Settings:
     data: str | None = None
     ledger: str | None = None
     ledger_key: str | None = None
+    ledger_token: str | None = None
+    decode_budget: str | None = None
     trust: tuple[str, ...] = ()
     watermark_key: str | None = None
     progress: bool = False
@@ -70,6 +78,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         return value or None
 
     return Settings(data=get(DATA), ledger=get(LEDGER), ledger_key=get(LEDGER_KEY),
+                    ledger_token=get(LEDGER_TOKEN), decode_budget=get(DECODE_BUDGET),
                     trust=tuple(p for p in (get(TRUST) or "").split(os.pathsep) if p),
                     watermark_key=get(WATERMARK_KEY), progress=get(PROGRESS) == "1",
                     checkpoints={m: v for m, name in CHECKPOINTS.items() if (v := get(name))})
