@@ -21,13 +21,16 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from ..core import Image, MedForensicsError, one_line
+from .budget import check_deflated_dicom, check_dicom
 
 #: Modalities whose instances with patient geometry form volumes.
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "ST"}
 
 
-def read_header(path: Path) -> Dataset:
-    """Read a DICOM header without pixel data; raise :class:`MedForensicsError` if it is not DICOM."""
+def read_header(path: Path, budget: int | str | None = None) -> Dataset:
+    """Read a DICOM header without pixel data; raise :class:`MedForensicsError` if it is not DICOM
+    or if it is of the deflated syntax and inflates beyond the decode ``budget`` (:mod:`.budget`)."""
+    check_deflated_dicom(path, budget)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -60,9 +63,11 @@ def looks_like_raw_dicom(path: Path) -> bool:
         return False
 
 
-def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
+def _decode(path: Path, budget: int | str | None = None) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     """Read one file fully; decode its pixels as (frames, rows, cols) stored values (colour reduced
-    to gray) and the (min, max) of the stored values as they were in the file."""
+    to gray) and the (min, max) of the stored values as they were in the file. Files that would
+    take more memory than the decode ``budget`` are refused before decoding (:mod:`.budget`)."""
+    check_deflated_dicom(path, budget)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -78,6 +83,7 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray, tuple[float, float]]:
     for key in ("Rows", "Columns", "BitsAllocated"):
         if key not in ds:
             raise MedForensicsError(path, f"pixel data present but {key} is missing")
+    check_dicom(path, ds, budget)
     err: Exception | None = None
     try:
         with warnings.catch_warnings():
@@ -242,8 +248,11 @@ def _uid(ds: Dataset, key: str, fallback: str) -> str:
     return str(getattr(ds, key, "") or fallback)
 
 
-def load_instance(path: str | Path) -> Image:
+def load_instance(path: str | Path, budget: int | str | None = None) -> Image:
     """Load one DICOM file: a 2D image, or a volume for an enhanced multi-frame instance.
+
+    ``budget``: the most memory loading may take (bytes or ``"512M"``; default
+    ``MEDFORENSICS_DECODE_BUDGET``, else 2 GiB); larger images are refused before decoding.
 
     >>> from pydicom.data import get_testdata_file
     >>> im = load_instance(get_testdata_file("CT_small.dcm"))
@@ -251,7 +260,7 @@ def load_instance(path: str | Path) -> Image:
     ('CT', (128, 128), 'image')
     """
     path = Path(path)
-    ds, stored, rng = _decode(path)
+    ds, stored, rng = _decode(path, budget)
     modality = str(getattr(ds, "Modality", "") or "OT")
     n = stored.shape[0]
     stored_range = [rng]

@@ -1,0 +1,242 @@
+"""The decode budget: how much memory one image may take to load, checked before decoding.
+
+A small file can declare a huge image (a PNG of 30,000 x 30,000 pixels in a few hundred kB, a
+DICOM whose Rows, Columns and NumberOfFrames multiply to many GB, a NIfTI header with huge
+dimensions) or inflate to a huge one (a deflated-syntax DICOM, a ``.nii.gz``). Each loader asks
+this module, from the header alone, how much memory the image will take once decoded and
+converted to the float32 pixels of :class:`~medforensics.core.Image`, and refuses above the budget
+with a one-line :class:`~medforensics.core.MedForensicsError` before decoding anything:
+
+    scan.dcm: decodes to 1.8 GB (1 frame x 30000 x 30000 x 1 sample x 2 bytes) and needs about
+    17.1 GB to load, over the 2.0 GiB decode budget; raise it with MEDFORENSICS_DECODE_BUDGET
+
+*Needs about* is the decoded size plus the working copies the loader really makes (the stored
+array, pydicom's float64 Modality LUT output, the float32 result, ...): bytes per pixel measured
+by peak RSS for each loader path (``WORK_*`` below). Compressed streams whose size the header
+does not state (deflated DICOM, ``.nii.gz``) are inflated in bounded chunks and counted before the
+reader sees them (:func:`check_deflated_dicom`, :func:`check_gzip`).
+
+The budget is an argument of every loader (``budget=``: bytes, or a string like ``"512M"``); where
+none is given it comes from ``MEDFORENSICS_DECODE_BUDGET`` (read by :mod:`medforensics.config`),
+else :data:`DEFAULT_BUDGET`.
+
+>>> parse_size("512M"), parse_size("2G"), parse_size("1.5 GiB"), parse_size("1000")
+(536870912, 2147483648, 1610612736, 1000)
+>>> format_size(2 * 1024**3)
+'2.0 GiB'
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from math import prod
+from pathlib import Path
+
+from ..core import MedForensicsError
+
+#: 2 GiB: a 512 x 512 x 1,000-slice enhanced CT (about 1.6 GiB to load) or a 4,000 x 5,000
+#: 16-bit mammogram (about 0.3 GiB) fit; larger images need a larger budget.
+DEFAULT_BUDGET = 2 * 1024**3
+VARIABLE = "MEDFORENSICS_DECODE_BUDGET"
+
+#: Working bytes per pixel beyond the decoded array, by loader path, from the peak RSS of
+#: loading large images (``tests/test_decode_budget.py`` keeps them honest):
+#: DICOM single frame: file's pixel data + pydicom's float64 Modality LUT output + the float32 result;
+WORK_DICOM = 8 + 8 + 4
+#: DICOM multi-frame: float32 frames, their stacked copy;
+WORK_DICOM_MULTIFRAME = 4 + 4 + 4
+#: colour DICOM: float32 samples and the gray result, per sample;
+WORK_DICOM_COLOUR = 4 + 4
+#: Pillow: numpy's copy of the decoded buffer, the float32 gray image (colour: float32 RGB and
+#: the channel differences as well);
+WORK_RASTER_GRAY = 4
+WORK_RASTER_COLOUR = 12 + 8 + 4
+#: NIfTI: the float32 volume, its scaled copy and its transposed contiguous copy.
+WORK_NIFTI = 4 + 4 + 4
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_CHUNK = 1 << 20
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes of a size such as ``2G``, ``512M``, ``1.5GiB``, ``64k`` or ``1000`` (binary units).
+
+    Raises ``ValueError`` with a message saying what was expected.
+    """
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"decode budget must be positive, got {text}")
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", str(text))
+    if not m:
+        raise ValueError(f"decode budget {text!r} is not a size such as 2G, 512M or 1000000")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise ValueError(f"decode budget must be positive, got {text!r}")
+    return value
+
+
+def format_size(n: float) -> str:
+    """``n`` bytes in words: ``'1.5 MiB'``, ``'10.8 GiB'``."""
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def resolve(budget: int | str | None = None) -> int:
+    """The budget in bytes: ``budget`` when given, else ``MEDFORENSICS_DECODE_BUDGET``, else 2 GiB.
+
+    A malformed value is a :class:`MedForensicsError` naming the variable.
+    """
+    if budget is None:
+        from ..config import settings
+
+        text = settings().decode_budget
+        if text is None:
+            return DEFAULT_BUDGET
+        try:
+            return parse_size(text)
+        except ValueError as e:
+            raise MedForensicsError(None, f"{VARIABLE}: {e}") from None
+    try:
+        return parse_size(budget)
+    except ValueError as e:
+        raise MedForensicsError(None, str(e)) from None
+
+
+def _refuse(path: Path | str, what: str, budget: int) -> MedForensicsError:
+    return MedForensicsError(path, f"{what}, over the {format_size(budget)} decode budget; "
+                                   f"raise it with {VARIABLE}")
+
+
+def check(path: Path | str, dims: dict[str, int], itemsize: int, work_per_pixel: int,
+          budget: int | str | None = None) -> int:
+    """Refuse an image whose decoded array (``dims`` multiplied, times ``itemsize`` bytes) plus
+    ``work_per_pixel`` working bytes per pixel goes over the budget; returns the bytes needed.
+
+    ``dims`` names each factor, e.g. ``{"frames": 1, "rows": 512, "columns": 512, "samples": 1}``;
+    a dimension below zero is refused as a damaged header.
+
+    >>> check("a.png", {"height": 100, "width": 100}, 1, 4, budget="1M")
+    50000
+    >>> check("a.png", {"height": 30000, "width": 30000, "channels": 1}, 2, 4, budget="2G")
+    Traceback (most recent call last):
+    ...
+    medforensics.core.MedForensicsError: a.png: decodes to 1.7 GiB (30000 x 30000 x 1 channel x 2 bytes) and needs about 5.0 GiB to load, over the 2.0 GiB decode budget; raise it with MEDFORENSICS_DECODE_BUDGET
+    """
+    limit = resolve(budget)
+    for name, n in dims.items():
+        if n < 0:
+            raise MedForensicsError(path, f"damaged header: {name} is {n}")
+    pixels = prod(dims.values())
+    decoded = pixels * itemsize
+    need = decoded + pixels * work_per_pixel
+    if need > limit:
+        parts = " x ".join(_factor(name, n) for name, n in dims.items())
+        raise _refuse(path, f"decodes to {format_size(decoded)} ({parts} x {itemsize} bytes) and needs about "
+                            f"{format_size(need)} to load", limit)
+    return need
+
+
+def _factor(name: str, n: int) -> str:
+    """One factor of a size in words: plain for sizes along an axis, counted for the others."""
+    if name in _AXES:
+        return str(n)
+    return f"{n} {name[:-1] if n == 1 and name.endswith('s') else name}"
+
+
+_AXES = {"rows", "columns", "width", "height", "i", "j", "k"}
+
+
+def inflated_size(path: Path | str, offset: int, limit: int, *, raw: bool) -> int | None:
+    """Bytes that the compressed stream of ``path`` from ``offset`` inflates to, counted in chunks
+    of 1 MiB without keeping them; ``None`` as soon as it passes ``limit``.
+
+    ``raw``: a bare deflate stream (DICOM's deflated syntax) rather than gzip (concatenated gzip
+    members are followed, as ``gzip`` does). A damaged stream ends the count where it breaks:
+    the reader reports the damage itself.
+    """
+    total = 0
+    d = zlib.decompressobj(-zlib.MAX_WBITS if raw else 16 + zlib.MAX_WBITS)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        try:
+            while True:
+                data = d.unconsumed_tail or f.read(_CHUNK)
+                if not data:
+                    break
+                total += len(d.decompress(data, _CHUNK))
+                if total > limit:
+                    return None
+                if d.eof:
+                    if raw:
+                        break
+                    rest = d.unused_data
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    if rest:
+                        total += len(d.decompress(rest, _CHUNK))
+                        if total > limit:
+                            return None
+        except zlib.error:
+            return total
+    return total
+
+
+def check_deflated_dicom(path: Path | str, budget: int | str | None = None) -> None:
+    """Refuse a DICOM file of the deflated transfer syntax whose dataset inflates beyond the budget.
+
+    pydicom inflates the whole dataset into memory before it parses a single element (and then
+    copies the pixel data out of it), so the inflated size is counted first, twice over. Files of
+    other syntaxes, and files whose file meta cannot be read (the reader reports those), pass.
+    """
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    try:
+        with open(path, "rb") as f:
+            read_preamble(f, True)
+            meta = _read_file_meta_info(f)
+            offset = f.tell()
+    except Exception:  # noqa: BLE001 - not readable as DICOM: the reader says why
+        return
+    if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return
+    limit = resolve(budget)
+    n = inflated_size(path, offset, limit // 2, raw=True)
+    if n is None:
+        raise _refuse(path, f"deflated dataset of {format_size(Path(path).stat().st_size)} inflates to more than "
+                            f"{format_size(limit // 2)} (held twice while parsed: over {format_size(limit)})", limit)
+
+
+def check_gzip(path: Path | str, declared: int, budget: int | str | None = None, slack: int = 16 * 1024**2) -> None:
+    """Refuse a gzip file that inflates to more than its header ``declared`` (plus ``slack``) or
+    the budget: a decompression bomb behind a small header."""
+    limit = min(resolve(budget), declared + slack)
+    if inflated_size(path, 0, limit, raw=False) is None:
+        raise MedForensicsError(path, f"inflates to more than {format_size(limit)}, far more than the "
+                                      f"{format_size(declared)} its header declares (a decompression bomb?)")
+
+
+def check_dicom(path: Path | str, ds, budget: int | str | None = None) -> int:
+    """Refuse a DICOM dataset whose pixel data would decode beyond the budget (from Rows, Columns,
+    NumberOfFrames, SamplesPerPixel and BitsAllocated alone); returns the bytes needed.
+
+    Damaged values (not a number, negative) are refused as such."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise MedForensicsError(path, f"damaged image header: {' '.join(str(e).split())[:200]}") from None
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        bits = 64 if "DoubleFloatPixelData" in ds else 32
+    itemsize = 1
+    while itemsize * 8 < bits and itemsize < 8:
+        itemsize *= 2
+    if spp > 1:
+        work = spp * WORK_DICOM_COLOUR
+    else:
+        work = WORK_DICOM if frames == 1 else WORK_DICOM_MULTIFRAME
+    return check(path, {"frames": frames, "rows": rows, "columns": cols, "samples": spp}, itemsize, work, budget)
