@@ -6,8 +6,11 @@ and the ground truth beside it, and prints where it changed::
     OUT/                     the series, every file under its own name; untouched slices are
                              byte copies, headers and UIDs kept (new UIDs and an editor named
                              with --careless)
-    OUT.groundtruth.json     kind, method, centre (voxels and mm), cube, every parameter
+    OUT.groundtruth.json     kind, method, centre (voxels and mm), cube, every parameter, the
+                             transfer syntax written (the input's where it can be re-encoded
+                             losslessly: medforensics.io.write.output_syntax)
     OUT.mask.npz             ``mask``: uint8 volume (slices, rows, cols), 1 where a voxel changed
+                             (decoded from the written files and compared with the input)
 
 Nothing is written when any of the three exists, and the input is never touched.
 """
@@ -84,14 +87,16 @@ def _outputs(series_dir: Path, out: Path) -> tuple[Path, Path, Path]:
     return out, gt, mask
 
 def _write(image, forgery, out: Path, gt: Path, mask_path: Path, careless: bool, extra: dict[str, Any]) -> list[Path]:
-    from ..io.write import write_like, write_mask
+    from ..forge.base import write_forgery
+    from ..io.write import write_mask
 
-    files = write_like(image, forgery.pixels, out, careless=careless)
+    w = write_forgery(image, forgery, out, careless=careless)
+    forgery.mask = w.mask  # every voxel that decodes differently, not only the edit's own
     write_mask(forgery.mask, mask_path)
     forgery.write_ground_truth(gt, source=str(image.path), series_uid=image.uid, output=str(out),
-                               n_files=len(files), mask_file=mask_path.name, careless=careless,
-                               shape=list(image.pixels.shape), **extra)
-    return files
+                               n_files=len(w.files), mask_file=mask_path.name, careless=careless,
+                               shape=list(image.pixels.shape), **w.record, **extra)
+    return w.files
 
 def _report(verb: str, forgery, out: Path, gt: Path, mask: Path, n_files: int) -> None:
     from .console import out as console

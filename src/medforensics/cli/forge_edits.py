@@ -3,8 +3,10 @@
 Each command reads one image (a DICOM radiograph or CT slice, a PNG/JPEG/TIFF; a multi-frame
 DICOM or NIfTI volume with ``--slice K``), writes three new files and prints where it changed::
 
-    OUT                      the manipulated image, in the input's own form (write_like)
-    <OUT stem>.mask.png      what changed (0/255; .mask.npz for a volume)
+    OUT                      the manipulated image, in the input's own form and transfer syntax
+                             (lossy DICOM is written losslessly: medforensics.io.write.output_syntax)
+    <OUT stem>.mask.png      what changed (0/255; .mask.npz for a volume): the edit and every
+                             pixel that decodes differently from the input (forge.base.write_forgery)
     <OUT stem>.groundtruth.json   kind, method, centre, box and every parameter (reproducible)
 
 Nothing is written when any of the three already exists, and the input is never touched.
@@ -100,7 +102,8 @@ def _check_suffix(image, out: Path) -> None:
 
 def _run(kind: str, image_path: Path, out: Path, slice_: Optional[int], make) -> None:
     """Load, check every output, forge, write the three files, print where the change is."""
-    from ..io.write import write_like, write_mask
+    from ..forge.base import write_forgery
+    from ..io.write import write_mask
 
     image, k = _load_one(image_path, slice_)
     _check_suffix(image, out)
@@ -110,14 +113,15 @@ def _run(kind: str, image_path: Path, out: Path, slice_: Optional[int], make) ->
     except ValueError as e:
         from ..core import one_line
         raise _usage(one_line(e)) from None
-    written = write_like(image, forgery.pixels, out_file)
+    w = write_forgery(image, forgery, out_file)
+    forgery.mask = w.mask  # every pixel that decodes differently, not only the edit's own
     write_mask(forgery.mask, mask_file)
-    forgery.write_ground_truth(truth_file, input=str(image_path), output=[str(p) for p in written],
-                               mask=str(mask_file))
-    _report(kind, forgery, written, mask_file, truth_file)
+    forgery.write_ground_truth(truth_file, input=str(image_path), output=[str(p) for p in w.files],
+                               mask=str(mask_file), **w.record)
+    _report(kind, forgery, w.files, mask_file, truth_file, w.record)
 
 
-def _report(kind: str, f, written, mask_file: Path, truth: Path) -> None:
+def _report(kind: str, f, written, mask_file: Path, truth: Path, record: dict) -> None:
     from .console import out as console
 
     p = f.params
@@ -133,6 +137,12 @@ def _report(kind: str, f, written, mask_file: Path, truth: Path) -> None:
                                      "offset", "factor", "seed") if p.get(key) is not None}
     if extra:
         console.print("  " + "; ".join(f"{key} {_fmt(v)}" for key, v in extra.items()), soft_wrap=True)
+    for ts in record.get("transfer_syntax") or []:
+        how = "kept" if ts["input"] == ts["output"] else f"{ts['reason']}: {ts['output_name']}"
+        console.print(f"  transfer syntax {ts['input_name']}: {how}", soft_wrap=True, highlight=False, markup=False)
+    if record.get("n_changed_by_encoding"):
+        console.print(f"  {record['n_changed_by_encoding']} pixel(s) outside the edit changed by the lossy "
+                      "re-encoding (in the mask too)", soft_wrap=True)
     console.print(f"  wrote {', '.join(str(w) for w in written)}, {mask_file}, {truth}", soft_wrap=True)
 
 

@@ -1,14 +1,16 @@
-"""What every forge method returns: the edited pixels and the ground truth of what changed."""
+"""What every forge method returns: the edited pixels and the ground truth of what changed; and
+:func:`write_forgery`, which every forge command uses to write it (the ground truth then covers
+every pixel that decodes differently from the input, including any the encoding changed)."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..core import Image, _jsonable
+from ..core import Image, MedForensicsError, _jsonable
 
 
 @dataclass
@@ -69,3 +71,62 @@ class Forgery:
         with open(path, "x", encoding="utf-8") as f:
             json.dump({**self.ground_truth(), **_jsonable(extra)}, f, indent=2)
         return path
+
+
+@dataclass
+class WrittenForgery:
+    """What :func:`write_forgery` wrote and measured.
+
+    ``files`` the files written; ``mask`` (uint8, the image's shape) every pixel whose value,
+    decoded from the written files by the loader, differs from the input's as the loader decoded
+    it, together with the edit's own mask; ``record`` the ground-truth fields: ``transfer_syntax``
+    (per distinct choice, see :func:`medforensics.io.write.output_syntax`), ``n_edited`` (the
+    edit's mask), ``n_changed_by_encoding`` (pixels outside the edit's mask that the encoding
+    changed: 0 for every DICOM syntax, since DICOM is always written losslessly; non-zero for a
+    JPEG raster, which is re-encoded lossily) and ``mask_from``.
+    """
+
+    files: list[Path]
+    mask: np.ndarray
+    record: dict[str, Any]
+
+
+def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a), np.asarray(b)
+    return (a != b) & ~(np.isnan(a) & np.isnan(b)) if a.dtype.kind == "f" else a != b
+
+
+def _decoded_after_writing(image: Image, files: Sequence[Path], rewritten: Sequence[int]) -> np.ndarray:
+    """The input's pixels where a file was copied, the written files' decoded pixels elsewhere."""
+    from ..io import load, load_instance
+
+    pixels = np.array(image.pixels, copy=True)
+    if image.format == "dicom" and image.pixels.ndim == 3 and len(files) == image.pixels.shape[0] > 1:
+        for k in rewritten:  # one file per slice; the others are byte copies
+            back = load_instance(files[k]).pixels
+            pixels[k] = back[0] if back.ndim == 3 else back
+        return pixels
+    back = load(files[0])
+    if len(back) != 1 or back[0].pixels.shape != image.pixels.shape:
+        raise MedForensicsError(files[0], "the written file does not read back as the image it was written from")
+    return back[0].pixels
+
+
+def write_forgery(image: Image, forgery: Forgery, out: str | Path, *, careless: bool = False) -> WrittenForgery:
+    """Write ``forgery.pixels`` like ``image`` (:func:`medforensics.io.write.write_image`: same
+    form, same transfer syntax where it can be re-encoded losslessly, lossy DICOM written
+    losslessly), read the written files back with the loader and measure what changed.
+
+    The returned mask is the union of the edit's mask and of every pixel that decodes differently
+    from the input (the decoded difference): the ground truth covers every changed pixel, whatever
+    the encoding did. The input is decoded by the loader (the same decoder for both)."""
+    from ..io.write import write_image
+
+    written = write_image(image, forgery.pixels, out, careless=careless)
+    decoded = _decoded_after_writing(image, written.files, written.rewritten)
+    changed = _differs(decoded, image.pixels)
+    edit = np.asarray(forgery.mask) > 0
+    record = {"transfer_syntax": written.syntax or None, "n_edited": int(edit.sum()),
+              "n_changed_by_encoding": int((changed & ~edit).sum()),
+              "mask_from": "the edit's mask and every pixel whose decoded value differs from the input's"}
+    return WrittenForgery(written.files, (edit | changed).astype(np.uint8), record)

@@ -40,6 +40,32 @@ True
 >>> pydicom.dcmread(written[1]).SOPInstanceUID == pydicom.dcmread(tmp / "series" / "000002.dcm").SOPInstanceUID
 True
 
+**Transfer syntax.** :func:`output_syntax` is the one place that decides in which transfer syntax a
+re-encoded DICOM instance is written (every forge command writes through here):
+
+* uncompressed input (implicit or explicit VR, little or big endian, deflated) keeps its syntax;
+* lossless compressed input is re-encoded losslessly in the same syntax: RLE (pydicom),
+  JPEG-LS lossless (pyjpegls), JPEG 2000 lossless (pylibjpeg-openjpeg), JPEG lossless process 14
+  and its selection value 1 (GDCM);
+* lossy input (JPEG baseline and extended, JPEG-LS near-lossless, JPEG 2000) is written
+  *losslessly*, in the lossless syntax of its family (JPEG lossless SV1, JPEG-LS lossless, JPEG
+  2000 lossless): a lossy re-encoding would change every block of the image, not only the edit.
+  The stored values outside the edit are exactly the input's as the loader decoded them.
+  ``LossyImageCompression`` stays (or becomes) ``01``: the pixels were lossy-compressed once;
+* where no encoder is installed for that syntax (or it fails, or what it wrote does not decode
+  to the values given), the instance is written in :data:`FALLBACK_SYNTAX` (explicit VR little
+  endian).
+
+:func:`write_image` returns what it chose per instance (``Written.syntax``), so that the forge's
+ground truth records it.
+
+>>> from pydicom import uid
+>>> output_syntax(uid.RLELossless).output == uid.RLELossless
+True
+>>> c = output_syntax(uid.JPEGBaseline8Bit)
+>>> c.output.name, c.reason
+('JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])', 'lossy input written losslessly')
+
 ``careless=True`` leaves the traces a hurried editor leaves (new SOP and series UIDs, the editing
 software in SoftwareVersions and DerivationDescription): fakes for testing header forensics.
 
@@ -51,19 +77,39 @@ software in SoftwareVersions and DerivationDescription): fakes for testing heade
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom import uid as _uid
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from ..core import Image, MedForensicsError
+from ..core import Image, MedForensicsError, one_line
 from .plan import new_file, new_folder
 
-__all__ = ["write_like", "write_mask", "new_file", "physical_to_stored", "CARELESS_SOFTWARE"]
+__all__ = ["write_like", "write_image", "Written", "write_mask", "new_file", "physical_to_stored", "output_syntax",
+           "SyntaxChoice", "FALLBACK_SYNTAX", "CARELESS_SOFTWARE"]
+
+#: Where no encoder exists for the input's syntax: explicit VR little endian, uncompressed.
+FALLBACK_SYNTAX = ExplicitVRLittleEndian
+#: Syntaxes written without an encoder plugin (pydicom writes them itself).
+NATIVE_SYNTAXES = (_uid.ImplicitVRLittleEndian, _uid.ExplicitVRLittleEndian, _uid.ExplicitVRBigEndian,
+                   _uid.DeflatedExplicitVRLittleEndian)
+#: Compressed syntaxes that are lossless by definition.
+LOSSLESS_SYNTAXES = (_uid.RLELossless, _uid.JPEGLossless, _uid.JPEGLosslessSV1, _uid.JPEGLSLossless,
+                     _uid.JPEG2000Lossless, _uid.JPEG2000MCLossless, _uid.HTJ2KLossless, _uid.HTJ2KLosslessRPCL)
+#: Lossy syntaxes and the lossless syntax of the same family they are written in.
+LOSSLESS_OF = {_uid.JPEGBaseline8Bit: _uid.JPEGLosslessSV1, _uid.JPEGExtended12Bit: _uid.JPEGLosslessSV1,
+               _uid.JPEGLSNearLossless: _uid.JPEGLSLossless, _uid.JPEG2000: _uid.JPEG2000Lossless}
+#: Syntaxes encoded through GDCM here (pydicom has no encoder for them).
+GDCM_SYNTAXES = {_uid.JPEGLossless: "JPEGLosslessProcess14", _uid.JPEGLosslessSV1: "JPEGLosslessProcess14_1"}
 
 #: What ``careless=True`` writes into SoftwareVersions / DerivationDescription.
 CARELESS_SOFTWARE = "medforensics-forge (CT-GAN style in-painting, OpenCV)"
@@ -83,6 +129,141 @@ def physical_to_stored(ds: Dataset, values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(stored), lo, hi)
 
 
+@dataclass(frozen=True)
+class SyntaxChoice:
+    """The transfer syntax an instance is written in, and why (see the module docstring)."""
+
+    input: UID
+    output: UID
+    reason: str
+    encoder: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"input": str(self.input), "input_name": self.input.name, "output": str(self.output),
+                "output_name": self.output.name, "reason": self.reason, "encoder": self.encoder}
+
+
+def _encoder(ts: UID) -> str | None:
+    """Name of an installed encoder for ``ts``, or None."""
+    if ts in NATIVE_SYNTAXES:
+        return "pydicom"
+    if ts in GDCM_SYNTAXES:
+        return "GDCM" if importlib.util.find_spec("gdcm") is not None else None
+    from pydicom.pixels import get_encoder
+    try:
+        enc = get_encoder(ts)
+    except (NotImplementedError, ValueError, KeyError):
+        return None
+    plugins = list(enc.available_plugins) if enc.is_available else []
+    return plugins[0] if plugins else None
+
+
+def output_syntax(ts: str | UID | None) -> SyntaxChoice:
+    """The transfer syntax in which an instance stored in ``ts`` is written back after an edit:
+    the same one where it is lossless and can be encoded here, the lossless one of its family for
+    lossy input, else :data:`FALLBACK_SYNTAX` (the reason says which rule applied)."""
+    ts = UID(str(ts or ExplicitVRLittleEndian))
+    if not ts.is_transfer_syntax:
+        return SyntaxChoice(ts, FALLBACK_SYNTAX, "unknown transfer syntax: written uncompressed", "pydicom")
+    if ts in NATIVE_SYNTAXES or ts in LOSSLESS_SYNTAXES:
+        enc = _encoder(ts)
+        if enc is not None:
+            return SyntaxChoice(ts, ts, "same syntax", enc)
+        return SyntaxChoice(ts, FALLBACK_SYNTAX, f"no encoder for {ts.name} installed: written uncompressed", "pydicom")
+    target = LOSSLESS_OF.get(ts)
+    enc = _encoder(target) if target is not None else None
+    if target is not None and enc is not None:
+        return SyntaxChoice(ts, target, "lossy input written losslessly", enc)
+    return SyntaxChoice(ts, FALLBACK_SYNTAX, "lossy input written uncompressed (no lossless encoder of its family)",
+                        "pydicom")
+
+
+def _native_bytes(ds: Dataset, arr: np.ndarray, ts: UID) -> bytes:
+    """Stored values as native pixel data of ``ts`` (bit-packed for 1-bit, byte order of ``ts``)."""
+    if int(getattr(ds, "BitsAllocated", 16)) == 1:
+        from pydicom.pixels import pack_bits
+        data = pack_bits(arr)
+    else:
+        data = arr.astype(arr.dtype.newbyteorder("<" if ts.is_little_endian else ">")).tobytes()
+    return data + b"\0" if len(data) % 2 else data
+
+
+def _gdcm_encapsulated(ds: Dataset, arr: np.ndarray, ts: UID) -> bytes:
+    """Encapsulated pixel data of ``arr`` in ``ts`` (JPEG lossless), encoded by GDCM: a minimal
+    uncompressed instance goes through GDCM's ImageChangeTransferSyntax in a temporary folder."""
+    import gdcm
+
+    with tempfile.TemporaryDirectory(prefix="medforensics-gdcm-") as tmp:
+        a, b = str(Path(tmp) / "in.dcm"), str(Path(tmp) / "out.dcm")
+        d = Dataset()
+        d.file_meta = pydicom.dataset.FileMetaDataset()
+        d.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        d.SOPClassUID = d.file_meta.MediaStorageSOPClassUID = getattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
+        d.SOPInstanceUID = d.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                   "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames"):
+            if kw in ds:
+                setattr(d, kw, ds[kw].value)
+        d.PixelData = _native_bytes(ds, arr, ExplicitVRLittleEndian)
+        d["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+        d.save_as(a, enforce_file_format=True)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(a)
+        if not reader.Read():
+            raise ValueError("GDCM could not read the instance to encode")
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, GDCM_SYNTAXES[ts])))
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise ValueError(f"GDCM could not encode {ts.name}")
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(b)
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            raise ValueError("GDCM could not write the encoded instance")
+        return pydicom.dcmread(b).PixelData
+
+
+def _drop_encapsulation(ds: Dataset) -> None:
+    for tag in (0x7FE00001, 0x7FE00002):  # extended offset table (and its lengths) of encapsulated data
+        if tag in ds:
+            del ds[tag]
+
+
+def _encode(ds: Dataset, arr: np.ndarray, choice: SyntaxChoice) -> SyntaxChoice:
+    """Put ``arr`` (stored values, shape of ``ds.pixel_array``) into ``ds`` in ``choice.output``;
+    a failing encoder, or one whose output does not decode to ``arr``, gives the fallback."""
+    ts = choice.output
+    if ts.is_encapsulated:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if ts in GDCM_SYNTAXES:
+                    _drop_encapsulation(ds)
+                    ds.PixelData = _gdcm_encapsulated(ds, arr, ts)
+                    ds["PixelData"].VR = "OB"
+                    ds["PixelData"].is_undefined_length = True
+                    ds.file_meta.TransferSyntaxUID = ts
+                else:
+                    ds.compress(ts, arr, generate_instance_uid=False)
+                back = ds.pixel_array
+            if back.shape != arr.shape or not np.array_equal(back, arr):
+                raise ValueError("the encoded pixels do not decode to the values written")
+            return choice
+        except Exception as e:  # noqa: BLE001 - any encoder failure: fall back to uncompressed
+            choice = SyntaxChoice(choice.input, FALLBACK_SYNTAX,
+                                  f"{choice.encoder} could not encode {ts.name} ({one_line(e, 120)}): written uncompressed",
+                                  "pydicom")
+            ts = FALLBACK_SYNTAX
+    _drop_encapsulation(ds)
+    ds.PixelData = _native_bytes(ds, arr, ts)
+    ds["PixelData"].VR = "OB" if int(getattr(ds, "BitsAllocated", 16)) <= 8 else "OW"
+    ds["PixelData"].is_undefined_length = False
+    ds.file_meta.TransferSyntaxUID = ts
+    return choice
+
+
 def _careless(ds: Dataset, series_uid: str) -> None:
     ds.SOPInstanceUID = generate_uid()
     if hasattr(ds, "file_meta"):
@@ -95,30 +276,41 @@ def _careless(ds: Dataset, series_uid: str) -> None:
 
 
 def _write_instance(src: Path, new_stored_frames: np.ndarray, changed: np.ndarray, out: Path,
-                    careless_series: str | None) -> None:
-    """Re-encode one instance whose frames changed (``changed`` is per-pixel, frames first)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(src)
-        stored = ds.pixel_array
-    frames = stored.reshape((-1,) + stored.shape[-2:]) if stored.ndim >= 2 else stored
+                    careless_series: str | None) -> SyntaxChoice:
+    """Re-encode one instance whose frames changed (``changed`` is per-pixel, frames first), in
+    the syntax :func:`output_syntax` chooses; return that choice."""
+    from .dicom import _decode  # the loader's own decoding: the same decoder read the input
+
+    ds, frames, _ = _decode(src)
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
         raise MedForensicsError(src, "writing colour DICOM is not supported")
     out_frames = frames.copy()
     out_frames[changed] = new_stored_frames[changed].astype(frames.dtype)
-    arr = out_frames.reshape(stored.shape)
-    ts = ds.file_meta.TransferSyntaxUID
-    if ts.is_compressed:
-        try:
-            ds.compress(ts, arr, generate_instance_uid=False)  # same syntax, where pydicom can encode it
-        except Exception:  # noqa: BLE001 - no encoder for this syntax: store it uncompressed
-            ds.PixelData = arr.tobytes()
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    else:
-        ds.PixelData = arr.astype(frames.dtype).tobytes()
+    arr = out_frames[0] if int(getattr(ds, "NumberOfFrames", 1) or 1) == 1 else out_frames
+    choice = _encode(ds, arr, output_syntax(getattr(ds.file_meta, "TransferSyntaxUID", None)))
+    if choice.output != choice.input and choice.input not in NATIVE_SYNTAXES and choice.input not in LOSSLESS_SYNTAXES \
+            and "LossyImageCompression" not in ds:
+        ds.LossyImageCompression = "01"  # once lossy, always: the values were lossy-compressed before
     if careless_series:
         _careless(ds, careless_series)
     ds.save_as(out, enforce_file_format=False)
+    return choice
+
+
+@dataclass
+class Written:
+    """What :func:`write_image` wrote: ``files``; ``rewritten``, the indices of the files whose
+    pixel data was re-encoded (the others are byte copies of the input's); ``syntax``, the
+    transfer-syntax choices of the re-encoded DICOM instances (one entry per distinct choice)."""
+
+    files: list[Path]
+    rewritten: list[int] = field(default_factory=list)
+    syntax: list[dict[str, Any]] = field(default_factory=list)
+
+    def _note(self, choice: SyntaxChoice) -> None:
+        d = choice.to_dict()
+        if d not in self.syntax:
+            self.syntax.append(d)
 
 
 def write_like(image: Image, pixels: np.ndarray, out: str | Path, *, careless: bool = False,
@@ -142,8 +334,16 @@ def write_like(image: Image, pixels: np.ndarray, out: str | Path, *, careless: b
     Returns
     -------
     list of Path
-        The files written.
+        The files written (:func:`write_image` also says which were re-encoded and in which
+        transfer syntax).
     """
+    return write_image(image, pixels, out, careless=careless, jpeg_quality=jpeg_quality).files
+
+
+def write_image(image: Image, pixels: np.ndarray, out: str | Path, *, careless: bool = False,
+                jpeg_quality: int | None = None) -> Written:
+    """:func:`write_like`, returning a :class:`Written` record (files, re-encoded files, transfer
+    syntax choices) instead of the bare list of files."""
     out = Path(out)
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.shape != image.pixels.shape:
@@ -151,27 +351,28 @@ def write_like(image: Image, pixels: np.ndarray, out: str | Path, *, careless: b
     if image.format == "dicom":
         return _write_dicom(image, pixels, out, careless)
     if image.format in ("png", "jpeg", "tiff"):
-        return [_write_raster(image, pixels, out, jpeg_quality)]
+        return Written([_write_raster(image, pixels, out, jpeg_quality)], [0])
     if image.format == "nifti":
-        return [_write_nifti(image, pixels, out)]
+        return Written([_write_nifti(image, pixels, out)], [0])
     raise MedForensicsError(out, f"cannot write images of format {image.format!r}")
 
 
-def _write_dicom(image: Image, pixels: np.ndarray, out: Path, careless: bool) -> list[Path]:
+def _write_dicom(image: Image, pixels: np.ndarray, out: Path, careless: bool) -> Written:
     changed = pixels != image.pixels
     series_uid = generate_uid() if careless else None
     sources = [Path(s) for s in image.sources]
     if image.pixels.ndim == 3 and len(sources) == image.pixels.shape[0] and len(sources) > 1:
         new_folder(out)
-        written = []
+        written = Written([])
         for k, (src, ds) in enumerate(zip(sources, image.datasets)):
             dst = new_file(out / src.name)
             if not changed[k].any() and not careless:
                 shutil.copyfile(src, dst)
             else:
                 stored = physical_to_stored(ds, pixels[k])[None]
-                _write_instance(src, stored, changed[k][None], dst, series_uid)
-            written.append(dst)
+                written._note(_write_instance(src, stored, changed[k][None], dst, series_uid))
+                written.rewritten.append(k)
+            written.files.append(dst)
         return written
     if len(sources) != 1:
         raise MedForensicsError(out, "cannot write a volume that did not come from one file per slice")
@@ -179,8 +380,9 @@ def _write_dicom(image: Image, pixels: np.ndarray, out: Path, careless: bool) ->
     ds = image.datasets[0]
     frames = pixels if pixels.ndim == 3 else pixels[None]
     ch = changed if changed.ndim == 3 else changed[None]
-    _write_instance(sources[0], physical_to_stored(ds, frames), ch, dst, series_uid)
-    return [dst]
+    written = Written([dst], [0])
+    written._note(_write_instance(sources[0], physical_to_stored(ds, frames), ch, dst, series_uid))
+    return written
 
 
 def _write_raster(image: Image, pixels: np.ndarray, out: Path, jpeg_quality: int | None) -> Path:
