@@ -180,7 +180,11 @@ def _raw_range(ds: Dataset, decoded: np.ndarray) -> tuple[float, float]:
 
 
 def _to_physical(ds: Dataset, stored: np.ndarray) -> np.ndarray:
-    """Stored values to physical units: MONOCHROME1 inverted, Modality LUT applied."""
+    """Stored values to physical units: MONOCHROME1 inverted, Modality LUT applied.
+
+    Where the rescale is not usable (:func:`rescale_problem`: a NaN, infinite or zero slope, or
+    one that overflows float32) the Modality LUT is *not* applied: the pixels stay stored values
+    (no value is invented), and :mod:`medforensics.detectors.dicom_header` reports the header."""
     arr = stored
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         bits = int(getattr(ds, "BitsStored", getattr(ds, "BitsAllocated", 16)))
@@ -188,13 +192,147 @@ def _to_physical(ds: Dataset, stored: np.ndarray) -> np.ndarray:
             arr = -arr.astype(np.float32)
         else:
             arr = float((1 << bits) - 1) - arr.astype(np.float32)
+    base = arr
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if rescale_problem(ds, max(abs(lo), abs(hi))) is not None:
+        return np.asarray(base, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        try:
+            arr = apply_modality_lut(arr, ds)
+        except Exception:  # noqa: BLE001 - a broken LUT: plain slope/intercept (checked above)
+            slope = _number(ds.get("RescaleSlope"))
+            inter = _number(ds.get("RescaleIntercept"))
+            arr = arr * (1.0 if slope is None else slope) + (0.0 if inter is None else inter)
+        out = np.asarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(out)):  # a LUT table with non-finite entries: keep the stored values
+        return np.asarray(base, dtype=np.float32)
+    return out
+
+
+# ------------------------------------------------------------------ header values the loader uses
+
+#: Plausible range (mm) of a pixel's side and of a slice's thickness or spacing: a detector pixel
+#: of 1 micrometre to a 50 mm cell; slices up to 500 mm (scout images of the whole body). Outside
+#: it (or zero, negative, NaN, infinite, not a number) the value is not usable.
+PIXEL_MM = (1e-3, 50.0)
+SLICE_MM = (1e-3, 500.0)
+#: Largest |physical value| a rescale may give: float32 pixels stay finite and far below overflow.
+MAX_PHYSICAL = 1e30
+
+
+def _number(v) -> float | None:
+    """``v`` as a float, or ``None`` where it is absent, empty or not a number (NaN and infinities
+    are returned as such)."""
+    if v is None or v == "":
+        return None
     try:
-        arr = apply_modality_lut(arr, ds)
-    except Exception:  # noqa: BLE001 - a broken LUT: fall back to plain slope/intercept
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        arr = arr * slope + inter
-    return np.asarray(arr, dtype=np.float32)
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _why_not_mm(v: float | None, bounds: tuple[float, float]) -> str | None:
+    """Why a length in mm is not usable, or ``None`` where it is."""
+    if v is None:
+        return "not a number"
+    if not np.isfinite(v):
+        return "not finite"
+    if v == 0:
+        return "zero"
+    if v < 0:
+        return "negative"
+    if v < bounds[0]:
+        return f"absurdly small (under {bounds[0]:g} mm)"
+    if v > bounds[1]:
+        return f"absurdly large (over {bounds[1]:g} mm)"
+    return None
+
+
+def _shown(v) -> str:
+    if isinstance(v, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(x) for x in v)
+    return str(v)
+
+
+def spacing_problem(ds: Dataset, key: str) -> str | None:
+    """Why ``PixelSpacing`` or ``ImagerPixelSpacing`` of ``ds`` is present but not usable (two
+    lengths within :data:`PIXEL_MM`), or ``None``.
+
+    >>> ds = Dataset(); ds.PixelSpacing = ["0.7", "-0.7"]
+    >>> print(spacing_problem(ds, "PixelSpacing"))
+    PixelSpacing 0.7\\-0.7 is not usable: negative
+    """
+    v = ds.get(key)
+    if v is None or v == "":
+        return None
+    values = list(v) if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else [v]
+    if len(values) != 2:
+        return f"{key} {_shown(v)} is not usable: {len(values)} value(s) instead of 2"
+    for x in values:
+        why = _why_not_mm(_number(x), PIXEL_MM)
+        if why:
+            return f"{key} {_shown(v)} is not usable: {why}"
+    return None
+
+
+def length_problem(ds: Dataset, key: str) -> str | None:
+    """Why ``SliceThickness`` or ``SpacingBetweenSlices`` is present but not a usable length, or ``None``."""
+    v = ds.get(key)
+    if v is None or v == "":
+        return None
+    why = _why_not_mm(_number(v), SLICE_MM)
+    return f"{key} {_shown(v)} is not usable: {why}" if why else None
+
+
+def rescale_problem(ds: Dataset, max_stored: float | None = None) -> str | None:
+    """Why ``RescaleSlope`` / ``RescaleIntercept`` cannot turn stored values into physical ones
+    (present but not a number, NaN, infinite, a zero slope, or a product beyond
+    :data:`MAX_PHYSICAL` for stored values up to ``max_stored``), or ``None``."""
+    slope_v, inter_v = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    slope, inter = _number(slope_v), _number(inter_v)
+    if slope_v not in (None, "") and slope is None:
+        return f"RescaleSlope {_shown(slope_v)} is not a number"
+    if inter_v not in (None, "") and inter is None:
+        return f"RescaleIntercept {_shown(inter_v)} is not a number"
+    if slope is not None and not np.isfinite(slope):
+        return f"RescaleSlope {_shown(slope_v)} is not finite"
+    if inter is not None and not np.isfinite(inter):
+        return f"RescaleIntercept {_shown(inter_v)} is not finite"
+    if slope == 0:
+        return "RescaleSlope is zero (every pixel would take one value)"
+    reach = abs(slope if slope is not None else 1.0) * (max_stored if max_stored is not None else 65535.0) + \
+        abs(inter or 0.0)
+    if reach > MAX_PHYSICAL:
+        return (f"RescaleSlope {_shown(slope_v)} and RescaleIntercept {_shown(inter_v) if inter_v is not None else 0} "
+                f"give values beyond {MAX_PHYSICAL:g} (they overflow)")
+    return None
+
+
+def header_value_problems(ds: Dataset, max_stored: float | None = None) -> list[dict]:
+    """The header values the loader needs but cannot use, each ``{"key", "message", "effect"}``:
+    pixel spacing (regions then stay in pixels, no millimetres), slice thickness and spacing
+    (the slice step is taken from ImagePositionPatient where there is one), rescale (the pixels
+    stay stored values).
+
+    >>> ds = Dataset(); ds.SliceThickness = "-2.5"; ds.RescaleSlope = "0"
+    >>> [p["key"] for p in header_value_problems(ds)]
+    ['SliceThickness', 'RescaleSlope']
+    """
+    out = []
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        msg = spacing_problem(ds, key)
+        if msg:
+            out.append({"key": key, "message": msg, "effect": "regions are given in pixels, not millimetres"})
+    for key in ("SliceThickness", "SpacingBetweenSlices"):
+        msg = length_problem(ds, key)
+        if msg:
+            out.append({"key": key, "message": msg,
+                        "effect": "the slice step is taken from ImagePositionPatient where there is one"})
+    msg = rescale_problem(ds, max_stored)
+    if msg:
+        out.append({"key": "RescaleSlope" if "Slope" in msg.split(" ")[0] else "RescaleIntercept", "message": msg,
+                    "effect": "the pixels are analysed as stored values, not physical units"})
+    return out
 
 
 def _strip(ds: Dataset) -> Dataset:
@@ -205,15 +343,16 @@ def _strip(ds: Dataset) -> Dataset:
 
 
 def _spacing_2d(ds: Dataset) -> tuple[float | None, float | None]:
+    """(row, column) spacing in mm from PixelSpacing, else ImagerPixelSpacing; ``(None, None)``
+    where neither is present, or where the one present is not usable (:func:`spacing_problem`):
+    no spacing is invented, regions then stay in pixels."""
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
         v = ds.get(key)
-        if v is not None and len(v) == 2:
-            try:
-                dr, dc = float(v[0]), float(v[1])
-            except (TypeError, ValueError):
-                continue
-            if dr > 0 and dc > 0 and np.isfinite(dr) and np.isfinite(dc):
-                return dr, dc
+        if v is None or v == "":
+            continue
+        if spacing_problem(ds, key) is not None:
+            return None, None
+        return float(v[0]), float(v[1])
     return None, None
 
 
@@ -233,9 +372,11 @@ def _geometry(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 
 def _affine(origin: np.ndarray, slice_step: np.ndarray, r: np.ndarray, c: np.ndarray,
-            spacing_rc: tuple[float | None, float | None]) -> np.ndarray:
-    dr = spacing_rc[0] or 1.0
-    dc = spacing_rc[1] or 1.0
+            spacing_rc: tuple[float | None, float | None]) -> np.ndarray | None:
+    """Voxel index to patient mm; ``None`` where the pixel spacing is unknown (no mm are invented)."""
+    dr, dc = spacing_rc
+    if dr is None or dc is None:
+        return None
     a = np.eye(4)
     a[:3, 0] = slice_step
     a[:3, 1] = c * dr  # moving down one row follows the column cosine
@@ -246,6 +387,16 @@ def _affine(origin: np.ndarray, slice_step: np.ndarray, r: np.ndarray, c: np.nda
 
 def _uid(ds: Dataset, key: str, fallback: str) -> str:
     return str(getattr(ds, key, "") or fallback)
+
+
+def _unusable(datasets: Sequence[Dataset], ranges: Sequence[tuple[float, float]]) -> list[dict]:
+    """:func:`header_value_problems` of each instance, merged: one entry per message with the
+    slices (indices into ``datasets``) that carry it."""
+    merged: dict[str, dict] = {}
+    for k, (ds, (lo, hi)) in enumerate(zip(datasets, ranges)):
+        for p in header_value_problems(ds, max(abs(lo), abs(hi))):
+            merged.setdefault(p["message"], {**p, "slices": []})["slices"].append(k)
+    return list(merged.values())
 
 
 def load_instance(path: str | Path, budget: int | str | None = None) -> Image:
@@ -268,6 +419,7 @@ def load_instance(path: str | Path, budget: int | str | None = None) -> Image:
             "transfer_syntax": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")),
             "color": int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1,
             "photometric": str(getattr(ds, "PhotometricInterpretation", ""))}
+    meta["unusable_values"] = _unusable([ds], [rng])
     if n == 1:
         pixels = _to_physical(ds, stored[0])
         spacing = _spacing_2d(ds)
@@ -300,7 +452,9 @@ def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta
     for i in range(stored.shape[0]):
         px = group(i, "PixelMeasuresSequence")
         if px is not None and "PixelSpacing" in px:
-            spacing = (float(px.PixelSpacing[0]), float(px.PixelSpacing[1]))
+            spacing = _spacing_2d(px)
+            for p in header_value_problems(px)[:1] if spacing == (None, None) else []:
+                meta["unusable_values"].append({**p, "slices": [i]})
         po = group(i, "PlaneOrientationSequence")
         if po is not None and "ImageOrientationPatient" in po:
             orient = np.array([float(v) for v in po.ImageOrientationPatient])
@@ -308,9 +462,17 @@ def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta
         positions.append(np.array([float(v) for v in pp.ImagePositionPatient]) if pp is not None and
                          "ImagePositionPatient" in pp else None)
         tr = group(i, "PixelValueTransformationSequence")
-        slope = float(getattr(tr, "RescaleSlope", 1) or 1) if tr is not None else float(getattr(ds, "RescaleSlope", 1) or 1)
-        inter = float(getattr(tr, "RescaleIntercept", 0) or 0) if tr is not None else float(getattr(ds, "RescaleIntercept", 0) or 0)
+        src = tr if tr is not None else ds
         frame = stored[i].astype(np.float32)
+        why = rescale_problem(src, float(np.abs(frame).max()) if frame.size else 0.0)
+        if why is None:
+            slope, inter = _number(src.get("RescaleSlope")), _number(src.get("RescaleIntercept"))
+            slope, inter = (1.0 if slope is None else slope), (0.0 if inter is None else inter)
+        else:  # not usable: the frame stays stored values (reported, never replaced by a guess)
+            slope, inter = 1.0, 0.0
+            if tr is not None:
+                meta["unusable_values"].append({"key": "RescaleSlope", "message": why, "slices": [i],
+                                                "effect": "the pixels are analysed as stored values, not physical units"})
         if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
             frame = float((1 << int(getattr(ds, "BitsStored", 16))) - 1) - frame
         frames.append(frame * slope + inter)
@@ -329,35 +491,65 @@ def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta
         meta["slice_positions"] = [float(v) for v in s[order]]
     pixels = np.stack([frames[i] for i in order]).astype(np.float32)
     if slice_spacing is None:
-        st = getattr(ds, "SpacingBetweenSlices", None) or getattr(ds, "SliceThickness", None)
-        slice_spacing = float(st) if st else None
+        for key in ("SpacingBetweenSlices", "SliceThickness"):
+            if ds.get(key) not in (None, "") and length_problem(ds, key) is None:
+                slice_spacing = float(ds.get(key))
+                break
     return Image(pixels=pixels, spacing=(slice_spacing, spacing[0], spacing[1]), modality=modality, format="dicom",
                  sources=[path], uid=_uid(ds, "SeriesInstanceUID", path.name), datasets=[_strip(ds)], meta=meta,
                  affine=affine)
 
 
-def is_volume_candidate(headers: Sequence[Dataset]) -> bool:
-    """Whether the instances of one series should be stacked into a volume.
+#: Without a usable SliceThickness, slices this close (mm) along the normal are adjacent: the
+#: thickest reconstructions in clinical use are 10 mm.
+MAX_ADJACENT_MM = 10.0
 
-    True for two or more single-frame cross-sectional instances with patient geometry, at least
-    two of which are adjacent (spacing not much larger than the slice thickness). Sparse picks
-    of far-apart slices stay separate 2D images.
+
+def volume_rule(headers: Sequence[Dataset]) -> tuple[bool, str | None]:
+    """Whether the instances of one series should be stacked into a volume, and, where they are
+    not although they look like one, the rule that failed (one line, for the items).
+
+    A volume: two or more single-frame cross-sectional instances, at least two with patient
+    geometry (:func:`load_series` leaves out and reports the others), two of which are adjacent:
+    their interval along the slice normal is at most 1.9x the SliceThickness, or, where the
+    thickness is not usable (absent, zero, negative, NaN: :func:`length_problem`), at most
+    ``MAX_ADJACENT_MM``. Sparse picks of far-apart slices stay separate 2D images (no rule failed:
+    ``(False, None)``). Duplicated positions count as a volume (the loader reports them).
+
+    >>> def ct(z, t="2.5"):
+    ...     ds = Dataset(); ds.Modality = "CT"; ds.SliceThickness = t
+    ...     ds.ImagePositionPatient = [0, 0, z]; ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ...     return ds
+    >>> volume_rule([ct(0, "-2.5"), ct(2.5, "-2.5"), ct(5, "-2.5")])
+    (True, None)
+    >>> volume_rule([ct(0), ct(200)])
+    (False, None)
     """
-    if len(headers) < 2:
-        return False
+    n = len(headers)
+    if n < 2:
+        return False, None
     if any(str(getattr(h, "Modality", "")) not in CROSS_SECTIONAL for h in headers):
-        return False
-    if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 for h in headers):
-        return False
-    geos = [_geometry(h) for h in headers]
-    if any(g is None for g in geos):
-        return False
+        return False, None
+    if any((_number(getattr(h, "NumberOfFrames", 1)) or 1) > 1 for h in headers):
+        return False, None
+    geos = [g for g in (_geometry(h) for h in headers) if g is not None]
+    if len(geos) < 2:
+        return False, (f"the {n} instances of the series cannot be stacked into a volume: "
+                       f"{n - len(geos)} lack usable ImagePositionPatient/ImageOrientationPatient")
     normal = np.cross(geos[0][1], geos[0][2])
     s = np.sort([float(g[0] @ normal) for g in geos])
     diffs = np.diff(s)
-    thickness = float(getattr(headers[0], "SliceThickness", 0) or 0) or float(np.min(diffs[diffs > 0], initial=1.0))
-    adjacent = diffs[(diffs > 0) & (diffs <= 1.9 * max(thickness, 1e-3))]
-    return len(adjacent) > 0 or np.any(diffs == 0)
+    if np.any(diffs == 0):
+        return True, None
+    thickness = _number(headers[0].get("SliceThickness"))
+    usable = length_problem(headers[0], "SliceThickness") is None and thickness is not None
+    limit = 1.9 * thickness if usable else MAX_ADJACENT_MM
+    return bool(np.any(diffs <= limit)), None
+
+
+def is_volume_candidate(headers: Sequence[Dataset]) -> bool:
+    """Whether the instances of one series should be stacked into a volume (:func:`volume_rule`)."""
+    return volume_rule(headers)[0]
 
 
 #: Relative tolerance within which two slice intervals count as equal (reconstructed positions are
@@ -584,18 +776,22 @@ def load_series(paths: Sequence[str | Path]) -> Image:
     rc = _spacing_2d(first)
     if len(slices) > 1:
         step = (slices[-1][4] - slices[0][4]) / (len(slices) - 1)
-    else:
-        step = normal * float(getattr(first, "SliceThickness", 1) or 1)
+    else:  # one slice left: its thickness, where usable, else no slice spacing
+        t = _number(first.get("SliceThickness")) if length_problem(first, "SliceThickness") is None else None
+        step_mm = t
+        step = normal * (t or 1.0)
     meta = {
         "stored_range": [ranges[p] for p, _, _, _, _ in slices],
         "series_problems": problems,
         "slice_positions": [float(v) for v in positions],
         "spacing": spacing,
         "transfer_syntax": str(getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "")),
+        "unusable_values": _unusable([s[1] for s in slices], [ranges[s[0]] for s in slices]),
         "excluded_files": sorted({f for pr in problems if pr["kind"] != "gap" for f in pr["files"][-1:]}
                                  | {f for pr in problems if pr["kind"] in ("mixed_size", "missing_position") for f in pr["files"]}),
     }
-    return Image(pixels=pixels, spacing=(step_mm or float(np.linalg.norm(step)), rc[0], rc[1]),
+    return Image(pixels=pixels, spacing=(step_mm if len(slices) == 1 else step_mm or float(np.linalg.norm(step)),
+                                         rc[0], rc[1]),
                  modality=str(getattr(first, "Modality", "") or "OT"), format="dicom",
                  sources=[s[0] for s in slices], uid=_uid(first, "SeriesInstanceUID", slices[0][0].parent.name),
                  datasets=[_strip(s[1]) for s in slices], meta=meta,
