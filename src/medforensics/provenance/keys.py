@@ -7,13 +7,21 @@ root CA (``ca.pem``, ``ca-key.pem``) and a signer certificate issued by it (``ce
 ``key.pem``). In production, load the hospital's own key and certificate with
 :func:`load_identity` instead.
 
+Every signer certificate made here carries a random serial-number attribute in its subject, so
+two identities never share a subject even when given the same common name; without a name the
+common name itself is unique too (:func:`default_signer_name`: host, date and a random part). A
+signature by someone else's fresh key therefore never *looks* like ours -- though only a trust
+anchor (``verify --trust``) proves who signed.
+
 Example
 -------
 >>> import tempfile
 >>> from pathlib import Path
 >>> ident = new_identity("Radiology signer", algorithm="ec")
->>> ident.algorithm, ident.cert.subject.rfc4514_string()
-('ec', 'O=medforensics,CN=Radiology signer')
+>>> ident.algorithm, subject(ident.cert)[:35]
+('ec', 'CN=Radiology signer, O=medforensics')
+>>> subject(ident.cert) != subject(new_identity("Radiology signer").cert)   # the serialNumber differs
+True
 >>> tmp = tempfile.TemporaryDirectory()
 >>> folder = Path(tmp.name) / "keys"
 >>> sorted(ident.save(folder))
@@ -72,8 +80,7 @@ class Identity:
     def save(self, folder: str | Path) -> dict[str, Path]:
         """Write ``key.pem`` (mode 0600) and ``cert.pem``, plus ``ca.pem`` when a root is in the
         chain; refuses to replace existing files. Returns the paths written."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_folder(folder)
         files = {"key": folder / "key.pem", "cert": folder / "cert.pem"}
         roots = [c for c in self.chain if _self_issued(c)]
         if roots:
@@ -81,10 +88,16 @@ class Identity:
         for p in files.values():
             if p.exists():
                 raise MedForensicsError(p, "already exists; choose a new folder")
-        _write_private(files["key"], self.key_pem())
-        files["cert"].write_bytes(self.cert_pem())
+        written = {"key": self.key_pem(), "cert": self.cert_pem()}
         if roots:
-            files["ca"].write_bytes(roots[-1].public_bytes(serialization.Encoding.PEM))
+            written["ca"] = roots[-1].public_bytes(serialization.Encoding.PEM)
+        for role, data in written.items():
+            try:
+                _write_new(files[role], data, 0o600 if role == "key" else 0o644)
+            except FileExistsError:
+                raise MedForensicsError(files[role], "already exists; choose a new folder") from None
+            except OSError as e:
+                raise MedForensicsError(files[role], f"cannot be written ({e.strerror})") from None
         return files
 
 
@@ -97,11 +110,38 @@ def generate_key(algorithm: str = "ec", *, rsa_bits: int = 2048):
     raise MedForensicsError(None, f"unknown key algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
-def _name(common_name: str, organisation: str | None) -> x509.Name:
+def _name(common_name: str, organisation: str | None, serial: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organisation:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation))
+    if serial:
+        attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial))
     return x509.Name(attrs)
+
+
+def subject(cert: x509.Certificate) -> str:
+    """The certificate's subject as people read it, in the certificate's order (as ``openssl x509
+    -subject`` prints it): ``CN=..., O=medforensics, serialNumber=...``."""
+    return ", ".join(a.rfc4514_string({NameOID.SERIAL_NUMBER: "serialNumber"}) for a in cert.subject)
+
+
+def unique_token() -> str:
+    """16 random hex digits: the ``serialNumber`` attribute that makes each signer's subject unique."""
+    import secrets
+
+    return secrets.token_hex(8)
+
+
+def default_signer_name(token: str | None = None) -> str:
+    """``medforensics signer HOST DATE #TOKEN``: the common name of a signer made without a name
+    (``keys new`` without ``--name``); ``TOKEN`` is random (:func:`unique_token`), so two such
+    signers never share a name."""
+    import re
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9-]", "", (socket.gethostname() or "").split(".")[0])[:32] or "host"
+    day = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    return f"medforensics signer {host} {day} #{(token or unique_token())[:8]}"
 
 
 def _hash_for(key) -> hashes.HashAlgorithm | None:
@@ -110,15 +150,16 @@ def _hash_for(key) -> hashes.HashAlgorithm | None:
 
 def issue_certificate(subject_key, common_name: str, *, issuer_key=None, issuer_cert: x509.Certificate | None = None,
                       ca: bool = False, days: int = 825, organisation: str | None = "medforensics",
-                      not_before: _dt.datetime | None = None) -> x509.Certificate:
+                      not_before: _dt.datetime | None = None, serial: str | None = None) -> x509.Certificate:
     """Issue an X.509 v3 certificate for ``subject_key``: self-signed when no issuer is given.
+    ``serial`` adds a ``serialNumber`` attribute to the subject (a unique name for the signer).
 
     A CA certificate may sign certificates; a leaf certificate may sign documents (digital
     signature and non-repudiation key usage; e-mail protection and document signing extended
     key usage, which C2PA requires of claim signers).
     """
     now = not_before or (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=5))
-    subject = _name(common_name, organisation)
+    subject = _name(common_name, organisation, serial)
     issuer_key = issuer_key or subject_key
     issuer_name = issuer_cert.subject if issuer_cert is not None else subject
     pub = subject_key.public_key()
@@ -142,15 +183,21 @@ def issue_certificate(subject_key, common_name: str, *, issuer_key=None, issuer_
     return b.sign(issuer_key, _hash_for(issuer_key))
 
 
-def new_identity(common_name: str = "medforensics signer", *, algorithm: str = "ec", days: int = 825,
+def new_identity(common_name: str | None = None, *, algorithm: str = "ec", days: int = 825,
                  organisation: str | None = "medforensics", ca_name: str | None = None) -> Identity:
-    """A root CA and a signer certificate issued by it (the root travels in ``chain``)."""
+    """A root CA and a signer certificate issued by it (the root travels in ``chain``).
+
+    The signer's subject holds ``common_name`` (default: :func:`default_signer_name`, unique) and a
+    random ``serialNumber`` attribute, so no two identities share a subject; the CA's has the
+    same serial number (``"<common name> root CA"`` unless ``ca_name`` is given)."""
+    token = unique_token()
+    common_name = common_name or default_signer_name(token)
     ca_key = generate_key(algorithm)
     ca_cert = issue_certificate(ca_key, ca_name or f"{common_name} root CA", ca=True, days=days + 365,
-                                organisation=organisation)
+                                organisation=organisation, serial=token)
     key = generate_key(algorithm)
     cert = issue_certificate(key, common_name, issuer_key=ca_key, issuer_cert=ca_cert, days=days,
-                             organisation=organisation)
+                             organisation=organisation, serial=token)
     return Identity(key=key, cert=cert, chain=[ca_cert], ca_key=ca_key)
 
 
@@ -226,8 +273,27 @@ def read_bytes(path: str | Path) -> bytes:
         raise MedForensicsError(path, f"cannot be read ({e.strerror})") from None
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def make_folder(path: str | Path) -> Path:
+    """Create the folder ``path`` and its parents (an existing folder is fine) or raise a one-line
+    :class:`MedForensicsError` naming it and the problem: a file in the way, no permission, ...
+    Shared by the provenance tools."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise MedForensicsError(path, "exists and is not a folder") from None
+    except NotADirectoryError:
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        raise MedForensicsError(path, f"cannot create the folder: {blocker or 'a part of the path'} is a "
+                                      "file, not a folder") from None
+    except OSError as e:
+        raise MedForensicsError(path, f"cannot create the folder ({e.strerror or one_line(e, 120)})") from None
+    return path
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write a new file (``FileExistsError`` when something is there) with permission ``mode``."""
     import os
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
