@@ -327,3 +327,20 @@ def test_file_api_multiframe_and_lossy_refused(tmp_path, run_cli):
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "693_J2KI.dcm" in lines[0] and "lossy" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_cli_output_problems_are_one_line_errors(tmp_path, run_cli):
+    """A file where the output folder should be, or a JSON file in a missing folder: one line naming
+    the path and the problem (issue 18), never a raw OS error, and nothing written."""
+    ct = get_testdata_file("CT_small.dcm")
+    (tmp_path / "file").write_text("x")
+    for cmd in ("embed", "restore"):
+        r = run_cli("watermark", cmd, ct, "--out", tmp_path / "file" / "out")
+        assert r.returncode == 1, r.stderr
+        assert "file/out: cannot create the folder" in r.stderr and "is a file, not a folder" in r.stderr
+        assert "Errno" not in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("watermark", "embed", ct, "--out", tmp_path / "file")
+    assert r.returncode == 2 and "exists and is not a folder" in r.stderr
+    r = run_cli("watermark", "check", ct, "--json", tmp_path / "missing" / "c.jsonl")
+    assert r.returncode == 2 and "missing does not exist" in r.stderr and "Errno" not in r.stderr
+    assert (tmp_path / "file").read_text() == "x"

@@ -68,6 +68,18 @@ def plan(paths: List[Path], out_dir: Path, suffix: str) -> tuple[list[tuple[Path
     return pairs, errors
 
 
+def where(written: List[Path], out: Path) -> str:
+    """Where the files went, for the summary line: ``to OUT/sub`` when they share one folder,
+    ``to N folders under OUT (OUT/a, OUT/b, ...)`` otherwise, ``to OUT`` when nothing was written."""
+    folders = sorted({str(p.parent) for p in written})
+    if not folders:
+        return f"to {out}"
+    if len(folders) == 1:
+        return f"to {folders[0]}"
+    shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
+    return f"to {len(folders)} folders under {out} ({shown})"
+
+
 def export_cmd(
     paths: List[Path] = typer.Argument(..., help="DICOM files and folders (PNG/JPEG/TIFF files too)."),
     out: Path = typer.Option(..., "--out", help="Folder for the exported images (created if missing); "
@@ -93,7 +105,7 @@ def export_cmd(
     Existing files are never overwritten.
     """
     from ..provenance.c2pa_manifest import _common_name, export
-    from ..provenance.keys import load_identity
+    from ..provenance.keys import load_identity, make_folder
 
     fmt = fmt.lower()
     if fmt not in ("png", "jpeg", "jpg"):
@@ -120,15 +132,18 @@ def export_cmd(
         raise UsageError("no DICOM or raster images found in the given paths")
     for e in errors:
         err.print(f"[red]error[/red] {escape(e)}", soft_wrap=True)
-    done = 0
+    if pairs:
+        make_folder(out)  # a file in the way or no permission: one line naming the folder
+    done, written = 0, []
     with progress_bar("exporting") as progress:
         task = progress.add_task("", total=len(pairs))
         for src, dst in pairs:
             progress.update(task, description=src.name)
             try:
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(dst.parent)
                 export(src, dst, identity, window=win, bits=bits, quality=quality, max_size=max_size)
                 done += 1
+                written.append(dst)
             except MedForensicsError as e:
                 if debug:
                     raise
@@ -137,7 +152,8 @@ def export_cmd(
             progress.advance(task)
     signed = f", C2PA manifest signed by {_common_name(identity.cert)}" if identity else \
         ", without C2PA manifest"
-    err.print(f"exported {done} of {len(pairs)} image(s) to {out}{signed}", soft_wrap=True, highlight=False)
+    err.print(f"exported {done} of {len(pairs)} image(s) {where(written, out)}{signed}", soft_wrap=True,
+              highlight=False)
     if errors:
         raise typer.Exit(1)
 

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .console import UsageError, err, out
+from .console import UsageError, err, new_output, out
 from ..progress import progress_bar
 from ..core import MedForensicsError
 
@@ -73,8 +73,11 @@ def embed_cmd(
     """Watermark DICOM files into new files; print the diagnostic impact (max deviation, PSNR)."""
     from ..provenance.watermark import embed_file
 
+    from ..provenance.keys import make_folder
+
     key = _key(key_file)
     pairs = _targets(_inputs(paths), out_dir)
+    make_folder(out_dir)  # a file in the way or no permission: one line naming the folder, nothing written
     table = Table(title=f"watermark embed ({'keyed HMAC-SHA-256' if key else 'SHA-256, no key'}, block {block})")
     for col in ("file", "blocks", "max dev (stored)", "max dev (physical)", "mean dev", "PSNR dB"):
         table.add_column(col, overflow="fold")
@@ -86,7 +89,7 @@ def embed_cmd(
             try:
                 if inp.problem:
                     raise MedForensicsError(src, inp.problem)
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(dst.parent)
                 r = embed_file(src, dst, key, block=block)
                 table.add_row(escape(str(dst)), str(r.n_blocks), str(r.max_abs_dev),
                               f"{r.max_abs_dev_physical:g} {r.physical_unit}", f"{r.mean_abs_dev:.3f}",
@@ -115,8 +118,7 @@ def check_cmd(
 
     key = _key(key_file)
     found = _inputs(paths)
-    if json_out is not None and json_out.exists():
-        raise UsageError(f"{json_out}: already exists; choose a new name")
+    new_output(json_out)  # new file in an existing folder, else a usage error naming it
     table = Table(title="watermark check")
     for col in ("file", "status", "tampered blocks (row0, col0, row1, col1)"):
         table.add_column(col, overflow="fold")
@@ -164,8 +166,11 @@ def restore_cmd(
     """Write the exact original pixels (bit for bit) of watermarked files; tampered files are refused unless --partial."""
     from ..provenance.watermark import restore_file
 
+    from ..provenance.keys import make_folder
+
     key = _key(key_file)
     pairs = _targets(_inputs(paths), out_dir)
+    make_folder(out_dir)
     failed = 0
     with progress_bar("restoring") as progress:
         task = progress.add_task("", total=len(pairs))
@@ -174,7 +179,7 @@ def restore_cmd(
             try:
                 if inp.problem:
                     raise MedForensicsError(src, inp.problem)
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(dst.parent)
                 r = restore_file(src, dst, key, partial=partial)
                 note = "" if r.intact else f" (partial: {len(r.tampered_blocks)} tampered block(s) left as they are)"
                 progress.console.print(f"restored {dst}{note}", soft_wrap=True, markup=False, highlight=False)
