@@ -17,6 +17,8 @@ from pydicom.pixels import apply_modality_lut
 from medforensics.core import MedForensicsError
 from medforensics.io import load, load_instance
 from medforensics.provenance.c2pa_manifest import apply_window, export, read_c2pa, verify_manifest
+from medforensics.provenance.keys import subject
+from medforensics.provenance.trust import fingerprint
 from medforensics.provenance.keys import Identity, generate_key, issue_certificate, new_identity
 
 CT = get_testdata_file("CT_small.dcm")
@@ -170,14 +172,16 @@ def test_trust_right_ca_wrong_ca_and_files(ids, tmp_path):
     assert wrong.reasons == ["the signer's certificate does not chain to a trusted CA (signingCredential.untrusted)"]
     # the RSA signer's CA does not vouch for the EC signer either
     assert verify_manifest(dst, trust=[ca_of(ids["rsa"])]).trusted is False
-    # no trust list: the signature is checked, the signer is not judged
+    # no trust list: the signature is checked, the signer is not judged -- but named
     plain = verify_manifest(dst)
-    assert plain.ok and plain.trusted is None
+    assert plain.ok and plain.trusted is None and plain.trust == "not-checked"
+    assert plain.signer_subject == subject(ids["ec"].cert) and plain.signer_fingerprint == fingerprint(ids["ec"].cert)
     assert verify_manifest(dst, trust=[]).trusted is False  # an empty list trusts no one
     with pytest.raises(MedForensicsError, match="not a readable X.509 certificate"):
         verify_manifest(dst, trust=[paths["key"]])
-    with pytest.raises(MedForensicsError, match="cert.pem: holds no CA certificate"):
-        verify_manifest(dst, trust=[paths["cert"]])  # the signer's own certificate anchors nothing
+    # the signer's own certificate as anchor pins that signer, as for DICOM signatures (one decision)
+    assert verify_manifest(dst, trust=[paths["cert"]]).trust == "trusted"
+    assert verify_manifest(dst, trust=[ca_of(ids["other"]), paths["ca"]]).trust == "trusted"
 
 
 # ------------------------------------------------------------------ tampering and damage
@@ -337,6 +341,7 @@ def test_cli_export(ids, tmp_path, capsys, monkeypatch, run_cli):
     # the folder's layout below --out, without the folder's own name (io.plan's one layout)
     assert made == ["series1/1.2.3.4.png", "series1/CT_small.png", "series1/MR_small.png"]
     assert "exported 3 of 3" in r.stderr and "Radiology export RSA" in r.stderr
+    assert f"to {out / 'series1'}," in r.stderr  # the folder the files really went to (issue 18)
     assert "skipped 1 file(s) that export does not take" in r.stderr  # README.txt
     chk = verify_manifest(out / "series1/CT_small.png", trust=[keys["ca"]])
     assert chk.ok and "c2pa.color_adjustments" in chk.actions
@@ -364,6 +369,11 @@ def test_cli_export(ids, tmp_path, capsys, monkeypatch, run_cli):
              "--format", "jpeg", *sign)
     assert r.returncode == 1 and "no pixel data" in r.stderr and "exported 1 of 2" in r.stderr
     assert verify_manifest(tmp_path / "o3" / "CT_small.jpg").valid
+
+    # a file where the output folder should be: one line naming it, no raw OS error
+    (tmp_path / "file").write_text("x")
+    r = run_cli("export", CT, "--out", tmp_path / "file" / "o", *sign)
+    assert r.returncode == 1 and "cannot create the folder" in r.stderr and "Errno" not in r.stderr
 
     # --no-manifest writes plain images
     r = run_cli("export", CT, "--out", tmp_path / "o4", "--no-manifest")

@@ -18,7 +18,7 @@ def test_demo_end_to_end(tmp_path):
     false_alarms = [n for n, r in records.items() if "originals" in r["path"] and r["label"] != "authentic"]
     assert len(false_alarms) <= 1, false_alarms
     # provenance: the signed original holds, its invisibly changed copy is caught where it changed
-    assert records["ct_signed.dcm"]["provenance"] == "signature:valid watermark:intact"
+    assert records["ct_signed.dcm"]["provenance"] == "signature:trusted watermark:intact"
     tampered = records["ct_signed_tampered.dcm"]
     assert tampered["label"] == "manipulated" and tampered["evidence"][0]["detector"] == "provenance"
     r0, c0, r1, c1 = tampered["evidence"][0]["regions"][0]["bbox_voxel"]

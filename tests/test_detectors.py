@@ -437,7 +437,7 @@ def test_container_c2pa_generator_claim_and_tampering(tmp_path):
     gen = _signed_png(tmp_path, "trainedAlgorithmicMedia")
     ev = DET["container"].detect(load(gen)[0])
     assert ev.score > 0.8 and ev.indicates == "synthesis"
-    assert ev.details["c2pa"]["signer"] == "Test signer" and ev.details["c2pa"]["untrusted"]
+    assert ev.details["c2pa"]["signer"] == "Test signer" and ev.details["c2pa"]["trust"] == "not-checked"
     cap = _signed_png(tmp_path, "digitalCapture")
     ev = DET["container"].detect(load(cap)[0])
     assert ev.score < 0.5 and ev.provenance.startswith("c2pa-valid")

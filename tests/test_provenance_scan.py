@@ -53,11 +53,18 @@ def test_intact_proofs_are_no_evidence_of_manipulation(tmp_path, identity):
     signed = _protect(tmp_path, identity)
     with Ledger.create(tmp_path / "log.sqlite", generate_key()) as lg:
         lg.append([fingerprint(signed)])
+    ca = identity.save(tmp_path / "keys")["ca"]
+    _, ev = _evidence(signed, trust=[ca], ledger=str(tmp_path / "log.sqlite"))
+    assert ev.score == 0.0
+    assert ev.details["status"] == {"signature": {"trusted": 1}, "watermark": {"intact": 1}, "ledger": {"unchanged": 1}}
+    assert ev.provenance == "signature:trusted watermark:intact ledger:unchanged"
+    assert ev.explanation.startswith("provenance holds")
+    # without trust anchors the intact signature is no evidence either way, and the signer is named
     _, ev = _evidence(signed, trust=[], ledger=str(tmp_path / "log.sqlite"))
     assert ev.score == 0.0
-    assert ev.details["status"] == {"signature": {"valid": 1}, "watermark": {"intact": 1}, "ledger": {"unchanged": 1}}
-    assert ev.provenance == "signature:valid watermark:intact ledger:unchanged"
-    assert ev.explanation.startswith("provenance holds")
+    assert ev.details["status"]["signature"] == {"not-checked": 1}
+    assert ev.provenance == "signature:not-checked watermark:intact ledger:unchanged"
+    assert "not checked against any trust anchor" in ev.explanation and "CN=Radiology signer" in ev.explanation
     assert not ev.regions
 
 
@@ -134,7 +141,7 @@ def test_series_region_lands_on_the_edited_slice(tmp_path, identity, lidc_series
     _edit(target, edited / target.name, slice(200, 230), slice(300, 330), delta=300)
     image = load(edited)[0]
     ev = ProvenanceDetector(trust=[], ledger=None).detect(image)
-    assert ev.details["status"]["signature"] == {"valid": 5, "broken": 1}
+    assert ev.details["status"]["signature"] == {"not-checked": 5, "broken": 1}
     (reg,) = ev.regions
     s0, r0, c0, s1, r1, c1 = reg.bbox_voxel
     assert (s0, s1) == (k, k + 1)
@@ -157,7 +164,7 @@ def test_scan_cli_reports_provenance(tmp_path, identity, run_cli):
     assert r.returncode == 0, r.stderr
     recs = {rec["path"].rsplit("/", 1)[-1]: rec for rec in map(json.loads, out.read_text().splitlines())}
     assert recs["signed.dcm"]["label"] == "authentic"
-    assert recs["signed.dcm"]["provenance"] == "signature:valid watermark:intact ledger:unchanged"
+    assert recs["signed.dcm"]["provenance"] == "signature:trusted watermark:intact ledger:unchanged"
     assert recs["bad.dcm"]["label"] == "manipulated"
     (ev,) = recs["bad.dcm"]["evidence"]
     assert ev["detector"] == "provenance" and ev["regions"][0]["bbox_voxel"] == [0, 0, 32, 32]

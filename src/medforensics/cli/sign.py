@@ -6,8 +6,19 @@ folder's layout is kept below ``--out`` without the folder's own name, a file gi
 its top; every output is checked to be new before anything is written: exit 2 otherwise); exit 1
 when any input failed. Inputs follow the planner's rule: ``sign`` takes DICOM files, ``verify``
 DICOM, PNG and JPEG; other files found in folders are skipped and counted, hidden names too.
-``verify`` prints one row per signature; exit 0 only when every file is signed and every
-signature verified -- an unsigned file counts as not verified.
+``verify`` prints one row per signature or C2PA manifest. Its exit status:
+
+* 0 -- every file is signed, every signature intact and its signer chains to a trust anchor
+  (``--trust``, else ``MEDFORENSICS_TRUST``);
+* 1 -- any file unsigned, unreadable, changed after signing (broken), signed by an untrusted
+  signer, with an expired certificate or an unsupported algorithm;
+* 2 -- usage error;
+* 3 -- every signature intact, but no trust anchors were given, so the signers were NOT checked:
+  anyone can sign with a key of their own. Each signer's subject and certificate SHA-256
+  fingerprint are printed for a person to compare.
+
+Trust is decided by :func:`medforensics.provenance.trust.decide`, the function the ``provenance``
+detector of ``scan`` uses too.
 """
 from __future__ import annotations
 
@@ -25,6 +36,8 @@ from ..progress import progress_bar
 from ..core import MedForensicsError
 
 _RASTER = {"png", "jpeg"}
+#: exit status of verify when every signature is intact but no trust anchors were given
+NOT_CHECKED_EXIT = 3
 
 
 def _plan(paths: List[Path], command: str):
@@ -52,7 +65,7 @@ def sign_cmd(
                                          help="Leave out the signed per-attribute and per-block digests."),
 ) -> None:
     """Add a DICOM digital signature (PS3.15) to copies of DICOM files; dcmsign verifies them."""
-    from ..provenance.keys import load_identity
+    from ..provenance.keys import load_identity, make_folder
     from ..provenance.signature import MAC_ALGORITHMS, PROFILES, parse_tags, sign_file
 
     if profile not in PROFILES:
@@ -81,7 +94,7 @@ def sign_cmd(
         files = p.targets(out_dir)
     except OutputCollision as e:
         raise UsageError(str(e)) from None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     failed = done = 0
     with progress_bar("signing") as bar:
         task = bar.add_task("", total=len(files))
@@ -91,7 +104,7 @@ def sign_cmd(
             try:
                 if inp.problem:
                     raise MedForensicsError(src, inp.problem)
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(dst.parent)
                 sign_file(src, dst, ident, tags=sel, profile=profile, mac_algorithm=mac.upper(),
                           block_digest=not no_block_digest)
                 done += 1
@@ -123,65 +136,108 @@ def _split_tags(s: str) -> list[str]:
 
 def verify_cmd(
     paths: List[Path] = typer.Argument(..., help="DICOM, PNG or JPEG files or folders."),
-    trust: Optional[List[Path]] = typer.Option(None, "--trust", help="Trusted CA certificate (PEM/DER); repeatable."),
+    trust: Optional[List[Path]] = typer.Option(None, "--trust", help="Trusted CA certificate (PEM/DER); repeatable "
+                                               "(default: $MEDFORENSICS_TRUST). Without any, signers are not "
+                                               "checked: exit 3."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON object per file (new file)."),
 ) -> None:
     """Verify DICOM digital signatures (and C2PA manifests of PNG/JPEG files).
 
-    Exit 0 only when every file carries signatures and all of them verified; unsigned files,
-    broken or untrusted signatures and unreadable files give exit 1.
+    Exit 0 only when every file carries signatures, all of them intact and their signers chained
+    to a trust anchor; 1 when any file is unsigned, unreadable, broken, untrusted, expired or
+    unsupported; 3 when all are intact but no --trust (nor MEDFORENSICS_TRUST) was given, so the
+    signers were NOT checked (their subject and SHA-256 fingerprint are printed).
     """
-    from ..provenance.keys import load_certificates
+    from ..config import settings
     from ..provenance.signature import verify_file
+    from ..provenance.trust import load_anchors
 
     new_output(json_out)
-    anchors = [c for p in (trust or []) for c in load_certificates(p)]
+    trust_files = [str(p) for p in trust] if trust else list(settings().trust)
+    anchors = load_anchors(trust_files) if trust_files else None
     files = _plan(paths, "verify").inputs
     table = Table(show_lines=False, pad_edge=False)
     for col in ("file", "signature", "signer", "result", "reasons"):
         table.add_column(col, overflow="fold")
-    records, n_ok = [], 0
+    records = []
     with progress_bar("verifying") as bar:
         task = bar.add_task("", total=len(files))
         for inp in files:
             bar.update(task, description=escape(inp.path.name))
             rec = _verify_one(inp.path, inp.kind, inp.problem, anchors, verify_file)
             records.append(rec)
-            n_ok += bool(rec["ok"])
             _rows(table, rec)
             bar.advance(task)
     out.print(table)
-    n_unsigned = sum(1 for r in records if r.get("unsigned"))
-    err.print(f"verified {n_ok} of {len(records)} file(s)"
-              + (f"; {n_unsigned} unsigned (counted as not verified)" if n_unsigned else ""))
+    n_trusted = sum(r["status"] == "trusted" for r in records)
+    n_unsigned = sum(r["status"] == "unsigned" for r in records)
+    unchecked = [r for r in records if r["status"] == "not-checked"]
+    for r in unchecked:
+        for who in r["signers"]:
+            err.print(f"{escape(r['path'])}: signature intact, but the signer was NOT checked against any trust "
+                      f"store: {escape(who['subject'] or '?')}, certificate SHA-256 {who['fingerprint'] or '?'}",
+                      soft_wrap=True)
+    err.print(f"verified {n_trusted} of {len(records)} file(s)"
+              + (f"; {n_unsigned} unsigned (counted as not verified)" if n_unsigned else "")
+              + (f"; {len(unchecked)} intact but signer NOT checked (no --trust or MEDFORENSICS_TRUST; "
+                 f"exit {NOT_CHECKED_EXIT})" if unchecked else ""), soft_wrap=True)
     if json_out is not None:
         with open(json_out, "x", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps(r, default=str) + "\n")
-    if n_ok != len(records) or not records:
+    if not records or any(r["status"] not in ("trusted", "not-checked") for r in records):
         raise typer.Exit(1)
+    if unchecked:
+        raise typer.Exit(NOT_CHECKED_EXIT)
+
+
+def _file_status(statuses: list[str]) -> str:
+    """A file's status from its signatures': the worst of them (``trusted`` only when all are)."""
+    from ..provenance.trust import CHECK_STATUSES
+
+    return max(statuses, key=CHECK_STATUSES.index)
 
 
 def _verify_one(src: Path, kind: str | None, problem: str | None, anchors, verify_file) -> dict:
+    """One JSON record: ``status`` is ``trusted``, ``not-checked``, ``unsigned``, ``error`` or the
+    failure of the worst signature (:func:`medforensics.provenance.trust.status_of`); ``ok`` is
+    True only for ``trusted``; ``signers``: each signer's subject and certificate fingerprint."""
+    from ..provenance.trust import status_of
+
     if problem:
-        return {"path": str(src), "kind": "unknown", "ok": False, "unsigned": True, "error": problem, "signatures": []}
+        return {"path": str(src), "kind": "unknown", "ok": False, "unsigned": True, "status": "error",
+                "error": problem, "signatures": [], "signers": []}
     if kind in _RASTER:
+        base = {"path": str(src), "kind": "c2pa", "ok": False, "unsigned": True, "status": "error", "signatures": [],
+                "signers": []}
         try:
             from ..provenance.c2pa_manifest import verify_manifest
         except ImportError as e:
-            return {"path": str(src), "kind": "c2pa", "ok": False, "unsigned": True, "signatures": [],
-                    "error": f"C2PA verification is not available ({e})"}
+            return {**base, "error": f"C2PA verification is not available ({e})"}
         try:
-            res = verify_manifest(src, trust=anchors or None)
+            res = verify_manifest(src, trust=anchors)
         except MedForensicsError as e:
-            return {"path": str(src), "kind": "c2pa", "ok": False, "unsigned": True, "signatures": [],
-                    "error": e.problem}
-        return {"path": str(src), "kind": "c2pa", "ok": bool(res.ok), "unsigned": not res.present,
-                "error": None, "signer": res.signer, "reasons": list(res.reasons), "manifest": res.to_dict(),
-                "signatures": []}
-    rec = verify_file(src, trust=anchors or None).to_dict()
+            return {**base, "error": e.problem}
+        status = status_of(res) if res.present else "unsigned"
+        return {**base, "ok": status == "trusted", "unsigned": not res.present, "status": status,
+                "error": None, "signer": res.signer, "trust": res.trust if res.present else None,
+                "reasons": list(res.reasons), "manifest": res.to_dict(),
+                "signers": [{"subject": res.signer_subject, "fingerprint": res.signer_fingerprint}]
+                if res.present else []}
+    res = verify_file(src, trust=anchors)
+    rec = res.to_dict()
     rec["kind"] = "dicom"
+    for s, chk in zip(rec["signatures"], res.signatures):
+        s["status"] = status_of(chk)
+    rec["status"] = ("error" if res.error else "unsigned" if res.unsigned
+                     else _file_status([s["status"] for s in rec["signatures"]]))
+    rec["ok"] = rec["status"] == "trusted"
+    rec["signers"] = [{"subject": c.signer_subject, "fingerprint": c.signer_fingerprint} for c in res.signatures]
     return rec
+
+
+_STYLE = {"trusted": "[green]OK[/green]", "not-checked": "[yellow]INTACT, SIGNER NOT CHECKED[/yellow]",
+          "unsigned": "[yellow]UNSIGNED[/yellow]"}
 
 
 def _rows(table: Table, rec: dict) -> None:
@@ -189,19 +245,26 @@ def _rows(table: Table, rec: dict) -> None:
     if rec.get("error"):
         table.add_row(path, "", "", "[red]ERROR[/red]", escape(rec["error"]))
     elif rec["kind"] == "c2pa":
-        status = ("[green]OK[/green]" if rec["ok"] else "[yellow]UNSIGNED[/yellow]" if rec["unsigned"]
-                  else "[red]FAILED[/red]")
-        table.add_row(path, "C2PA manifest", escape(rec.get("signer") or ""), status,
-                      escape("; ".join(rec.get("reasons") or []) or ("no C2PA manifest" if rec["unsigned"] else "")))
+        status = _STYLE.get(rec["status"], f"[red]FAILED ({rec['status']})[/red]")
+        reasons = "; ".join(rec.get("reasons") or [])
+        if rec["unsigned"]:
+            reasons = reasons or "no C2PA manifest"
+        elif not reasons:
+            reasons = _trust_words(rec["status"])
+        table.add_row(path, "C2PA manifest", escape(rec.get("signer") or ""), status, escape(reasons))
     elif rec["unsigned"]:
-        table.add_row(path, "", "", "[yellow]UNSIGNED[/yellow]", "no DICOM digital signature (not verified)")
+        table.add_row(path, "", "", _STYLE["unsigned"], "no DICOM digital signature (not verified)")
     else:
         for s in rec["signatures"]:
-            status = "[green]OK[/green]" if s["ok"] else "[red]FAILED[/red]"
-            trust = {True: "trusted", False: "untrusted", None: "trust not checked"}[s["trusted"]]
-            reasons = "; ".join(s["reasons"]) or f"intact, {trust}"
+            status = _STYLE.get(s["status"], f"[red]FAILED ({s['status']})[/red]")
+            reasons = "; ".join(s["reasons"]) or _trust_words(s["status"])
             table.add_row(path, escape(str(s["signature_uid"] or "?")[-24:]), escape(s["signer"] or ""), status,
                           escape(reasons))
+
+
+def _trust_words(status: str) -> str:
+    return {"trusted": "intact, signer trusted",
+            "not-checked": "intact; signer NOT checked against any trust store (give --trust)"}.get(status, status)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,8 +5,9 @@ What the file says about where it came from, and what its compression says about
 * **C2PA** (c2pa-python): an embedded manifest is read and validated. A digital source type of
   trained algorithmic media (or a composite with it) says the image was generated; declared
   edit actions say it was altered; a manifest whose hashes no longer match the pixels says it
-  was changed after signing. An untrusted signer (no trust list configured) is reported, not
-  counted. A manifest sets the evidence's ``provenance`` (``c2pa-valid``, ``c2pa-invalid``, ...).
+  was changed after signing. Whether the signer is trusted is not judged here (no trust anchors):
+  the ``provenance`` detector does it with ``scan --trust``, as ``verify`` does. A manifest sets
+  the evidence's ``provenance`` (``c2pa-valid``, ``c2pa-invalid``).
 * **Generator records**: PNG text chunks of Stable Diffusion front-ends (``parameters`` with
   ``Steps:``/``Sampler:``), ComfyUI (``prompt``/``workflow``), and generator names (DALL-E,
   Midjourney, GPT-4o, Imagen, Firefly, ...) in text chunks, EXIF or XMP.
@@ -140,7 +141,7 @@ class ContainerDetector(Detector):
                                           "it was changed after signing")
             details["provenance"] = "c2pa-invalid"
         else:
-            details["provenance"] = "c2pa-valid" + ("-untrusted-signer" if c2.get("untrusted") else "")
+            details["provenance"] = "c2pa-valid"  # intact; trust is the provenance detector's to judge
 
     # --------------------------------------------------------------------- text, EXIF, XMP
     @staticmethod

@@ -6,7 +6,9 @@ For every DICOM file of an image or series the detector
 * verifies its digital signatures (:mod:`medforensics.provenance.signature`): a signature whose
   signed data changed is near-certain evidence of manipulation and, through the signed block
   digests, points to the changed pixel blocks; an intact signature by an untrusted or expired
-  certificate is weaker evidence (anyone can sign a forgery with a key of their own);
+  certificate is weaker evidence (anyone can sign a forgery with a key of their own); an intact
+  signature whose signer was not checked (no trust anchors) is no evidence either way and says
+  so, naming the signer's subject and certificate fingerprint;
 * checks the reversible fragile watermark (:mod:`medforensics.provenance.watermark`) of files
   whose header declares one: tampered blocks are regions; a declared watermark that no longer
   verifies anywhere is evidence too;
@@ -14,8 +16,15 @@ For every DICOM file of an image or series the detector
   (:mod:`medforensics.provenance.ledger`): logged with other pixels or another identifying header
   is evidence; unknown is not.
 
-PNG/JPEG/TIFF files are looked up in the log too (their C2PA manifests are the ``container``
-detector's). Its settings are constructor arguments -- ``trust`` (CA certificate files),
+PNG and JPEG files carrying a C2PA manifest (:mod:`medforensics.provenance.c2pa_manifest`) get
+the same judgement: a manifest that no longer matches the file is broken, its signer trusted,
+untrusted or not checked. Whether a signer is trusted is decided by
+:func:`medforensics.provenance.trust.decide` -- the very function ``medforensics verify`` uses --
+so ``scan --trust`` and ``verify --trust`` always agree (statuses in ``details["status"]``:
+``signature`` and ``c2pa`` each count ``trusted``, ``not-checked``, ``untrusted``, ``broken``,
+``expired``, ``unsupported``). The ``container`` detector still reads the manifest's claims
+(generator, edits); it has no trust anchors and says nothing about trust. PNG/JPEG/TIFF files are
+looked up in the log too. Its settings are constructor arguments -- ``trust`` (CA certificate files),
 ``ledger`` (a log location) and ``watermark_key`` (key bytes) -- which ``medforensics scan
 --trust --ledger --watermark-key`` pass through ``load_detectors(names, options)``; one not given
 falls back to :mod:`medforensics.config` (``MEDFORENSICS_TRUST``, ``MEDFORENSICS_LEDGER``,
@@ -26,7 +35,8 @@ An image with no signature, no watermark and no log entry gets no evidence from 
 Scores are fixed by what each finding proves, not fitted: broken integrity 0.99, a changed log
 entry 0.97 (pixels) or 0.7 (header only), a declared watermark that verifies nowhere 0.9 with the
 key given and 0.5 without one, an untrusted signer 0.6 (trust anchors given), an expired
-certificate 0.2, an unsupported signature 0.1; proofs that hold give 0.
+certificate 0.2, an unsupported signature 0.1; proofs that hold give 0, and so does an intact
+signature whose signer was not checked.
 """
 from __future__ import annotations
 
@@ -37,9 +47,12 @@ import numpy as np
 
 from ..config import settings
 from ..core import Evidence, Image, MedForensicsError
+from ..provenance.trust import status_of
 from .base import Detector, regions_from_heatmap
 
 BROKEN, LOG_PIXELS, LOG_HEADER = 0.99, 0.97, 0.7
+#: raster formats whose C2PA manifest is judged here (those ``verify`` takes)
+C2PA_FORMATS = frozenset({"png", "jpeg"})
 WM_VANISHED_KEYED, WM_VANISHED = 0.9, 0.5
 UNTRUSTED, EXPIRED, UNSUPPORTED = 0.6, 0.2, 0.1
 
@@ -51,7 +64,8 @@ class _Findings:
     score: float = 0.0
     messages: list[tuple[float, str]] = field(default_factory=list)
     boxes: list[tuple[int, ...]] = field(default_factory=list)   # in image voxel indices
-    status: dict[str, dict[str, int]] = field(default_factory=lambda: {"signature": {}, "watermark": {}, "ledger": {}})
+    status: dict[str, dict[str, int]] = field(default_factory=lambda: {"signature": {}, "c2pa": {}, "watermark": {},
+                                                                       "ledger": {}})
     errors: list[str] = field(default_factory=list)
 
     def add(self, score: float, message: str) -> None:
@@ -68,8 +82,9 @@ class _Findings:
 
 class ProvenanceDetector(Detector):
     name = "provenance"
-    description = ("Proof of origin: DICOM digital signatures, the reversible fragile watermark, and the "
-                   "transparency log ($MEDFORENSICS_LEDGER); broken proofs point to the changed blocks.")
+    description = ("Proof of origin: DICOM digital signatures and C2PA manifests (trust judged as by verify), "
+                   "the reversible fragile watermark, and the transparency log ($MEDFORENSICS_LEDGER); broken "
+                   "proofs point to the changed blocks.")
 
     def __init__(self, trust: list[str | Path] | None = None, ledger: str | None = None,
                  watermark_key: bytes | None = None):
@@ -96,6 +111,8 @@ class ProvenanceDetector(Detector):
                 self._signatures(src, offset, image, f)
                 header = image.datasets[k] if k < len(image.datasets) else None
                 self._watermark(src, offset, image, f, header)
+            elif image.format in C2PA_FORMATS:
+                self._c2pa(src, f)
             if self.ledger_location:
                 self._log(src, f)
         if not f.anything and not f.errors:
@@ -127,18 +144,21 @@ class ProvenanceDetector(Detector):
     def _signatures(self, path: Path, offset: int | None, image: Image, f: _Findings) -> None:
         from ..provenance.signature import verify_file
 
-        res = verify_file(path, trust=self.trust or None)
+        res = verify_file(path, trust=self.trust or None)  # trust judged by provenance.trust.decide
         if res.error:
             f.errors.append(res.error)
             return
         if res.unsigned:
             return
         for sig in res.signatures:
-            if sig.ok:
-                f.count("signature", "valid")
-                continue
-            if not sig.integrity:
-                f.count("signature", "broken")
+            status = status_of(sig)
+            f.count("signature", status)
+            reasons = "; ".join(sig.reasons[:2])
+            if status == "not-checked":
+                f.add(0.0, f"{path.name}: intact DICOM signature by {sig.signer_subject}, but the signer was "
+                           f"not checked against any trust anchor (give --trust); certificate SHA-256 "
+                           f"{sig.signer_fingerprint}")
+            elif status == "broken":
                 what = []
                 if sig.pixel_changed:
                     what.append("pixel data")
@@ -147,17 +167,40 @@ class ProvenanceDetector(Detector):
                               f"({', '.join(what) or 'signed data'} changed)")
                 for b in sig.changed_blocks:
                     f.boxes.append(_to_image_box(b, offset, image))
-                continue
-            reasons = "; ".join(sig.reasons[:2])
-            if sig.trusted is False:
-                f.count("signature", "untrusted")
+            elif status == "untrusted":
                 f.add(UNTRUSTED, f"{path.name}: signed by {sig.signer}, whom no trust anchor vouches for ({reasons})")
-            elif any("expired" in r or "not yet valid" in r for r in sig.reasons):
-                f.count("signature", "expired")
+            elif status == "expired":
                 f.add(EXPIRED, f"{path.name}: intact signature, but {reasons}")
-            else:
-                f.count("signature", "unsupported")
+            elif status == "unsupported":
                 f.add(UNSUPPORTED, f"{path.name}: signature cannot be checked ({reasons})")
+
+    # ----------------------------------------------------------------------------------- C2PA
+    def _c2pa(self, path: Path, f: _Findings) -> None:
+        """The C2PA manifest of a PNG/JPEG file, judged as ``verify`` judges it."""
+        try:
+            from ..provenance.c2pa_manifest import verify_manifest
+        except ImportError:  # c2pa-python missing: the container detector says so
+            return
+        try:
+            chk = verify_manifest(path, trust=self.trust or None)
+        except MedForensicsError as e:
+            f.errors.append(str(e))
+            return
+        if not chk.present:
+            return
+        status = status_of(chk)
+        f.count("c2pa", status)
+        who = chk.signer_subject or chk.signer or "an unknown signer"
+        if status == "broken":
+            f.add(BROKEN, f"{path.name}: the C2PA manifest signed by {who} no longer matches the file "
+                          f"({'; '.join(chk.reasons[:2]) or 'invalid'})")
+        elif status == "expired":
+            f.add(EXPIRED, f"{path.name}: intact C2PA manifest, but {'; '.join(chk.reasons[:2])}")
+        elif status == "untrusted":
+            f.add(UNTRUSTED, f"{path.name}: C2PA manifest signed by {who}, whom no trust anchor vouches for")
+        elif status == "not-checked":
+            f.add(0.0, f"{path.name}: intact C2PA manifest signed by {who}, but the signer was not checked against "
+                       f"any trust anchor (give --trust); certificate SHA-256 {chk.signer_fingerprint}")
 
     # ------------------------------------------------------------------------------ watermark
     def _watermark(self, path: Path, offset: int | None, image: Image, f: _Findings, header=None) -> None:
@@ -223,6 +266,6 @@ def _summary(f: _Findings) -> str:
     parts = []
     for what, counts in f.status.items():
         if counts:
-            worst = max(counts, key=lambda s: (s not in ("valid", "intact", "unchanged", "unknown"), counts[s]))
+            worst = max(counts, key=lambda s: (s not in ("trusted", "intact", "unchanged", "unknown"), counts[s]))
             parts.append(f"{what}:{worst}")
     return " ".join(parts) or "none"

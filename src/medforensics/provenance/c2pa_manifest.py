@@ -41,7 +41,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -86,7 +86,8 @@ class ManifestCheck:
     """What the C2PA manifest of a file says, and whether it holds.
 
     ``ok`` is true when a manifest is present, valid (signature and hashes match the file) and,
-    when trust anchors were given, trusted. ``reasons`` holds one line per problem; ``warnings``
+    when trust anchors were given, trusted (``trust``; ``not-checked`` without anchors: then
+    ``ok`` says the manifest is intact, not who signed it). ``reasons`` holds one line per problem; ``warnings``
     things worth knowing that do not make the file fail (e.g. a parent ingredient whose own
     manifest was already invalid when it was used).
     """
@@ -96,7 +97,12 @@ class ManifestCheck:
     ok: bool = False
     valid: bool = False
     trusted: bool | None = None
+    #: :func:`medforensics.provenance.trust.decide`'s status: trusted, untrusted or not-checked
+    trust: str = "not-checked"
     signer: str | None = None
+    #: the signer certificate's full subject and SHA-256 fingerprint (for a person to compare)
+    signer_subject: str | None = None
+    signer_fingerprint: str | None = None
     issuer: str | None = None
     generator: str | None = None
     title: str | None = None
@@ -110,7 +116,7 @@ class ManifestCheck:
     digital_source_types: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    #: validation failure codes of the active manifest (trust codes included)
+    #: validation failure codes of the active manifest (c2pa's own trust codes left out)
     codes: list[str] = field(default_factory=list)
     #: the manifest store could not be parsed at all (damaged JUMBF)
     unreadable: bool = False
@@ -119,53 +125,115 @@ class ManifestCheck:
         return asdict(self)
 
 
-def _trust_pems(trust: Iterable[Any]) -> str:
-    """CA certificates as PEM text from paths, x509 objects or PEM bytes; a clear error for an entry
-    that holds no CA certificate (c2pa anchors trust on CAs only)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+def _cbor(buf: bytes, pos: int = 0, depth: int = 0) -> tuple[Any, int]:
+    """Decode one CBOR (RFC 8949) item at ``pos``: (value, next position). Only what a COSE_Sign1
+    header holds -- definite lengths; a tag gives its content. ValueError on anything else."""
+    if depth > 16:
+        raise ValueError("CBOR nested too deeply")
+    if pos >= len(buf):
+        raise ValueError("CBOR data ends early")
+    ib = buf[pos]
+    major, info = ib >> 5, ib & 31
+    pos += 1
+    if info < 24:
+        arg = info
+    elif info <= 27:
+        n = 1 << (info - 24)
+        if pos + n > len(buf):
+            raise ValueError("CBOR data ends early")
+        arg = int.from_bytes(buf[pos:pos + n], "big")
+        if major == 7 and info >= 25:
+            import struct
+            return struct.unpack({2: ">e", 4: ">f", 8: ">d"}[n], buf[pos:pos + n])[0], pos + n
+        pos += n
+    else:
+        raise ValueError("indefinite-length or reserved CBOR item")
+    if major == 0:
+        return arg, pos
+    if major == 1:
+        return -1 - arg, pos
+    if major in (2, 3):
+        if pos + arg > len(buf):
+            raise ValueError("CBOR string runs past the data")
+        raw = bytes(buf[pos:pos + arg])
+        return (raw if major == 2 else raw.decode("utf-8", "replace")), pos + arg
+    if major in (4, 5):
+        if arg > len(buf) - pos:
+            raise ValueError("CBOR container longer than the data")
+        if major == 4:
+            items = []
+            for _ in range(arg):
+                v, pos = _cbor(buf, pos, depth + 1)
+                items.append(v)
+            return items, pos
+        d: dict = {}
+        for _ in range(arg):
+            k, pos = _cbor(buf, pos, depth + 1)
+            v, pos = _cbor(buf, pos, depth + 1)
+            if isinstance(k, (int, str, bytes)):
+                d[k] = v
+        return d, pos
+    if major == 6:
+        return _cbor(buf, pos, depth + 1)
+    return {20: False, 21: True, 22: None, 23: None}.get(arg), pos
 
-    from .keys import load_certificates
 
-    pems: list[str] = []
-    for t in trust:
-        where = None
-        if isinstance(t, x509.Certificate):
-            certs = [t]
-        elif isinstance(t, (bytes, bytearray)):
-            try:
-                certs = x509.load_pem_x509_certificates(bytes(t))
-            except ValueError as e:
-                raise MedForensicsError(None, f"trust anchor is not a PEM certificate ({one_line(e, 240)})") from None
-        else:
-            where = t
-            certs = load_certificates(t)
-        cas = [c for c in certs if _is_ca(c)]
-        if not cas:
-            name = certs[0].subject.rfc4514_string()
-            raise MedForensicsError(where, f"holds no CA certificate ({name} is an end-entity certificate); "
-                                           "trust anchors must be CA certificates, e.g. the ca.pem of keys new")
-        pems.extend(c.public_bytes(serialization.Encoding.PEM).decode() for c in cas)
-    return "".join(pems)
+def _jumbf_find(buf: bytes, path: Sequence[str]) -> bytes | None:
+    """The payload of the first ``cbor`` box in the JUMBF superbox reached by the labels ``path``
+    (ISO 19566-5: a ``jumb`` superbox starts with its ``jumd`` description box)."""
+    import struct
+
+    def walk(start: int, end: int, labels: Sequence[str]) -> bytes | None:
+        pos = start
+        while pos + 8 <= end:
+            size, kind = struct.unpack(">I4s", buf[pos:pos + 8])
+            head = 8
+            if size == 1 and pos + 16 <= end:
+                size, head = struct.unpack(">Q", buf[pos + 8:pos + 16])[0], 16
+            elif size == 0:
+                size = end - pos
+            if size < head or pos + size > end:
+                return None
+            body_start, box_end = pos + head, pos + size
+            if not labels and kind == b"cbor":
+                return bytes(buf[body_start:box_end])
+            if labels and kind == b"jumb" and body_start + 8 <= box_end:
+                dsize, dkind = struct.unpack(">I4s", buf[body_start:body_start + 8])
+                desc = buf[body_start + 8:body_start + dsize]
+                if dkind == b"jumd" and len(desc) > 17 and desc[16] & 0x02:
+                    label = bytes(desc[17:]).split(b"\0", 1)[0].decode("utf-8", "replace")
+                    if label == labels[0]:
+                        return walk(body_start + dsize, box_end, labels[1:])
+            pos = box_end
+        return None
+
+    return walk(0, len(buf), list(path))
 
 
-def _is_ca(cert) -> bool:
+def _signer_chain(reader, active: str) -> tuple[list, str | None]:
+    """The certificates of the active manifest's claim signature (COSE_Sign1 ``x5chain``, header
+    label 33; leaf first) and, when they cannot be read, why."""
     from cryptography import x509
 
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return cert.issuer == cert.subject
-
-
-def _context(trust: Sequence[Any] | None):
-    import c2pa
-
-    if trust is None:
-        return None
-    anchors = _trust_pems(trust)
-    cfg: dict = {"verify": {"verify_trust": True}, "trust": {"trust_anchors": anchors} if anchors else {}}
-    return c2pa.Context.from_dict(cfg)
+        buf = io.BytesIO()
+        reader.resource_to_stream(f"self#jumbf=/c2pa/{active}/c2pa.signature", buf)
+        raw = _jumbf_find(buf.getvalue(), ["c2pa", active, "c2pa.signature"])
+        if raw is None:
+            return [], "the manifest has no readable claim signature box"
+        cose, _ = _cbor(raw)
+        if not isinstance(cose, list) or len(cose) != 4:
+            return [], "the claim signature is not a COSE_Sign1 structure"
+        protected = _cbor(cose[0])[0] if isinstance(cose[0], bytes) and cose[0] else {}
+        unprotected = cose[1] if isinstance(cose[1], dict) else {}
+        x5 = (protected.get(33) if isinstance(protected, dict) else None) or unprotected.get(33) \
+            or unprotected.get("x5chain")
+        ders = [x5] if isinstance(x5, bytes) else [c for c in x5 or [] if isinstance(c, bytes)]
+        if not ders:
+            return [], "the claim signature carries no certificate (x5chain)"
+        return [x509.load_der_x509_certificate(d) for d in ders], None
+    except Exception as e:  # noqa: BLE001 - a damaged signature is a reason, never a crash
+        return [], f"the signer's certificate cannot be read from the manifest ({one_line(e, 160)})"
 
 
 def _has_jumbf(data: bytes) -> bool:
@@ -183,9 +251,11 @@ def verify_manifest(path: str | Path, *, trust: Sequence[Any] | None = None) -> 
         The file to check.
     trust : list, optional
         Trust anchors: CA certificate files (PEM/DER paths), ``cryptography`` certificates or PEM
-        bytes. They are handed to c2pa as its trust anchors (``trust.trust_anchors``); an entry
-        with no CA certificate in it is an error. Without them ``trusted`` is None: the
-        signature is checked, not who made it; an empty list trusts no one.
+        bytes. The signer's certificate chain (the claim signature's ``x5chain``) is judged
+        against them by :func:`medforensics.provenance.trust.decide`, the same decision as for
+        DICOM signatures (c2pa's own trust list is not used). Without them ``trust`` is
+        ``not-checked`` and ``trusted`` None: the signature is checked, not who made it; an empty
+        list trusts no one.
 
     Returns
     -------
@@ -195,17 +265,23 @@ def verify_manifest(path: str | Path, *, trust: Sequence[Any] | None = None) -> 
     """
     import c2pa
 
+    from .trust import decide, load_anchors
+
     path = Path(path)
     chk = ManifestCheck(path=str(path))
     data = read_bytes(path)
-    ctx = _context(trust)
+    anchors = load_anchors(trust)
     if not data:
         chk.reasons.append("the file is empty")
         return chk
+    chain: list = []
+    chain_problem = None
     try:
-        reader = c2pa.Reader(io.BytesIO(data), context=ctx) if ctx is not None else c2pa.Reader(io.BytesIO(data))
+        reader = c2pa.Reader(io.BytesIO(data))
         try:
             store = json.loads(reader.json())
+            if store.get("active_manifest"):
+                chain, chain_problem = _signer_chain(reader, str(store["active_manifest"]))
         finally:
             reader.close()
     except Exception as e:  # noqa: BLE001 - c2pa raises its own error kinds; each becomes a reason
@@ -221,18 +297,29 @@ def verify_manifest(path: str | Path, *, trust: Sequence[Any] | None = None) -> 
         else:
             chk.reasons.append(f"the file cannot be parsed for a C2PA manifest ({msg})")
         return chk
-    _fill(chk, store, trust is not None)
+    if not _fill(chk, store):
+        return chk
+    decision = decide(chain, anchors)
+    chk.trust, chk.trusted = decision.status, decision.trusted
+    chk.signer_subject, chk.signer_fingerprint = decision.subject, decision.fingerprint
+    if chain_problem:
+        chk.warnings.append(chain_problem)
+    if decision.status == "untrusted":
+        _add_reason(chk.reasons, {"code": "signingCredential.untrusted"})
+    chk.ok = chk.present and chk.valid and decision.status != "untrusted"
     return chk
 
 
-def _fill(chk: ManifestCheck, store: dict, trust_given: bool) -> None:
+def _fill(chk: ManifestCheck, store: dict) -> bool:
+    """Fill ``chk`` from a c2pa manifest store report (``Reader.json()``); False when the store has
+    no active manifest (then there is nothing to judge)."""
     """Fill ``chk`` from a c2pa manifest store report (``Reader.json()``)."""
     chk.present = True
     manifests = store.get("manifests") or {}
     active = manifests.get(store.get("active_manifest") or "")
     if not isinstance(active, dict):
         chk.reasons.append("the manifest store has no active manifest")
-        return
+        return False
     chk.title = active.get("title")
     chk.format = active.get("format")
     gen = active.get("claim_generator") or ", ".join(
@@ -260,19 +347,15 @@ def _fill(chk: ManifestCheck, store: dict, trust_given: bool) -> None:
 
     results = store.get("validation_results") or {}
     failures = list((results.get("activeManifest") or {}).get("failure") or [])
-    successes = [s.get("code") for s in (results.get("activeManifest") or {}).get("success") or []]
     if not results:  # reports of older c2pa versions list the failures here only
         failures = list(store.get("validation_status") or [])
-    chk.codes = sorted({str(f.get("code", "")) for f in failures if f.get("code")})
+    # c2pa's verdict on trust (against its own list, empty here) is not ours: trust.decide judges it
     content = [f for f in failures if not str(f.get("code", "")).lower().startswith(_TRUST_CODES)]
+    chk.codes = sorted({str(f.get("code", "")) for f in content if f.get("code")})
     chk.valid = not content
     for f in content:
         _add_reason(chk.reasons, f)
-    if trust_given:
-        chk.trusted = "signingCredential.trusted" in successes and "signingCredential.untrusted" not in chk.codes
-        if not chk.trusted:
-            _add_reason(chk.reasons, {"code": "signingCredential.untrusted"})
-    chk.ok = chk.present and chk.valid and (chk.trusted is not False)
+    return True
 
 
 def _ingredient(ing: dict, manifests: dict, warnings: list[str]) -> dict:
@@ -314,8 +397,10 @@ def _add_reason(reasons: list[str], status: dict) -> None:
 def read_c2pa(path: str | Path) -> dict:
     """The container detector's view of a file's C2PA manifest store: ``{"present": False}`` when
     there is none; else claim generator, actions, digital source types, signer, issuer, failure
-    codes (``failures`` excludes trust codes: no trust list is configured), ``untrusted`` and the
-    medforensics ``source`` when the manifest is ours. Never raises."""
+    codes (``failures`` excludes trust codes), ``trust`` (always ``not-checked``: the container
+    detector has no trust anchors; the ``provenance`` detector judges the signer with ``scan
+    --trust``, through the same decision as ``verify``), the signer's subject and fingerprint, and
+    the medforensics ``source`` when the manifest is ours. Never raises."""
     try:
         chk = verify_manifest(path)
     except MedForensicsError as e:
@@ -330,14 +415,15 @@ def read_c2pa(path: str | Path) -> dict:
     if chk.unreadable:
         return {"present": True, "error": chk.reasons[0] if chk.reasons else "unreadable manifest",
                 "failures": ["manifest unreadable"], "actions": [], "digital_source_types": [],
-                "validation_codes": [], "untrusted": False}
+                "validation_codes": [], "trust": "not-checked"}
     failures = [c for c in chk.codes if not c.lower().startswith(_BENIGN)]
     if not chk.valid and not failures:  # e.g. no active manifest
         failures = ["manifest invalid"]
     return {"present": True, "claim_generator": chk.generator, "actions": chk.actions,
             "digital_source_types": chk.digital_source_types, "signer": chk.signer, "issuer": chk.issuer,
             "validation_codes": chk.codes, "failures": failures,
-            "untrusted": any("untrusted" in c.lower() for c in chk.codes), "source": chk.source,
+            "trust": chk.trust, "signer_subject": chk.signer_subject,
+            "signer_fingerprint": chk.signer_fingerprint, "source": chk.source,
             "reasons": chk.reasons}
 
 

@@ -61,7 +61,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ..core import MedForensicsError, one_line
-from .keys import Identity, load_certificates
+from .keys import Identity
+from .trust import decide, load_anchors
 
 __all__ = ["sign_dataset", "sign_file", "verify_dataset", "verify_file", "SignatureCheck", "FileVerification",
            "PROFILES", "MAC_ALGORITHMS", "PRIVATE_CREATOR", "PRIVATE_GROUP", "BLOCK", "parse_tags"]
@@ -115,9 +116,13 @@ class SignatureCheck:
     """The verdict on one signature of an instance.
 
     ``ok`` needs an intact MAC and signature, a certificate valid at the check time, a supported
-    algorithm, and -- only when trust anchors were given -- a chain to one of them. ``trusted``
-    is None when no anchors were given. ``changed_blocks`` are ``(frame0, row0, col0, frame1,
-    row1, col1)`` boxes of stored pixel indices with exclusive stops.
+    algorithm, and -- only when trust anchors were given -- a chain to one of them. ``trust`` is
+    the decision of :func:`medforensics.provenance.trust.decide` (``trusted``, ``untrusted`` or
+    ``not-checked`` when no anchors were given; then ``ok`` says the signature is intact, *not*
+    who made it); ``trusted`` is the same as True/False/None. ``signer_subject`` and
+    ``signer_fingerprint`` (SHA-256) identify the signer's certificate for a person to compare.
+    ``changed_blocks`` are ``(frame0, row0, col0, frame1, row1, col1)`` boxes of stored pixel
+    indices with exclusive stops.
     """
 
     ok: bool
@@ -134,6 +139,9 @@ class SignatureCheck:
     trusted: bool | None = None
     integrity: bool = False
     n_signed: int = 0
+    trust: str = "not-checked"
+    signer_subject: str | None = None
+    signer_fingerprint: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -508,45 +516,6 @@ def _trim_der(b: bytes) -> bytes:
     return b
 
 
-def _load_trust(trust) -> list[x509.Certificate]:
-    if trust is None:
-        return []
-    if isinstance(trust, (str, Path, x509.Certificate)):
-        trust = [trust]
-    certs: list[x509.Certificate] = []
-    for t in trust:
-        certs.extend([t] if isinstance(t, x509.Certificate) else load_certificates(t))
-    return certs
-
-
-def _chain_ok(leaf: x509.Certificate, anchors: list[x509.Certificate], at: _dt.datetime) -> bool:
-    ders = {a.public_bytes(serialization.Encoding.DER) for a in anchors}
-    cur = leaf
-    for _ in range(8):
-        if cur.public_bytes(serialization.Encoding.DER) in ders:
-            return True
-        nxt = None
-        for a in anchors:
-            if a.subject != cur.issuer:
-                continue
-            try:
-                cur.verify_directly_issued_by(a)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            if a.not_valid_before_utc <= at <= a.not_valid_after_utc:
-                nxt = a
-                break
-        if nxt is None:
-            return False
-        cur = nxt
-    return False
-
-
-def _signer_name(cert: x509.Certificate) -> str:
-    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(cn[0].value) if cn else cert.subject.rfc4514_string()
-
-
 def _parse_dt(s) -> _dt.datetime | None:
     s = str(s or "").strip()
     for fmt in ("%Y%m%d%H%M%S.%f%z", "%Y%m%d%H%M%S%z", "%Y%m%d%H%M%S.%f", "%Y%m%d%H%M%S"):
@@ -583,7 +552,7 @@ def _our_digests(ds: Dataset, signed: set[int], uid: str) -> tuple[dict, bytes, 
     return None
 
 
-def _check_one(ds: Dataset, item: Dataset, params: dict[int, Dataset], anchors: list[x509.Certificate],
+def _check_one(ds: Dataset, item: Dataset, params: dict[int, Dataset], anchors: list[x509.Certificate] | None,
                at: _dt.datetime) -> SignatureCheck:
     uid = str(item.get("DigitalSignatureUID", "") or "") or None
     chk = SignatureCheck(ok=False, signature_uid=uid)
@@ -613,7 +582,9 @@ def _check_one(ds: Dataset, item: Dataset, params: dict[int, Dataset], anchors: 
     except (AttributeError, ValueError, TypeError) as e:
         r.append(f"malformed signature item: the certificate of signer is not a DER X.509 certificate ({one_line(e, 160)})")
         return chk
-    chk.signer = _signer_name(cert)
+    decision = decide([cert], anchors, at=at)
+    chk.signer = decision.signer
+    chk.signer_subject, chk.signer_fingerprint = decision.subject, decision.fingerprint
     pub = cert.public_key()
     chk.algorithm = "rsa" if isinstance(pub, rsa.RSAPublicKey) else "ec" if isinstance(pub, ec.EllipticCurvePublicKey) \
         else type(pub).__name__
@@ -685,10 +656,9 @@ def _check_one(ds: Dataset, item: Dataset, params: dict[int, Dataset], anchors: 
         r.append(f"certificate not yet valid (valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC)")
     elif at > cert.not_valid_after_utc:
         r.append(f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-    if anchors:
-        chk.trusted = _chain_ok(cert, anchors, at)
-        if not chk.trusted:
-            r.append(f"signer {chk.signer!r} is not trusted: no valid chain to the given trust anchors")
+    chk.trust, chk.trusted = decision.status, decision.trusted
+    if decision.status == "untrusted":
+        r.append(decision.reason)
     chk.ok = good and not r
     return chk
 
@@ -712,11 +682,12 @@ def verify_dataset(ds: Dataset, *, trust=None, at: _dt.datetime | None = None) -
     """Check every signature in the Digital Signatures Sequence of ``ds`` (top level only).
 
     ``trust``: CA certificates (paths to PEM/DER files or ``x509.Certificate`` objects) that
-    anchor the signer's chain; without it ``trusted`` is None and does not affect ``ok``.
+    anchor the signer's chain (:func:`medforensics.provenance.trust.decide`); without it (None)
+    ``trust`` is ``not-checked`` and does not affect ``ok``; an empty list trusts no one.
     ``at``: when certificates must be valid (default: now, as dcmsign). Never raises for a
     malformed signature: its problems are in ``reasons``. Returns [] when unsigned.
     """
-    anchors = _load_trust(trust)
+    anchors = load_anchors(trust)
     at = at or _dt.datetime.now(_dt.timezone.utc)
     if at.tzinfo is None:
         at = at.replace(tzinfo=_dt.timezone.utc)
@@ -751,7 +722,7 @@ def verify_dataset(ds: Dataset, *, trust=None, at: _dt.datetime | None = None) -
 def verify_file(path: str | Path, *, trust=None, at: _dt.datetime | None = None) -> FileVerification:
     """Read a DICOM file and verify its signatures; problems reading it go to ``error``."""
     path = Path(path)
-    anchors = _load_trust(trust)
+    anchors = load_anchors(trust)
     try:
         ds = _read_dicom(path)
     except MedForensicsError as e:

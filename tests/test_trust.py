@@ -1,0 +1,168 @@
+"""One trust decision (issue 18, item 5): ``scan --trust`` and ``verify --trust`` judge the same
+files alike, for DICOM signatures and C2PA manifests; ``verify`` without trust anchors never says
+OK; every ``keys new`` makes a signer with a name of its own."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from medforensics.provenance.keys import load_certificates, subject
+from medforensics.provenance.trust import decide, fingerprint, load_anchors, status_of
+
+pytest.importorskip("c2pa")
+
+CT = get_testdata_file("CT_small.dcm")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Our signer and an attacker's (both made by ``keys new``), and the files of the issue: DICOM
+    signed by each, ours tampered after signing, ours tampered and re-signed by the attacker, and
+    a C2PA-exported PNG from each (made by ``medforensics export``)."""
+    from typer.testing import CliRunner
+
+    from medforensics.cli.main import app
+
+    root = tmp_path_factory.mktemp("trust")
+    runner = CliRunner()
+
+    def cli(*args):
+        r = runner.invoke(app, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        return r
+
+    cli("keys", "new", root / "ours")
+    cli("keys", "new", root / "attacker")
+    key = {who: ("--key", root / who / "key.pem", "--cert", root / who / "cert.pem") for who in ("ours", "attacker")}
+    files = root / "files"
+    for who in ("ours", "attacker"):
+        cli("sign", CT, *key[who], "--out", root / f"signed-{who}")
+        cli("export", CT, *key[who], "--out", root / f"png-{who}", "--format", "png")
+    for name in EXPECTED:  # one folder each: versions of one instance in one folder would be one series
+        (files / name.replace(".", "-")).mkdir(parents=True)
+    place = {name: files / name.replace(".", "-") / name for name in EXPECTED}
+    place["ours.dcm"].write_bytes((root / "signed-ours" / "CT_small.dcm").read_bytes())
+    place["attacker.dcm"].write_bytes((root / "signed-attacker" / "CT_small.dcm").read_bytes())
+    place["ours.png"].write_bytes((root / "png-ours" / "CT_small.png").read_bytes())
+    place["attacker.png"].write_bytes((root / "png-attacker" / "CT_small.png").read_bytes())
+    ds = pydicom.dcmread(place["ours.dcm"])
+    px = ds.pixel_array.copy()
+    px[40:60, 40:60] += 50
+    ds.PixelData = px.tobytes()
+    ds.save_as(place["tampered.dcm"])
+    # the attack of the issue: change the pixels of the original, then sign with a fresh key
+    ds = pydicom.dcmread(CT)
+    px = ds.pixel_array.copy()
+    px[40:60, 40:60] += 50
+    ds.PixelData = px.tobytes()
+    ds.save_as(root / "forged.dcm")
+    cli("sign", root / "forged.dcm", *key["attacker"], "--out", root / "resigned")
+    place["resigned.dcm"].write_bytes((root / "resigned" / "forged.dcm").read_bytes())
+    return root, files, place
+
+
+EXPECTED = {"ours.dcm": "trusted", "attacker.dcm": "untrusted", "tampered.dcm": "broken",
+            "resigned.dcm": "untrusted", "ours.png": "trusted", "attacker.png": "untrusted"}
+
+
+def _scan(run_cli, files: Path, out: Path, *trust) -> dict[str, str]:
+    """The provenance detector's one status per file, from scan's JSON."""
+    r = run_cli("scan", files, "--detectors", "provenance", "--json", out, *trust)
+    assert r.returncode == 0, r.stderr
+    result = {}
+    for rec in map(json.loads, out.read_text().splitlines()):
+        (ev,) = [e for e in rec["evidence"] if e["detector"] == "provenance"]
+        status = ev["details"]["status"]
+        (counts,) = [status[k] for k in ("signature", "c2pa") if k in status]
+        (one,) = counts  # one signature or manifest per file
+        result[Path(rec["path"]).name] = one
+    return result
+
+
+def _verify(run_cli, files: Path, out: Path, *trust) -> tuple[int, dict[str, str], str]:
+    r = run_cli("verify", files, "--json", out, *trust)
+    recs = {Path(rec["path"]).name: rec["status"] for rec in map(json.loads, out.read_text().splitlines())}
+    return r.returncode, recs, r.stderr
+
+
+def test_scan_and_verify_agree_with_and_without_trust(world, run_cli, tmp_path, monkeypatch):
+    root, files, _ = world
+    monkeypatch.delenv("MEDFORENSICS_TRUST", raising=False)
+    trust = ("--trust", root / "ours" / "ca.pem")
+    scanned = _scan(run_cli, files, tmp_path / "scan.jsonl", *trust)
+    code, verified, _ = _verify(run_cli, files, tmp_path / "verify.jsonl", *trust)
+    assert scanned == verified == EXPECTED
+    assert code == 1  # broken and untrusted files fail
+
+    # no trust anchors: intact signatures are "not-checked" for both, the tampered one still broken
+    scanned = _scan(run_cli, files, tmp_path / "scan2.jsonl")
+    code, verified, _ = _verify(run_cli, files, tmp_path / "verify2.jsonl")
+    unchecked = {n: ("broken" if s == "broken" else "not-checked") for n, s in EXPECTED.items()}
+    assert scanned == verified == unchecked and code == 1
+
+
+def test_verify_without_trust_never_says_ok(world, run_cli, tmp_path, monkeypatch):
+    root, _, files = world
+    monkeypatch.delenv("MEDFORENSICS_TRUST", raising=False)
+    # the attack of the issue: a tampered file re-signed with a fresh key used to verify with exit 0
+    r = run_cli("verify", files["resigned.dcm"])
+    assert r.returncode == 3, r.stdout + r.stderr
+    attacker = load_certificates(root / "attacker" / "cert.pem")[0]
+    ours = load_certificates(root / "ours" / "cert.pem")[0]
+    assert "NOT checked against any trust store" in r.stderr
+    assert subject(attacker) in r.stderr and fingerprint(attacker) in r.stderr
+    assert fingerprint(ours) not in r.stderr and "OK" not in r.stdout
+    # our own intact PNG and DICOM without anchors: the same distinct status
+    r = run_cli("verify", files["ours.dcm"], files["ours.png"])
+    assert r.returncode == 3 and fingerprint(ours) in r.stderr
+    # with the anchor (as an option, or from MEDFORENSICS_TRUST): exit 0; the attacker's: exit 1
+    assert run_cli("verify", files["ours.dcm"], files["ours.png"], "--trust", root / "ours" / "ca.pem").returncode == 0
+    monkeypatch.setenv("MEDFORENSICS_TRUST", str(root / "ours" / "ca.pem"))
+    assert run_cli("verify", files["ours.dcm"], files["ours.png"]).returncode == 0
+    r = run_cli("verify", files["resigned.dcm"])
+    assert r.returncode == 1 and "not trusted" in r.stdout
+
+
+def test_keys_new_gives_each_signer_its_own_name(world, run_cli, tmp_path):
+    root, _, _ = world
+    ours, attacker = (load_certificates(root / who / "cert.pem") for who in ("ours", "attacker"))
+    assert subject(ours[0]) != subject(attacker[0])
+    assert ours[0].subject.rfc4514_string() != attacker[0].subject.rfc4514_string()
+    # the same --name twice: the subjects still differ (a random serialNumber attribute)
+    for d in ("a", "b"):
+        r = run_cli("keys", "new", tmp_path / d, "--name", "Radiology")
+        assert r.returncode == 0, r.stderr
+        assert "SHA-256" in r.stderr
+    a, b = (load_certificates(tmp_path / d / "cert.pem")[0] for d in ("a", "b"))
+    assert subject(a).startswith("CN=Radiology, O=medforensics, serialNumber=")
+    assert subject(a) != subject(b)
+    # each still chains to its own CA, and only to it
+    ca_a, ca_b = (load_anchors(tmp_path / d / "ca.pem") for d in ("a", "b"))
+    assert decide([a], ca_a).status == "trusted" and decide([a], ca_b).status == "untrusted"
+    assert decide([a], None).status == "not-checked"
+
+
+def test_status_of_names_every_case(world):
+    from medforensics.provenance.c2pa_manifest import verify_manifest
+    from medforensics.provenance.signature import verify_file
+
+    root, _, files = world
+    ca = root / "ours" / "ca.pem"
+    assert [status_of(c) for c in verify_file(files["ours.dcm"], trust=[ca]).signatures] == ["trusted"]
+    assert [status_of(c) for c in verify_file(files["tampered.dcm"], trust=[ca]).signatures] == ["broken"]
+    assert [status_of(c) for c in verify_file(files["ours.dcm"], trust=[]).signatures] == ["untrusted"]
+    assert status_of(verify_manifest(files["attacker.png"], trust=[ca])) == "untrusted"
+    assert status_of(verify_manifest(files["ours.png"])) == "not-checked"
+
+
+def test_keys_new_errors_are_one_line(run_cli, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = run_cli("keys", "new", tmp_path / "file" / "sub")
+    assert r.returncode == 1 and "cannot create the folder" in r.stderr and "is a file, not a folder" in r.stderr
+    assert "Errno" not in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("keys", "new", tmp_path / "file")
+    assert r.returncode == 2 and "exists and is not a folder" in r.stderr and "Errno" not in r.stderr
