@@ -597,3 +597,79 @@ def test_cli_errors_are_one_line(small_dir: Path, tmp_path: Path, monkeypatch, c
     assert not any(tmp_path.iterdir())  # nothing written on any error
     code, out, _ = run_cli("forge", "remove", str(small_dir), "--list")
     assert code == 0 and "malignant" in out and "31.0" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# injections keep away from the readers' nodules (issue 18, item 8)
+
+
+def _gap_mm(mask: np.ndarray, marks: np.ndarray, spacing) -> float:
+    """Smallest distance (mm) between a changed voxel and a marked one."""
+    changed = np.argwhere(mask)
+    sp = np.asarray(spacing, float)
+    return min(float(np.sqrt((((changed - m) * sp) ** 2).sum(axis=1)).min()) for m in marks)
+
+
+def test_default_seed_keeps_away_from_annotated_nodules(series: Image, lidc_nodules) -> None:
+    from medforensics.forge.lidc import marked_voxels
+    marks = marked_voxels(series)
+    assert len(marks) > 1000  # the 33 mm tumour's outlines and the small nodules' points
+    big = lidc_nodules[0]
+    assert tuple(big.center_voxel) in {tuple(m) for m in marks}
+    f = ct.inject(series)  # the defaults of `forge inject`: seed 0, 10 mm
+    assert f.params["annotated"]["n_voxels"] == len(marks)
+    assert ct.cube_distance_mm(f.bbox_voxel, marks, series.spacing) >= ct.AVOID_MARGIN_MM
+    assert _gap_mm(f.mask, marks, series.spacing) >= ct.AVOID_MARGIN_MM  # no changed voxel near a real finding
+    # a centre next to the tumour is refused, with what and where
+    with pytest.raises(MedForensicsError, match="annotated nodule"):
+        ct.inject(series, center_voxel=(big.center_voxel[0], big.bbox_voxel[4] + 3, big.center_voxel[2]))
+    # the distance is a parameter: nothing fits when it is as wide as the chest
+    with pytest.raises(MedForensicsError, match="200 mm or more from the annotated nodules"):
+        ct.inject(series, margin_mm=200.0)
+
+
+def test_partial_nodules_are_avoided_too(shared_data: Path) -> None:
+    """LIDC-IDRI-0002's 12-slice series cuts through a nodule that nodules_for leaves out (not all of
+    its slices are there); its marked voxels are still kept away from."""
+    from medforensics.forge.lidc import marked_voxels
+    d = next((shared_data / "ct" / "lidc-idri-small" / "LIDC-IDRI-0002").rglob("*.dcm"), None)
+    if d is None:
+        pytest.skip("lidc-idri-small/LIDC-IDRI-0002 not found in shared data")
+    image = load_series(sorted(d.parent.glob("*.dcm")))
+    marks = marked_voxels(image)
+    listed = {tuple(n.center_voxel) for n in nodules_for(image)}
+    assert len(marks) and any(tuple(m) not in listed for m in marks)
+    edge = marks[marks[:, 0] == 0]
+    assert len(edge), "the nodule cut by the series' first slice"
+    with pytest.raises(MedForensicsError, match="annotated nodule"):
+        ct.inject(image, center_voxel=tuple(int(v) for v in edge[0]), diameter_mm=6)
+    f = ct.inject(image, diameter_mm=6, seed=0)
+    assert _gap_mm(f.mask, marks, image.spacing) >= ct.AVOID_MARGIN_MM
+
+
+def test_no_place_far_enough_is_a_clear_error() -> None:
+    image = _phantom()
+    lungs = np.argwhere(image.pixels[:, ::4, ::4] < -700) * [1, 4, 4]  # "nodules" all over both lungs
+    with pytest.raises(MedForensicsError, match="from the annotated nodules"):
+        ct.inject(image, avoid=lungs)
+    f = ct.inject(image, avoid=())  # nothing to avoid: as before
+    assert f.params["annotated"] == {"n_voxels": 0, "margin_mm": ct.AVOID_MARGIN_MM, "distance_mm": None}
+
+
+def test_cli_inject_keeps_the_margin_and_says_why_not(small_dir: Path, small: Image, tmp_path: Path, run_cli) -> None:
+    import inspect
+
+    from medforensics.cli.forge_ct import inject_cmd
+    from medforensics.forge.lidc import marked_voxels
+    assert inspect.signature(inject_cmd).parameters["nodule_margin"].default.default == ct.AVOID_MARGIN_MM
+    marks = marked_voxels(small)
+    r = run_cli("forge", "inject", str(small_dir), "--out", str(tmp_path / "ok"))
+    assert r.returncode == 0, r.stderr
+    gt = json.loads((tmp_path / "ok.groundtruth.json").read_text())
+    mask = np.load(tmp_path / "ok.mask.npz")["mask"]
+    assert gt["params"]["annotated"]["distance_mm"] >= ct.AVOID_MARGIN_MM
+    assert _gap_mm(mask > 0, marks, small.spacing) >= ct.AVOID_MARGIN_MM
+    k, i, j = (int(v) for v in marks[len(marks) // 2])
+    r = run_cli("forge", "inject", str(small_dir), "--out", str(tmp_path / "near"), "--center", f"{k},{i},{j}")
+    assert r.returncode == 1 and "annotated nodule" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "near").exists()

@@ -123,10 +123,15 @@ def inject_cmd(
     nodule_type: str = typer.Option("solid", "--type", help="solid, part-solid or ground-glass."),
     method: str = typer.Option("classic", "--method", help="Renderer: classic (matched noise) or gan."),
     seed: int = typer.Option(0, "--seed", help="Seed for location, shape, HU levels and noise."),
+    nodule_margin: float = typer.Option(5.0, "--nodule-margin", min=0.0,
+                                        help="Keep every changed voxel this many mm from the LIDC readers' nodule marks."),
     careless: bool = typer.Option(False, "--careless", help="Leave a hurried editor's traces (new UIDs, software named)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
-    """Inject a lung nodule into a CT series (CT-GAN style): write the new series, mask and ground truth."""
+    """Inject a lung nodule into a CT series (CT-GAN style): write the new series, mask and ground truth.
+
+    The nodule's cube keeps --nodule-margin mm from every nodule the LIDC readers marked on the
+    series (when its annotation XML is found): a clear error where that is not possible."""
     from ..core import MedForensicsError
     from ..forge.ct import NODULE_TYPES, inject
 
@@ -143,7 +148,7 @@ def inject_cmd(
     image = _load_series(series_dir)
     try:
         forgery = inject(image, center_voxel=cv, center_mm=cm, diameter_mm=diameter, nodule_type=nodule_type,
-                         method=method, seed=seed)
+                         method=method, seed=seed, margin_mm=nodule_margin)
     except ValueError as e:
         raise MedForensicsError(series_dir, str(e)) from None
     files = _write(image, forgery, out, gt, mask, careless, {})

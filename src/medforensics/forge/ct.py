@@ -65,8 +65,9 @@ from scipy.signal import fftconvolve
 from ..core import Image, MedForensicsError
 from .base import Forgery
 
-__all__ = ["NODULE_TYPES", "METHODS", "SKETCH_SIGMA", "sketch_lowpass", "NoiseModel", "lung_mask", "choose_location", "cube_around",
-           "noise_model", "nodule_sketch", "removal_sketch", "render_classic", "inject", "remove"]
+__all__ = ["NODULE_TYPES", "METHODS", "SKETCH_SIGMA", "AVOID_MARGIN_MM", "sketch_lowpass", "NoiseModel", "lung_mask",
+           "choose_location", "cube_around", "cube_distance_mm", "noise_model", "nodule_sketch", "removal_sketch",
+           "render_classic", "inject", "remove"]
 
 NODULE_TYPES = ("solid", "part-solid", "ground-glass")
 METHODS = ("classic", "gan")
@@ -87,6 +88,10 @@ LEVEL_SIGMA = 1.5
 FINE_TEXTURE_HU = 14.0
 #: In-plane scanner blur (Gaussian sigma, mm) applied to the nodule before it is rendered.
 PSF_SIGMA_MM = 0.45
+#: Least distance (mm) between an injection's cube (which holds every voxel it may change) and any
+#: voxel that a reader marked as nodule (LIDC outlines and point marks): an injected nodule never
+#: touches nor lies next to a real finding, so the ground truth and the real finding never overlap.
+AVOID_MARGIN_MM = 5.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +149,27 @@ def cube_around(image: Image, center_voxel: Sequence[int], diameter_mm: float) -
     lo = np.maximum(c - half, 0)
     hi = np.minimum(c + half + 1, image.pixels.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), tuple(int(v) for v in (*lo, *hi))
+
+
+def cube_distance_mm(bbox: Sequence[int], voxels: np.ndarray, spacing: Sequence[float]) -> float:
+    """Smallest distance (mm) between the voxels of the box ``bbox`` (starts, then exclusive stops)
+    and ``voxels`` (``(n, 3)`` of ``(k, i, j)``), centre to centre; ``inf`` when there are none."""
+    pts = np.asarray(voxels, dtype=float).reshape(-1, 3)
+    if not len(pts):
+        return math.inf
+    lo, hi = np.asarray(bbox[:3], float), np.asarray(bbox[3:], float) - 1
+    gap = np.maximum(np.maximum(lo - pts, pts - hi), 0.0) * np.asarray(spacing, float)
+    return float(np.sqrt((gap ** 2).sum(axis=1)).min())
+
+
+def _annotated(image: Image, avoid: Any) -> np.ndarray:
+    """The voxels an injection keeps away from: ``avoid`` as given, or (None) every voxel the LIDC
+    readers marked on this series (:func:`medforensics.forge.lidc.marked_voxels`)."""
+    if avoid is None:
+        from .lidc import marked_voxels  # noqa: PLC0415 - only needed here
+        return marked_voxels(image)
+    pts = np.asarray(avoid, dtype=int).reshape(-1, 3)
+    return pts
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,8 +243,13 @@ def _lung_map(image: Image) -> tuple:
     return found
 
 
-def choose_location(image: Image, diameter_mm: float = 10.0, rng: np.random.Generator | int | None = None) -> tuple[int, int, int]:
+def choose_location(image: Image, diameter_mm: float = 10.0, rng: np.random.Generator | int | None = None, *,
+                    avoid: Any = None, margin_mm: float = AVOID_MARGIN_MM) -> tuple[int, int, int]:
     """A voxel ``(k, i, j)`` in the lung parenchyma where a nodule of ``diameter_mm`` fits.
+
+    ``avoid`` (``(n, 3)`` voxels, e.g. :func:`medforensics.forge.lidc.marked_voxels`; None: this
+    series' LIDC marks) are kept at least ``margin_mm`` from the whole cube the injection may
+    change (:func:`cube_around`), whatever the tier below.
 
     Candidates lie inside the lung mask, at least the nodule's radius plus 5 mm from the lung's
     edge (pleura, mediastinum, diaphragm), with no vessel within the nodule's reach (local
@@ -249,6 +280,13 @@ def choose_location(image: Image, diameter_mm: float = 10.0, rng: np.random.Gene
                 (jj >= half[2]) & (jj < w - half[2]))] = True
     if not fits.any():
         fits[np.ix_((ks >= 1) & (ks < n - 1), np.ones(len(ii), bool), np.ones(len(jj), bool))] = True
+    marks = _annotated(image, avoid)
+    if len(marks):
+        # conservative on the coarse grid (one cell of slack), exact below
+        grid = np.zeros(vol.shape, bool)
+        grid[marks[:, 0], np.minimum(marks[:, 1] // step, vol.shape[1] - 1), np.minimum(marks[:, 2] // step, vol.shape[2] - 1)] = True
+        reach = np.ceil((half * sp + margin_mm) / sp_d).astype(int) + 1
+        fits &= ~ndi.maximum_filter(grid, size=tuple(int(2 * v + 1) for v in reach), mode="constant")
     tiers = [(r + 5.0, -500.0, (-930.0, -650.0)), (r + 4.0, -300.0, (-940.0, -600.0)),
              (r + 3.0, -100.0, (-950.0, -550.0)), (r + 1.0, 100.0, (-980.0, -400.0)), (r * 0.5, np.inf, (-1000.0, -300.0))]
     for t, (margin, vmax, (mlo, mhi)) in enumerate(tiers):
@@ -256,8 +294,14 @@ def choose_location(image: Image, diameter_mm: float = 10.0, rng: np.random.Gene
         cand = np.argwhere(ok)
         # a handful of candidates would put every nodule of this size in the same spot: relax first
         if len(cand) >= (200 if t < len(tiers) - 1 else 1):
-            k, i, j = cand[rng.integers(len(cand))]
-            return int(k), int(min(i * step + step // 2, h - 1)), int(min(j * step + step // 2, w - 1))
+            for _ in range(20):
+                k, i, j = cand[rng.integers(len(cand))]
+                c = (int(k), int(min(i * step + step // 2, h - 1)), int(min(j * step + step // 2, w - 1)))
+                if cube_distance_mm(cube_around(image, c, diameter_mm)[1], marks, sp) >= margin_mm:
+                    return c
+    if len(marks):
+        raise MedForensicsError(image.path, f"no place in the lung parenchyma has room for a {diameter_mm:g} mm nodule "
+                                            f"{margin_mm:g} mm or more from the annotated nodules")
     raise MedForensicsError(image.path, f"no place in the lung parenchyma has room for a {diameter_mm:g} mm nodule")
 
 
@@ -724,7 +768,8 @@ def _finish(image: Image, kind: str, method: str, center: tuple[int, int, int], 
 
 
 def inject(image: Image, *, center_voxel: Sequence[int] | None = None, center_mm: Sequence[float] | None = None,
-           diameter_mm: float = 10.0, nodule_type: str = "solid", method: str = "classic", seed: int = 0) -> Forgery:
+           diameter_mm: float = 10.0, nodule_type: str = "solid", method: str = "classic", seed: int = 0,
+           avoid: Any = None, margin_mm: float = AVOID_MARGIN_MM) -> Forgery:
     """Inject a lung nodule into a CT series.
 
     Parameters
@@ -744,6 +789,14 @@ def inject(image: Image, *, center_voxel: Sequence[int] | None = None, center_mm
         (:func:`medforensics.forge.gan.render`).
     seed : int
         Seeds the location, shape, HU levels and noise: the same seed gives the same forgery.
+    avoid : array of (k, i, j), optional
+        Voxels of real findings to keep away from; default (None): every voxel the LIDC readers
+        marked on this series, where its annotation XML is found
+        (:func:`medforensics.forge.lidc.marked_voxels`); ``()`` for none.
+    margin_mm : float
+        Least distance (mm) between those voxels and the cube the injection may change
+        (:data:`AVOID_MARGIN_MM`). A chosen location keeps it; a given centre that does not
+        raises :class:`MedForensicsError`, as does a series with no such place.
 
     Returns
     -------
@@ -758,18 +811,29 @@ def inject(image: Image, *, center_voxel: Sequence[int] | None = None, center_mm
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
     if not (3.0 <= float(diameter_mm) <= 40.0):
         raise ValueError("diameter_mm must be between 3 and 40")
+    if not margin_mm >= 0:
+        raise ValueError("margin_mm must be zero or more")
     rng = np.random.default_rng(seed)
+    marks = _annotated(image, avoid)
     if center_voxel is None and center_mm is None:
-        center = choose_location(image, diameter_mm, rng)
+        center = choose_location(image, diameter_mm, rng, avoid=marks, margin_mm=margin_mm)
         chosen = True
     else:
         center = _resolve_center(image, center_voxel, center_mm)
         chosen = False
     cube, bbox = cube_around(image, center, diameter_mm)
+    gap = cube_distance_mm(bbox, marks, _spacing(image))
+    if gap < margin_mm:
+        near = marks[np.argmin((((marks - np.asarray(center)) * _spacing(image)) ** 2).sum(axis=1))]
+        raise MedForensicsError(image.path, f"an injection at {center} would change voxels {gap:.1f} mm from an annotated "
+                                            f"nodule (marked at voxel {tuple(int(v) for v in near)}); injections keep "
+                                            f"{margin_mm:g} mm away from real findings")
     context = image.pixels[cube].astype(np.float32)
     parts = nodule_sketch(context, _spacing(image), _local_center(center, cube), float(diameter_mm), nodule_type,
                           np.random.default_rng([seed, 2]), slice_thickness=_thickness(image))
     params = {"diameter_mm": float(diameter_mm), "nodule_type": nodule_type, "location": "chosen" if chosen else "given",
+              "annotated": {"n_voxels": int(len(marks)), "margin_mm": float(margin_mm),
+                            "distance_mm": None if not len(marks) else round(gap, 2)},
               **parts["params"]}
     return _finish(image, "inject", method, center, cube, bbox, context, parts, "soft", seed, params)
 

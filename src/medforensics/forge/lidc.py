@@ -54,7 +54,7 @@ import numpy as np
 from ..core import Image, MedForensicsError
 
 __all__ = ["ReaderMark", "Roi", "Nodule", "read_annotations", "find_annotation_files", "nodules_for",
-           "MALIGNANT_FROM"]
+           "marked_voxels", "MALIGNANT_FROM"]
 
 NS = "{http://www.nih.gov}"
 #: Mean malignancy rating from which a nodule counts as malignant (CT-GAN's TM/TB split).
@@ -376,3 +376,33 @@ def nodules_for(image: Image, xml_path: str | Path | None = None, *, search: Ite
     for i, n in enumerate(found, 1):
         n.id = i
     return found
+
+
+def marked_voxels(image: Image, xml_path: str | Path | None = None, *, search: Iterable[str | Path] = ()) -> np.ndarray:
+    """Every voxel ``(k, i, j)`` of ``image`` that any reader marked as nodule: inside any outline
+    (filled, less excluded regions) or a point mark of a nodule under 3 mm, on the slices
+    ``image`` holds. Unlike :func:`nodules_for`, marks of nodules partly outside the series count
+    too (their slices inside it): what an injection must keep away from. An ``(n, 3)`` int array,
+    empty when the series has no annotation file."""
+    if image.pixels.ndim != 3:
+        raise MedForensicsError(image.path, "LIDC nodules need a CT series (a 3D volume)")
+    files = [Path(xml_path)] if xml_path is not None else find_annotation_files(image, search)
+    marks = [m for f in files for m in read_annotations(f) if not m.series_uid or m.series_uid == image.uid]
+    if not marks:
+        return np.zeros((0, 3), int)
+    sops, zs = _slice_index(image)
+    shape = image.pixels.shape
+    found = []
+    for m in marks:
+        _, _, _, _, outlines = _mark_geometry(m, image, sops, zs)
+        inc = [(k, pts) for k, pts, inclusion in outlines if inclusion]
+        if not inc:
+            continue
+        rows = np.concatenate([pts[:, 1] for _, pts in inc])
+        cols = np.concatenate([pts[:, 0] for _, pts in inc])
+        bbox = (min(k for k, _ in inc), int(np.floor(rows.min())), int(np.floor(cols.min())),
+                max(k for k, _ in inc) + 1, int(np.ceil(rows.max())) + 1, int(np.ceil(cols.max())) + 1)
+        idx = np.argwhere(_outline_mask(outlines, bbox)) + np.array(bbox[:3])
+        inside = np.all((idx >= 0) & (idx < np.array(shape)), axis=1)
+        found.append(idx[inside])
+    return np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 3), int)
