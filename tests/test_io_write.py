@@ -116,3 +116,43 @@ def test_masks(tmp_path):
     assert np.load(v)["mask"].shape == (3, 4, 5)
     with pytest.raises(ValueError):
         write_mask(np.ones((3, 4, 5)), tmp_path / "v.png")
+
+
+def test_output_syntax_rules():
+    from pydicom import uid as U
+
+    from medforensics.io.write import FALLBACK_SYNTAX, output_syntax
+    for ts in (U.ExplicitVRLittleEndian, U.ImplicitVRLittleEndian, U.ExplicitVRBigEndian,
+               U.DeflatedExplicitVRLittleEndian, U.RLELossless, U.JPEGLSLossless, U.JPEG2000Lossless,
+               U.JPEGLossless, U.JPEGLosslessSV1):
+        c = output_syntax(ts)
+        assert c.output == ts and c.reason == "same syntax", (ts.name, c)
+    assert output_syntax(U.JPEGBaseline8Bit).output == U.JPEGLosslessSV1
+    assert output_syntax(U.JPEG2000).output == U.JPEG2000Lossless
+    assert output_syntax(U.JPEGLSNearLossless).output == U.JPEGLSLossless
+    for ts in (U.HTJ2K, "1.2.840.10008.1.2.4.100", "1.2.3.4"):  # lossy or unknown with no lossless encoder here
+        c = output_syntax(ts)
+        assert c.output == FALLBACK_SYNTAX and "uncompressed" in c.reason, c
+
+
+def test_no_encoder_falls_back_and_says_so(tmp_path, monkeypatch):
+    from pydicom import uid as U
+
+    from medforensics.io import write as w
+    im = load(get_testdata_file("MR_small_RLE.dcm"))[0]
+    edited = _edit(im.pixels)
+    monkeypatch.setattr(w, "_encoder", lambda ts: None if ts == U.RLELossless else "pydicom")
+    written = w.write_image(im, edited, tmp_path / "none.dcm")
+    (choice,) = written.syntax
+    assert choice["output"] == U.ExplicitVRLittleEndian and "no encoder for RLE Lossless" in choice["reason"]
+    assert pydicom.dcmread(written.files[0]).file_meta.TransferSyntaxUID == U.ExplicitVRLittleEndian
+    assert np.array_equal(load(written.files[0])[0].pixels, edited)
+    monkeypatch.undo()
+
+    def broken(self, *a, **k):
+        raise RuntimeError("encoder crashed")
+    monkeypatch.setattr(pydicom.dataset.Dataset, "compress", broken)
+    written = w.write_image(im, edited, tmp_path / "broken.dcm")
+    (choice,) = written.syntax
+    assert choice["output"] == U.ExplicitVRLittleEndian and "encoder crashed" in choice["reason"]
+    assert np.array_equal(load(written.files[0])[0].pixels, edited)

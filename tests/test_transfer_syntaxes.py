@@ -264,3 +264,167 @@ def test_permissive_encoders_round_trip(tmp_path, ts):
     got, meta = _pixels(out)
     assert meta["transfer_syntax"] == ts
     np.testing.assert_array_equal(got, _pixels("MR_small.dcm")[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# the forge writes back in the input's syntax (issue 18, item 8): copymove on one image of every
+# syntax above, a CT injection on a small series in every syntax pydicom or GDCM can make here
+
+#: What the forge writes lossy input in: the lossless syntax of the same family (docs/forge/edits.md).
+LOSSLESS_OF_LOSSY = {U.JPEGBaseline8Bit: U.JPEGLosslessSV1, U.JPEGExtended12Bit: U.JPEGLosslessSV1,
+                     U.JPEGLSNearLossless: U.JPEGLSLossless, U.JPEG2000: U.JPEG2000Lossless}
+
+#: One grayscale file per syntax (colour DICOM is not written by the forge); None: built below.
+FORGE_2D = [
+    ("CT_small.dcm", U.ExplicitVRLittleEndian), ("MR_small_implicit.dcm", U.ImplicitVRLittleEndian),
+    ("MR_small_bigendian.dcm", U.ExplicitVRBigEndian), ("image_dfl.dcm", U.DeflatedExplicitVRLittleEndian),
+    ("MR_small_RLE.dcm", U.RLELossless), ("emri_small_RLE.dcm", U.RLELossless),
+    ("MR_small_jpeg_ls_lossless.dcm", U.JPEGLSLossless), ("MR_small_jp2klossless.dcm", U.JPEG2000Lossless),
+    ("JPEG-LL.dcm", U.JPEGLosslessSV1), ("JPGLosslessP14SV1_1s_1f_8b.dcm", U.JPEGLossless),
+    ("JPEGLSNearLossless_16.dcm", U.JPEGLSNearLossless), ("JPGExtended.dcm", U.JPEGExtended12Bit),
+    ("693_J2KI.dcm", U.JPEG2000), (None, U.JPEGBaseline8Bit),
+]
+
+
+def _expected_output(ts):
+    return LOSSLESS_OF_LOSSY.get(ts, ts)
+
+
+def _gray_jpeg_baseline(path: Path) -> Path:
+    """An 8-bit grayscale JPEG baseline DICOM (Pillow's encoder), as a scanner or PACS exports one."""
+    import io
+
+    from PIL import Image as PILImage
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    stored = ds.pixel_array.astype(np.float64)
+    arr = np.round((stored - stored.min()) / (stored.max() - stored.min()) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(arr).save(buf, format="JPEG", quality=90)
+    ds.file_meta.TransferSyntaxUID = U.JPEGBaseline8Bit
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for kw in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if kw in ds:
+            delattr(ds, kw)
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.LossyImageCompression = "01"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _forge_input(name, ts, folder: Path) -> Path:
+    if name is None:
+        return _gray_jpeg_baseline(folder / "jpeg_baseline.dcm")
+    src = Path(get_testdata_file(name))
+    if pydicom.dcmread(src, stop_before_pixels=True).file_meta.TransferSyntaxUID == ts:
+        return src
+    ds = pydicom.dcmread(src)  # the SV1 file relabelled as process 14 (see test_jpeg_lossless_process14)
+    ds.file_meta.TransferSyntaxUID = ts
+    out = folder / f"relabelled_{name}"
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def _changed(a: Path | list, b: Path | list) -> np.ndarray:
+    """Where the loader's decoding of ``a`` and ``b`` differ (files, or lists of a series' files)."""
+    from medforensics.io import load_series
+    pa = load_series(a).pixels if isinstance(a, list) else load(a)[0].pixels
+    pb = load_series(b).pixels if isinstance(b, list) else load(b)[0].pixels
+    assert pa.shape == pb.shape
+    return pa != pb
+
+
+@pytest.mark.parametrize("name,ts", FORGE_2D, ids=[c[1].name for c in FORGE_2D])
+def test_forge_copymove_keeps_the_syntax_and_the_mask_covers_every_change(tmp_path, run_cli, name, ts):
+    import json
+
+    from PIL import Image as PILImage
+    src = _forge_input(name, ts, tmp_path)
+    frames = int(getattr(pydicom.dcmread(src, stop_before_pixels=True), "NumberOfFrames", 1) or 1)
+    out = tmp_path / "forged.dcm"
+    args = ["forge", "copymove", src, "--out", out, "--seed", "1"] + (["--slice", "1"] if frames > 1 else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+        written = pydicom.dcmread(out)
+        assert written.file_meta.TransferSyntaxUID == _expected_output(ts)
+        gt = json.loads((tmp_path / "forged.groundtruth.json").read_text())
+        (choice,) = gt["transfer_syntax"]
+        assert choice["input"] == ts and choice["output"] == _expected_output(ts)
+        mask_file = tmp_path / ("forged.mask.npz" if frames > 1 else "forged.mask.png")
+        mask = (np.load(mask_file)["mask"] if frames > 1 else np.asarray(PILImage.open(mask_file))) > 0
+        changed = _changed(src, out)
+    assert changed.any() and not (changed & ~mask).any()  # no changed pixel outside the ground truth
+    assert gt["n_changed_by_encoding"] == 0 and gt["n_changed"] == int(mask.sum()) == gt["n_edited"]
+    if ts in LOSSLESS_OF_LOSSY:  # lossy input: said so in the header, and in the output of the command
+        assert written.LossyImageCompression == "01" and "written losslessly" in r.stdout
+    for kw in ("SOPInstanceUID", "PatientID", "Rows", "Columns", "BitsStored", "PhotometricInterpretation"):
+        assert written.get(kw) == pydicom.dcmread(src, stop_before_pixels=True).get(kw)
+
+
+def _ct_series(folder: Path, ts) -> list[Path]:
+    """Five CT slices (pydicom's CT_small, shifted 5 mm apart) stored in ``ts``."""
+    from medforensics.io.write import _gdcm_encapsulated
+    folder.mkdir()
+    paths = []
+    for k in range(5):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient[2] += 5 * k
+        arr = np.roll(ds.pixel_array, 3 * k, axis=1)  # slices that are not copies of each other
+        ds.PixelData = arr.tobytes()
+        kwargs = {}
+        if ts == U.ExplicitVRBigEndian:
+            ds.PixelData = arr.astype(">i2").tobytes()
+            ds.file_meta.TransferSyntaxUID = ts
+            kwargs = {"little_endian": False, "implicit_vr": False}
+        elif ts in (U.ImplicitVRLittleEndian, U.DeflatedExplicitVRLittleEndian):
+            ds.file_meta.TransferSyntaxUID = ts
+            kwargs = {"implicit_vr": ts == U.ImplicitVRLittleEndian, "little_endian": True}
+        elif ts in (U.JPEGLossless, U.JPEGLosslessSV1):
+            ds.PixelData = _gdcm_encapsulated(ds, arr, ts)
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = ts
+        elif ts == U.JPEGLSNearLossless:
+            ds.compress(ts, arr, jls_error=3)
+        elif ts == U.JPEG2000:
+            ds.compress(ts, arr, j2k_cr=[15])
+        elif ts != U.ExplicitVRLittleEndian:
+            ds.compress(ts, arr)
+        path = folder / f"{k + 1:03d}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=not kwargs, force_encoding=bool(kwargs), **kwargs)
+        assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == ts
+        paths.append(path)
+    return paths
+
+
+CT_SYNTAXES = [U.ExplicitVRLittleEndian, U.ImplicitVRLittleEndian, U.ExplicitVRBigEndian,
+               U.DeflatedExplicitVRLittleEndian, U.RLELossless, U.JPEGLSLossless, U.JPEG2000Lossless,
+               U.JPEGLosslessSV1, U.JPEGLossless, U.JPEGLSNearLossless, U.JPEG2000]
+
+
+@pytest.mark.parametrize("ts", CT_SYNTAXES, ids=[t.name for t in CT_SYNTAXES])
+def test_forge_inject_keeps_the_series_syntax(tmp_path, run_cli, ts):
+    import json
+    src = _ct_series(tmp_path / "series", ts)
+    out = tmp_path / "forged"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = run_cli("forge", "inject", tmp_path / "series", "--out", out, "--center", "2,64,64", "--diameter", "8")
+        assert r.returncode == 0, r.stderr
+        written = sorted(out.glob("*.dcm"))
+        assert [p.name for p in written] == [p.name for p in src]
+        gt = json.loads((tmp_path / "forged.groundtruth.json").read_text())
+        mask = np.load(tmp_path / "forged.mask.npz")["mask"] > 0
+        changed = _changed(src, written)
+    for k, (a, b) in enumerate(zip(src, written)):
+        if mask[k].any():  # re-encoded slices: the expected syntax; the others are byte copies
+            assert pydicom.dcmread(b, stop_before_pixels=True).file_meta.TransferSyntaxUID == _expected_output(ts)
+        else:
+            assert a.read_bytes() == b.read_bytes()
+    assert [c["output"] for c in gt["transfer_syntax"]] == [_expected_output(ts)]
+    assert changed.any() and not (changed & ~mask).any() and gt["n_changed_by_encoding"] == 0
