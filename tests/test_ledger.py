@@ -11,17 +11,19 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydicom.data import get_testdata_file
 
 from medforensics.core import MedForensicsError
-from medforensics.provenance.ledger import (BUNDLE_FORMAT, Fingerprint, Ledger, check_bundle, fingerprint,
+from medforensics.provenance.ledger import (BUNDLE_FORMAT, Fingerprint, Ledger, WriteLimits, check_bundle, fingerprint,
                                             generate_key, verify_consistency, verify_inclusion, verify_tree_head)
 
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -247,6 +249,45 @@ def test_tampered_tree_head_and_wrong_schema_are_clear_errors(log_url, tmp_path)
         Ledger(log_url)
 
 
+def test_write_tokens_and_write_records(log_url):
+    """Tokens live in the log's own database (SQLite or PostgreSQL): stored as SHA-256, revocable,
+    and every write made with one records its name in the same transaction."""
+    with Ledger.create(log_url, generate_key()) as lg:
+        assert lg.tokens() == [] and lg.authenticate("anything") is None
+        a, b = lg.new_token("pacs"), lg.new_token("modality-7")
+        assert a != b and lg.authenticate(a) == "pacs" and lg.authenticate(b) == "modality-7"
+        lg.append(_fps(3))  # a local append has no writer
+        assert lg.append(_fps(2, 10), writer="pacs") == [3, 4]
+        assert [lg.writer(i) for i in range(5)] == [None, None, None, "pacs", "pacs"]
+        lg.revoke_token("pacs")
+        assert lg.authenticate(a) is None and lg.authenticate(b) == "modality-7"
+        with pytest.raises(MedForensicsError, match="revoked"):
+            lg.append(_fps(1, 20), writer="pacs")
+        with pytest.raises(MedForensicsError, match="revoked"):
+            lg.append(_fps(1, 20), writer="nobody")
+        assert lg.size == 5 and lg.audit().ok
+        with pytest.raises(MedForensicsError, match="exists already"):
+            lg.new_token("pacs")
+        with pytest.raises(MedForensicsError, match="revoked already"):
+            lg.revoke_token("pacs")
+        info = {t.name: t for t in lg.tokens()}
+        assert (info["pacs"].active, info["pacs"].writes, info["pacs"].entries) == (False, 1, 2)
+        assert info["modality-7"].active and info["modality-7"].writes == 0
+
+
+def test_a_log_made_before_tokens_gains_them(tmp_path):
+    key = generate_key()
+    with Ledger.create(tmp_path / "old.db", key) as lg:
+        lg.append(_fps(2))
+    raw_execute(str(tmp_path / "old.db"), "DROP TABLE ledger_tokens")
+    raw_execute(str(tmp_path / "old.db"), "DROP TABLE ledger_writes")
+    with Ledger(tmp_path / "old.db", private_key=key) as lg:
+        assert lg.tokens() == [] and lg.authenticate("x") is None and lg.writer(0) is None
+        token = lg.new_token("pacs")
+        assert lg.authenticate(token) == "pacs"
+        assert lg.append(_fps(1, 9), writer="pacs") == [2] and lg.writer(2) == "pacs" and lg.audit().ok
+
+
 def test_concurrent_writers_are_serialised(log_url):
     key = generate_key()
     Ledger.create(log_url, key).close()
@@ -361,7 +402,8 @@ def test_cli_workflow_and_exit_codes(tmp_path, monkeypatch, capsys, run_cli):
     (imgs / "notes.txt").write_text("skipped in folders")
     assert run_cli("ledger", "init", log)[0] == 0
     assert (tmp_path / "l.db.key.pem").stat().st_mode & 0o777 == 0o600
-    assert run_cli("ledger", "init", log)[0] == 2  # refuses an existing log
+    rc, _, err = run_cli("ledger", "init", log)  # refuses an existing log, and suggests no option it lacks
+    assert rc == 2 and "already exists" in err and "new" in err and "--overwrite" not in err
     rc, out, _ = run_cli("ledger", "add", str(imgs), str(tmp_path / "missing.dcm"), "--log", log)
     assert rc == 1 and "2 added" in out and "1 error" in out
     rc, out, _ = run_cli("ledger", "add", str(imgs), "--log", log)
@@ -382,6 +424,20 @@ def test_cli_workflow_and_exit_codes(tmp_path, monkeypatch, capsys, run_cli):
     assert run_cli("ledger", "key", "--out", str(pub))[0] == 0
     rc, out, _ = run_cli("ledger", "check", str(proof), "--public-key", str(pub))
     assert rc == 0 and "valid" in out
+    # the signing time is ISO 8601 UTC, the head's own timestamp
+    signed = json.loads(proof.read_text())["tree_head"]["timestamp"]
+    iso = datetime.fromtimestamp(signed / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{signed % 1000:03d}Z"
+    assert f"signed at {iso}" in out and " ms" not in out
+    # a PEM certificate of the log's key is accepted as --public-key (its key is taken); one of another key is not
+    cert = tmp_path / "log-cert.pem"
+    cert.write_bytes(_self_signed(load_pem_private_key((tmp_path / "l.db.key.pem").read_bytes(), None)))
+    rc, out, _ = run_cli("ledger", "check", str(proof), "--public-key", str(cert))
+    assert rc == 0 and "valid" in out
+    (tmp_path / "other-cert.pem").write_bytes(_self_signed(generate_key()))
+    assert run_cli("ledger", "check", str(proof), "--public-key", str(tmp_path / "other-cert.pem"))[0] == 3
+    (tmp_path / "broken-cert.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    rc, _, err = run_cli("ledger", "check", str(proof), "--public-key", str(tmp_path / "broken-cert.pem"))
+    assert rc == 1 and "certificate" in err
     assert run_cli("ledger", "check", str(proof), "--public-key", str(pub), "--image",
                    str(tmp_path / "changed.dcm"))[0] == 3
     other = tmp_path / "other.pem"
@@ -397,8 +453,33 @@ def test_cli_workflow_and_exit_codes(tmp_path, monkeypatch, capsys, run_cli):
     raw_execute(log, "UPDATE ledger_nodes SET hash = ? WHERE level = 0 AND idx = 1", (b"\x00" * 32,))
     rc, out, _ = run_cli("ledger", "audit")
     assert rc == 3 and "altered" in out
+    rc, _, err = run_cli("ledger", "verify", str(imgs), "--log", "http://127.0.0.1:1")
+    assert rc == 2 and "only 'ledger add'" in err  # a served log is for appends; reading needs the log itself
     monkeypatch.delenv("MEDFORENSICS_LEDGER")
     assert run_cli("ledger", "head")[0] == 2  # no log given
+
+
+def _self_signed(key) -> bytes:
+    """A self-signed PEM certificate of ``key`` (as a CA would issue for a log's key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "transparency log")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_check_bundle_takes_a_certificate_as_the_public_key(tmp_path):
+    key = generate_key()
+    with Ledger.create(tmp_path / "l.db", key) as lg:
+        lg.append([fingerprint(CT)])
+        bundle = lg.prove(CT)
+    assert check_bundle(bundle, _self_signed(key)).ok
+    assert verify_tree_head(bundle["tree_head"], _self_signed(key))
+    assert not check_bundle(bundle, _self_signed(generate_key())).ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,10 +513,25 @@ def test_http_api(tmp_path):
     assert ro.get("/lookup", params={"key": "nope"}).status_code == 404
     entry = _fps(1, 77)[0].to_dict()
     assert ro.post("/entries", json={"entries": [entry]}).status_code == 403
+    with pytest.raises(MedForensicsError, match="ledger token new"):  # writable needs a write token
+        create_app(str(log), writable=True)
+    with Ledger(log) as lg:
+        token = lg.new_token("tests")
+    auth = {"Authorization": f"Bearer {token}"}
     rw = TestClient(create_app(str(log), writable=True))
-    r = rw.post("/entries", json={"entries": [entry, _fps(1, 78)[0].to_dict()]})
-    assert r.status_code == 200 and r.json()["indexes"] == [10, 11]
-    assert rw.post("/entries", json={"entries": [{"key": "k", "pixel_sha256": "zz"}]}).status_code == 400
+    assert rw.post("/entries", json={"entries": [entry]}).status_code == 401
+    assert rw.get("/write-access", headers=auth).json() == {"written_by": "tests", "max_entries": 1000,
+                                                             "max_body_bytes": 2 * 1024 * 1024}
+    r = rw.post("/entries", json={"entries": [entry, _fps(1, 78)[0].to_dict()]}, headers=auth)
+    assert r.status_code == 200 and r.json()["indexes"] == [10, 11] and r.json()["written_by"] == "tests"
+    assert rw.post("/entries", json={"entries": [{"key": "k", "pixel_sha256": "zz"}]}, headers=auth).status_code == 422
+    small = TestClient(create_app(str(log), writable=True, limits=WriteLimits(max_body_bytes=2000, max_entries=3)))
+    assert small.post("/entries", json={"entries": [_fps(1, 80 + i)[0].to_dict() for i in range(4)]},
+                      headers=auth).status_code == 413
+    assert small.post("/entries", content=b"[" * 1500, headers=auth).status_code == 400
+    assert small.post("/entries", content=b" " * 2001, headers=auth).status_code == 413
+    with Ledger(log) as lg:
+        assert lg.size == 12
     c = ro.get("/proof/consistency", params={"first": 10, "second": 12}).json()
     new = ro.get("/tree-head").json()
     assert verify_consistency(10, 12, bytes.fromhex(head["root_hash"]), bytes.fromhex(new["root_hash"]),

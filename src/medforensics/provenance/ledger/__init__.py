@@ -41,20 +41,22 @@ Storage keeps the hash of every complete subtree (``ledger_nodes``), so an appen
 ``log2 n`` nodes and writes about two rows per leaf, and a proof reads ``O(log n)`` nodes.
 
 The package has one module per job: :mod:`~medforensics.provenance.ledger.log` (fingerprints,
-the Merkle tree, signed tree heads, proofs, audits, :class:`Ledger`),
-:mod:`~medforensics.provenance.ledger.store` (SQLite and PostgreSQL storage) and
-:mod:`~medforensics.provenance.ledger.api` (the HTTP API, :func:`create_app`). Keys are loaded
+the Merkle tree, signed tree heads, proofs, audits, write tokens, :class:`Ledger`),
+:mod:`~medforensics.provenance.ledger.store` (SQLite and PostgreSQL storage),
+:mod:`~medforensics.provenance.ledger.api` (the HTTP API, :func:`create_app`, whose writes need a
+bearer token and stay within :class:`WriteLimits`) and
+:mod:`~medforensics.provenance.ledger.client` (:class:`RemoteLog`, appending to a served log). Keys are loaded
 with :mod:`medforensics.provenance.keys`.
 """
 from __future__ import annotations
 
-from .log import (BUNDLE_FORMAT, ENV_KEY, ENV_LOG, HEADER_ATTRIBUTES, AuditReport, BundleCheck, Entry,  # noqa: F401
-                  Fingerprint, Ledger, LookupResult, TreeHead, check_bundle, default_log, fingerprint, generate_key,
-                  load_private_key, verify_consistency, verify_inclusion, verify_tree_head)
-from .api import create_app
+from .log import (BUNDLE_FORMAT, ENV_KEY, ENV_LOG, HEADER_ATTRIBUTES, KINDS, TOKEN_PREFIX, AuditReport,  # noqa: F401
+                  BundleCheck, Entry, Fingerprint, Ledger, LookupResult, TokenInfo, TreeHead, check_bundle, default_log,
+                  fingerprint, generate_key, load_private_key, verify_consistency, verify_inclusion, verify_tree_head)
+from .api import WriteLimits, create_app, parse_entry
+from .client import RemoteLog, is_remote
 
-
-
-__all__ = ["Fingerprint", "fingerprint", "HEADER_ATTRIBUTES", "TreeHead", "Entry", "LookupResult", "AuditReport",
-           "BundleCheck", "Ledger", "verify_inclusion", "verify_consistency", "verify_tree_head", "check_bundle",
-           "generate_key", "load_private_key", "default_log", "create_app", "ENV_LOG", "ENV_KEY", "BUNDLE_FORMAT"]
+__all__ = ["Fingerprint", "fingerprint", "HEADER_ATTRIBUTES", "KINDS", "TreeHead", "Entry", "LookupResult",
+           "AuditReport", "BundleCheck", "TokenInfo", "TOKEN_PREFIX", "Ledger", "verify_inclusion", "verify_consistency",
+           "verify_tree_head", "check_bundle", "generate_key", "load_private_key", "default_log", "create_app",
+           "WriteLimits", "parse_entry", "RemoteLog", "is_remote", "ENV_LOG", "ENV_KEY", "BUNDLE_FORMAT"]

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
+import secrets
 import struct
 import time
 import warnings
@@ -18,6 +20,7 @@ from typing import Any, Iterable
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
@@ -28,15 +31,21 @@ from ..merkle import (EMPTY_ROOT, consistency_ranges, fold, inclusion_ranges, le
                       verify_consistency, verify_inclusion)
 from .store import ENV_LOG, _DB, _display, default_log
 
-__all__ = ["Fingerprint", "fingerprint", "HEADER_ATTRIBUTES", "TreeHead", "Entry", "LookupResult", "AuditReport",
-           "BundleCheck", "Ledger", "verify_inclusion", "verify_consistency", "verify_tree_head", "check_bundle",
-           "generate_key", "load_private_key", "default_log", "ENV_LOG", "ENV_KEY", "BUNDLE_FORMAT"]
+__all__ = ["Fingerprint", "fingerprint", "HEADER_ATTRIBUTES", "KINDS", "TreeHead", "Entry", "LookupResult",
+           "AuditReport", "BundleCheck", "TokenInfo", "TOKEN_PREFIX", "Ledger", "verify_inclusion",
+           "verify_consistency", "verify_tree_head", "check_bundle", "generate_key", "load_private_key",
+           "default_log", "ENV_LOG", "ENV_KEY", "BUNDLE_FORMAT"]
 
 SCHEMA_VERSION = "1"
 BUNDLE_FORMAT = "medforensics-ledger-proof/1"
 #: Environment variable naming the PEM private key that signs tree heads; read by :mod:`medforensics.config`.
 ENV_KEY = LEDGER_KEY
 _STH_PREFIX = b"medforensics-sth-v1\n"
+#: The kinds of image a fingerprint can be of (what :func:`fingerprint` writes).
+KINDS = ("dicom", "raster", "nifti")
+#: Every write token starts with this, then 43 URL-safe base64 characters (256 random bits).
+TOKEN_PREFIX = "mflt_"
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 #: Identifying DICOM attributes hashed into ``header_sha256``, in this order.
 HEADER_ATTRIBUTES = (
@@ -90,6 +99,8 @@ class Fingerprint:
         for name in ("pixel_sha256", "header_sha256"):
             if not re.fullmatch(r"[0-9a-f]{64}", getattr(fp, name)):
                 raise MedForensicsError(where, f"fingerprint field {name} is not 64 hex digits")
+        if fp.kind not in KINDS:
+            raise MedForensicsError(where, f"fingerprint kind {fp.kind[:40]!r} is not one of {', '.join(KINDS)}")
         if not fp.key or len(fp.key) > 256:
             raise MedForensicsError(where, "fingerprint key is empty or longer than 256 characters")
         return fp
@@ -250,12 +261,19 @@ def _public_pem(key) -> bytes:
 
 
 def _load_public(public_key_pem: bytes | str, where=None):
+    """The public key of a PEM public key, or of a PEM certificate (its subject's key)."""
     if isinstance(public_key_pem, str):
         public_key_pem = public_key_pem.encode("ascii", "replace")
-    try:
-        pub = serialization.load_pem_public_key(public_key_pem)
-    except (ValueError, TypeError) as e:
-        raise MedForensicsError(where, f"not a PEM public key ({one_line(e, 200)})") from None
+    if b"-----BEGIN CERTIFICATE-----" in public_key_pem:
+        try:
+            pub = x509.load_pem_x509_certificate(public_key_pem).public_key()
+        except (ValueError, TypeError) as e:
+            raise MedForensicsError(where, f"not a readable PEM certificate ({one_line(e, 200)})") from None
+    else:
+        try:
+            pub = serialization.load_pem_public_key(public_key_pem)
+        except (ValueError, TypeError) as e:
+            raise MedForensicsError(where, f"not a PEM public key or certificate ({one_line(e, 200)})") from None
     _algorithm(pub, where)
     return pub
 
@@ -415,6 +433,31 @@ class AuditReport:
     heads: int
     root_hash: bytes
     problems: list[str]
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A write token of a served log, as :meth:`Ledger.tokens` lists it (never the token itself:
+    only its SHA-256 is stored). Times in ms since 1970 UTC; ``writes`` accepted HTTP writes
+    carried ``entries`` entries in all."""
+
+    name: str
+    created: int
+    revoked: int | None
+    writes: int = 0
+    entries: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.revoked is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "created": self.created, "revoked": self.revoked, "writes": self.writes,
+                "entries": self.entries}
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
@@ -701,15 +744,25 @@ class Ledger:
         self._db.execute("INSERT INTO ledger_heads (tree_size, root_hash, timestamp, algorithm, signature) "
                          "VALUES (?, ?, ?, ?, ?)", (th.tree_size, th.root_hash, th.timestamp, th.algorithm, th.signature))
 
-    def append(self, fingerprints: Iterable[Fingerprint], *, timestamp_ms: int | None = None) -> list[int]:
+    def append(self, fingerprints: Iterable[Fingerprint], *, timestamp_ms: int | None = None,
+               writer: str | None = None) -> list[int]:
         """Append fingerprints in one transaction and sign the new tree head; returns their leaf
         indexes. Concurrent appenders are serialised; the log's current root is checked against
-        its signed head first, so nothing is appended to a corrupted log."""
+        its signed head first, so nothing is appended to a corrupted log.
+
+        ``writer`` is the name of the write token that sent them (HTTP writes, see
+        :meth:`authenticate`): it is recorded in ``ledger_writes`` in the same transaction, and
+        the append is refused if the token was revoked in the meantime."""
         fps = list(fingerprints)
         key = self._signer()
         ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         with self._guard("appending"):
             with self._db.write():
+                if writer is not None:
+                    rows = self._db.query("SELECT revoked FROM ledger_tokens WHERE name = ?", (writer,)) \
+                        if self._db.has_table("ledger_tokens") else []
+                    if not rows or rows[0][0] is not None:
+                        raise MedForensicsError(self.name, f"write token {writer!r} does not exist or was revoked")
                 head = self.head()
                 n = head.tree_size
                 top = self._db.query("SELECT MAX(idx) FROM ledger_leaves")[0][0]
@@ -740,9 +793,78 @@ class Ledger:
                 self._db.executemany(f"INSERT INTO ledger_leaves ({self._ENTRY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                      leaf_rows)
                 self._db.executemany("INSERT INTO ledger_nodes (level, idx, hash) VALUES (?, ?, ?)", node_rows)
+                if writer is not None:
+                    self._db.execute("INSERT INTO ledger_writes (first_idx, count, token_name, timestamp) "
+                                     "VALUES (?, ?, ?, ?)", (n, len(fps), writer, ts))
                 new = n + len(fps)
                 self._insert_head(_sign_head(key, new, fold([h for _, h in stack]), max(ts, head.timestamp)))
         return list(range(n, n + len(fps)))
+
+    # -- write tokens of a served log -------------------------------------------------------------
+    def new_token(self, name: str) -> str:
+        """Create a write token called ``name`` and return it; only its SHA-256 is stored, so this
+        is the one time it can be read. Names are letters, digits and ``._@-`` (at most 64,
+        starting with a letter or digit) and are never reused, revoked or not, so that the write
+        records (:meth:`writer`) stay unambiguous."""
+        if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name):
+            raise MedForensicsError(self.name, f"token name {str(name)[:80]!r} is not 1-64 letters, digits or ._@- "
+                                    "(starting with a letter or digit)")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._guard("creating a token"), self._db.write():
+            for stmt in self._db.auth_schema():
+                self._db.execute(stmt)
+            if self._db.query("SELECT 1 FROM ledger_tokens WHERE name = ?", (name,)):
+                raise MedForensicsError(self.name, f"a token named {name!r} exists already (names are never reused, "
+                                        "even after 'ledger token revoke')")
+            self._db.execute("INSERT INTO ledger_tokens (name, sha256, created, revoked) VALUES (?, ?, ?, NULL)",
+                             (name, _token_digest(token), int(time.time() * 1000)))
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke the token called ``name``: from now on it writes nothing (its row and the
+        records of its past writes stay)."""
+        with self._guard("revoking a token"), self._db.write():
+            rows = self._db.query("SELECT revoked FROM ledger_tokens WHERE name = ?", (name,)) \
+                if self._db.has_table("ledger_tokens") else []
+            if not rows:
+                raise MedForensicsError(self.name, f"no token named {str(name)[:80]!r} ('ledger token list' shows them)")
+            if rows[0][0] is not None:
+                raise MedForensicsError(self.name, f"token {name!r} is revoked already")
+            self._db.execute("UPDATE ledger_tokens SET revoked = ? WHERE name = ?", (int(time.time() * 1000), name))
+
+    def tokens(self) -> list[TokenInfo]:
+        """Every write token (active and revoked), oldest first, with the writes each made."""
+        with self._guard("listing tokens"):
+            if not self._db.has_table("ledger_tokens"):
+                return []
+            rows = self._db.query("SELECT t.name, t.created, t.revoked, COUNT(w.first_idx), COALESCE(SUM(w.count), 0) "
+                                  "FROM ledger_tokens t LEFT JOIN ledger_writes w ON w.token_name = t.name "
+                                  "GROUP BY t.name, t.created, t.revoked ORDER BY t.created, t.name")
+        return [TokenInfo(str(n), int(c), None if r is None else int(r), int(w), int(e)) for n, c, r, w, e in rows]
+
+    def authenticate(self, token: str | None) -> str | None:
+        """The name of the active write token ``token`` is, or None. Its SHA-256 is compared with
+        every active token's stored hash in constant time (:func:`hmac.compare_digest`)."""
+        with self._guard("checking a token"):
+            rows = self._db.query("SELECT name, sha256 FROM ledger_tokens WHERE revoked IS NULL") \
+                if self._db.has_table("ledger_tokens") else []
+        if not token or len(token) > 256:
+            return None
+        digest = _token_digest(token)
+        found = None
+        for name, stored in rows:
+            if hmac.compare_digest(str(stored), digest) and found is None:
+                found = str(name)
+        return found
+
+    def writer(self, index: int) -> str | None:
+        """The name of the token whose HTTP write added leaf ``index`` (None for a local append)."""
+        with self._guard("reading the write records"):
+            if not self._db.has_table("ledger_writes"):
+                return None
+            rows = self._db.query("SELECT token_name FROM ledger_writes WHERE first_idx <= ? AND first_idx + count > ? "
+                                  "ORDER BY first_idx DESC LIMIT 1", (int(index), int(index)))
+        return str(rows[0][0]) if rows else None
 
     # -- proofs for third parties ----------------------------------------------------------------
     def prove(self, target: "Fingerprint | str | Path") -> dict[str, Any]:

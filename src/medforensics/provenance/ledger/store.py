@@ -126,7 +126,28 @@ class _DB:
             f"PRIMARY KEY (level, idx)){without_rowid}",
             f"CREATE TABLE ledger_heads (tree_size {big} PRIMARY KEY, root_hash {blob} NOT NULL, "
             f"timestamp BIGINT NOT NULL, algorithm TEXT NOT NULL, signature {blob} NOT NULL)",
+            *self.auth_schema(),
         ]
+
+    def auth_schema(self) -> list[str]:
+        """The tables of the write path of a served log (``CREATE TABLE IF NOT EXISTS``, so that a
+        log made before they existed gains them on its first token): ``ledger_tokens`` (name,
+        SHA-256 of the bearer token, creation and revocation times in ms) and ``ledger_writes``
+        (one row per accepted HTTP write: its first leaf index, entry count, token name, time)."""
+        return [
+            "CREATE TABLE IF NOT EXISTS ledger_tokens (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, "
+            "created BIGINT NOT NULL, revoked BIGINT)",
+            "CREATE TABLE IF NOT EXISTS ledger_writes (first_idx BIGINT PRIMARY KEY, count BIGINT NOT NULL, "
+            "token_name TEXT NOT NULL, timestamp BIGINT NOT NULL)",
+        ]
+
+    def has_table(self, table: str) -> bool:
+        """Whether the database holds ``table``."""
+        if self.dialect == "sqlite":
+            sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        else:
+            sql = "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?"
+        return bool(self.query(sql, (table,)))
 
     def close(self) -> None:
         try:
