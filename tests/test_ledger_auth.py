@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 from pydicom.data import get_testdata_file
 
 from medforensics.core import MedForensicsError
@@ -53,7 +56,9 @@ def _new_log(folder: Path) -> Path:
     return log
 
 
-def _serve(log: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+def _serve(log: Path, *extra: str, tls: ssl.SSLContext | None = None) -> tuple[subprocess.Popen, int]:
+    """Start ``medforensics ledger serve LOG EXTRA...`` on a free loopback port and wait until it
+    answers (over HTTPS with ``tls``, the client context that trusts its certificate)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFORENSICS_LEDGER")}
     proc = subprocess.Popen([sys.executable, "-m", "medforensics", "ledger", "serve", str(log), "--port", str(port),
@@ -63,7 +68,8 @@ def _serve(log: Path, *extra: str) -> tuple[subprocess.Popen, int]:
         if proc.poll() is not None:
             raise AssertionError(f"server exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
         try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=tls) if tls else \
+                http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             c.request("GET", "/tree-head")
             if c.getresponse().status == 200:
                 c.close()
@@ -304,6 +310,50 @@ def test_read_only_server_refuses_writes_even_with_a_token(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_writes_over_https(tmp_path):
+    """serve --tls-cert/--tls-key serves HTTPS; ledger add posts over it (the client trusts the
+    certificate through OpenSSL's SSL_CERT_FILE, as it would a private CA's)."""
+    import datetime
+    import ipaddress
+    key = generate_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "tls-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "tls-key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    log = _new_log(tmp_path)
+    with Ledger(log) as lg:
+        (tmp_path / "w.token").write_text(lg.new_token("tls-writer") + "\n")
+    tls = ssl.create_default_context(cafile=str(tmp_path / "tls-cert.pem"))
+    proc, port = _serve(log, "--writable", "--tls-cert", str(tmp_path / "tls-cert.pem"), "--tls-key",
+                        str(tmp_path / "tls-key.pem"), tls=tls)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFORENSICS_LEDGER")}
+        env["SSL_CERT_FILE"] = str(tmp_path / "tls-cert.pem")
+        r = subprocess.run([sys.executable, "-m", "medforensics", "ledger", "add", str(MR), "--log",
+                            f"https://127.0.0.1:{port}", "--token-file", str(tmp_path / "w.token")],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0 and "1 added" in r.stdout, r.stderr
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):  # TLS only: plain HTTP gets no answer
+            c.request("GET", "/tree-head")
+            c.getresponse()
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    with Ledger(log) as lg:
+        e = lg.lookup(fingerprint(MR)).entry
+        assert e is not None and lg.writer(e.index) == "tls-writer"
 
 
 # ---------------------------------------------------------------------------------------------
