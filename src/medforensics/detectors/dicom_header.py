@@ -30,10 +30,21 @@ Each check yields findings with a severity weight:
   weak), instance numbers or acquisition times against the slice order, a date in the future, HU
   that do not look like CT (on images of 64 px or more: a 16x16 thumbnail need not reach air), a
   window far outside the data.
+* header values the loader needs but cannot use are ``moderate`` (``weak`` where the value is
+  zero, which some devices write for "not calibrated": pydicom's real CR ``RG1_UNCR.dcm`` has
+  PixelSpacing 0\\0): a PixelSpacing or
+  ImagerPixelSpacing that is zero, negative, NaN, infinite, not two numbers or outside 0.001-50 mm
+  (regions then stay in pixels: no spacing is invented), a SliceThickness or SpacingBetweenSlices
+  that is zero, negative, NaN or over 500 mm (the slice step comes from ImagePositionPatient; such
+  a value no longer splits a series into single images), a RescaleSlope / RescaleIntercept that is
+  NaN, infinite, a zero slope, or overflows (the pixels stay stored values instead of non-finite
+  ones) (:func:`medforensics.io.dicom.header_value_problems`).
 * ``weak`` (0.5): traces that de-identification and conversion pipelines also leave (they are
   common in public data sets): research or scripting tools named in a single instance, dates
   that precede the StudyDate, a single instance whose SOPInstanceUID was made under another
-  root than its series and study.
+  root than its series and study; an instance of a series that could not be stacked into a
+  volume (:func:`medforensics.io.dicom.volume_rule`: fewer than two instances with patient
+  geometry), which is then analysed alone.
 
 The raw statistic is the sum of the weights; the score is ``logistic(raw, 1.2, 0.3)``: nothing
 gives 0.02, one weak trace 0.09, two weak traces 0.34, one moderate finding 0.73, one strong
@@ -348,7 +359,24 @@ class DicomHeaderDetector(Detector):
                 add("uid_root", "weak", f"the SOPInstanceUID ({_root(sop, 8)}...) was made under another UID "
                                             f"root than its series and study ({_root(ser)}...)", [0])
 
+        self._value_checks(image, n, add)
         self._pixel_checks(image, dss, add)
+
+    @staticmethod
+    def _value_checks(image: Image, n: int, add) -> None:
+        """Header values the loader needs but could not use (:func:`medforensics.io.dicom.header_value_problems`:
+        zero, negative, NaN, infinite or absurd spacing or thickness, a rescale that gives non-finite
+        pixels), and an instance of a series that could not be stacked into a volume."""
+        for p in image.meta.get("unusable_values", []):
+            slices = p.get("slices", [0])
+            where = "" if n == 1 else (f" on all {n} slices" if len(slices) == n else f" on slice(s) {_fmt(slices)}")
+            # zero is what some devices write for "not calibrated" (pydicom's RG1_UNCR.dcm, a real
+            # CR: PixelSpacing 0\0): weak; negative, NaN, infinite or absurd values no device writes
+            zero = p["message"].endswith(": zero") and p["key"] != "RescaleSlope"
+            add(f"unusable_{p['key']}", "weak" if zero else "moderate", f"{p['message']}{where}; {p['effect']}",
+                slices)
+        if image.meta.get("not_assembled") and n == 1:
+            add("series_not_assembled", "weak", f"{image.meta['not_assembled']}; this instance is analysed alone", [0])
 
     def _pixel_checks(self, image: Image, dss: list[Dataset], add) -> None:
         px = image.pixels
