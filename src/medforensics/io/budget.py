@@ -34,25 +34,35 @@ from pathlib import Path
 
 from ..core import MedForensicsError
 
-#: 2 GiB: a 512 x 512 x 1,000-slice enhanced CT (about 1.6 GiB to load) or a 4,000 x 5,000
-#: 16-bit mammogram (about 0.3 GiB) fit; larger images need a larger budget.
+#: 2 GiB: a 16-bit 2D image of up to about 110 megapixels (a 10,000 x 11,000 scan; a 4,000 x 5,000
+#: mammogram takes 0.4 GiB), an enhanced multi-frame CT of about 450 slices of 512 x 512, a
+#: 512 x 512 x 450 int16 NIfTI volume, a 70-megapixel colour PNG or JPEG. Larger images need a
+#: larger budget. (A DICOM series is checked file by file.)
 DEFAULT_BUDGET = 2 * 1024**3
 VARIABLE = "MEDFORENSICS_DECODE_BUDGET"
 
-#: Working bytes per pixel beyond the decoded array, by loader path, from the peak RSS of
-#: loading large images (``tests/test_decode_budget.py`` keeps them honest):
-#: DICOM single frame: file's pixel data + pydicom's float64 Modality LUT output + the float32 result;
-WORK_DICOM = 8 + 8 + 4
-#: DICOM multi-frame: float32 frames, their stacked copy;
-WORK_DICOM_MULTIFRAME = 4 + 4 + 4
-#: colour DICOM: float32 samples and the gray result, per sample;
-WORK_DICOM_COLOUR = 4 + 4
-#: Pillow: numpy's copy of the decoded buffer, the float32 gray image (colour: float32 RGB and
-#: the channel differences as well);
-WORK_RASTER_GRAY = 4
-WORK_RASTER_COLOUR = 12 + 8 + 4
-#: NIfTI: the float32 volume, its scaled copy and its transposed contiguous copy.
-WORK_NIFTI = 4 + 4 + 4
+# Working bytes per decoded sample beyond the decoded array itself, by loader path: the peak RSS
+# of loading large images (4096 x 4096 and larger; numpy 2.4, pydicom 3.0, Pillow 13, nibabel 5.4),
+# rounded up. In brackets the measured total bytes per pixel, decoded array included.
+#: DICOM, one frame: the pixel data as read, pydicom's float64 Modality LUT output, the float32
+#: result (16-bit CT with rescale: 17.0 measured, 2 + 16 estimated).
+WORK_DICOM = 16
+#: DICOM, several frames: the pixel data as read, float32 frames, their stacked and sorted copies
+#: (16-bit, 40 frames of 1024 x 1024 with rescale: 16.2 measured, 2 + 16 estimated).
+WORK_DICOM_MULTIFRAME = 16
+#: colour DICOM, per sample: the pixel data as read, the float32 samples, the gray result
+#: (8-bit RGB: 22.0 per pixel measured, 3 x (1 + 7) estimated).
+WORK_DICOM_COLOUR = 7
+#: Pillow, gray modes: numpy's copy of Pillow's buffer (as many bytes again as the mode, added by
+#: the loader), the float32 gray image (8-bit: 6.1 measured, 7 estimated; 16-bit: 8.1, 9; float32: 12.1, 13).
+WORK_RASTER_GRAY = 5
+#: Pillow, colour and palette modes (Pillow keeps 3 bands in 4 bytes): the RGB conversion of a
+#: palette, numpy's copy, float32 RGB, the channel differences, the gray result (RGB: 27.0
+#: measured, 4 + 28 estimated; palette: 28.0, 1 + 28).
+WORK_RASTER_COLOUR = 28
+#: NIfTI: nibabel's read of the data, the float32 (scaled) volume, its transposed contiguous copy
+#: (int16 with scl_slope, 512 x 512 x 256, .nii.gz: 16.0 measured, 2 + 16 estimated).
+WORK_NIFTI = 16
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _CHUNK = 1 << 20
@@ -111,12 +121,12 @@ def _refuse(path: Path | str, what: str, budget: int) -> MedForensicsError:
 
 
 def check(path: Path | str, dims: dict[str, int], itemsize: int, work_per_pixel: int,
-          budget: int | str | None = None) -> int:
+          budget: int | str | None = None, note: str = "") -> int:
     """Refuse an image whose decoded array (``dims`` multiplied, times ``itemsize`` bytes) plus
     ``work_per_pixel`` working bytes per pixel goes over the budget; returns the bytes needed.
 
     ``dims`` names each factor, e.g. ``{"frames": 1, "rows": 512, "columns": 512, "samples": 1}``;
-    a dimension below zero is refused as a damaged header.
+    a dimension below zero is refused as a damaged header. ``note`` is added to the message.
 
     >>> check("a.png", {"height": 100, "width": 100}, 1, 4, budget="1M")
     50000
@@ -134,7 +144,9 @@ def check(path: Path | str, dims: dict[str, int], itemsize: int, work_per_pixel:
     need = decoded + pixels * work_per_pixel
     if need > limit:
         parts = " x ".join(_factor(name, n) for name, n in dims.items())
-        raise _refuse(path, f"decodes to {format_size(decoded)} ({parts} x {itemsize} bytes) and needs about "
+        note = f", {note}" if note else ""
+        raise _refuse(path, f"decodes to {format_size(decoded)} ({parts} x {itemsize} "
+                            f"byte{'s' if itemsize > 1 else ''}{note}) and needs about "
                             f"{format_size(need)} to load", limit)
     return need
 
@@ -146,7 +158,7 @@ def _factor(name: str, n: int) -> str:
     return f"{n} {name[:-1] if n == 1 and name.endswith('s') else name}"
 
 
-_AXES = {"rows", "columns", "width", "height", "i", "j", "k"}
+_AXES = {"rows", "columns", "width", "height", *"ijklmno"}
 
 
 def inflated_size(path: Path | str, offset: int, limit: int, *, raw: bool) -> int | None:
@@ -198,9 +210,10 @@ def check_deflated_dicom(path: Path | str, budget: int | str | None = None) -> N
             read_preamble(f, True)
             meta = _read_file_meta_info(f)
             offset = f.tell()
+        deflated = str(meta.get("TransferSyntaxUID", "")).strip("\0 ") == pydicom.uid.DeflatedExplicitVRLittleEndian
     except Exception:  # noqa: BLE001 - not readable as DICOM: the reader says why
         return
-    if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+    if not deflated:
         return
     limit = resolve(budget)
     n = inflated_size(path, offset, limit // 2, raw=True)
@@ -236,7 +249,31 @@ def check_dicom(path: Path | str, ds, budget: int | str | None = None) -> int:
     while itemsize * 8 < bits and itemsize < 8:
         itemsize *= 2
     if spp > 1:
-        work = spp * WORK_DICOM_COLOUR
+        work = WORK_DICOM_COLOUR
     else:
         work = WORK_DICOM if frames == 1 else WORK_DICOM_MULTIFRAME
     return check(path, {"frames": frames, "rows": rows, "columns": cols, "samples": spp}, itemsize, work, budget)
+
+
+def read_dicom(path: Path | str, **kwargs):
+    """``pydicom.dcmread(path, **kwargs)`` through a read-only memory map of the file.
+
+    An element of a damaged file can claim up to 4 GiB; read from a file object, pydicom asks for
+    that many bytes and Python allocates them before finding that the file holds fewer. Read from
+    a memory map, a read returns what the file holds, so memory stays bounded by the file's size.
+    """
+    import mmap
+
+    import pydicom
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return pydicom.dcmread(path, **kwargs)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        ds = pydicom.dcmread(mm, **kwargs)
+        ds.filename = str(path)
+        return ds
+    finally:
+        mm.close()

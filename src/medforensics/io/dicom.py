@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from ..core import Image, MedForensicsError, one_line
-from .budget import check_deflated_dicom, check_dicom
+from .budget import check_deflated_dicom, check_dicom, read_dicom
 
 #: Modalities whose instances with patient geometry form volumes.
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "ST"}
@@ -34,11 +34,26 @@ def read_header(path: Path, budget: int | str | None = None) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, stop_before_pixels=True, force=_needs_force(path))
+            return _converted(read_dicom(path, stop_before_pixels=True, force=_needs_force(path)))
     except InvalidDicomError as e:
         raise MedForensicsError(path, f"not a DICOM file ({e})") from None
-    except (EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as e:
-        raise MedForensicsError(path, f"unreadable DICOM header: {one_line(e, 300)}") from None
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files (zlib.error, struct.error, ...)
+        raise MedForensicsError(path, f"unreadable DICOM header: {_why(e)}") from None
+
+
+def _why(e: BaseException) -> str:
+    """The first line of an exception's message (pydicom appends a whole stack trace to errors
+    raised while it decodes an element), at most 300 characters."""
+    first = str(e).split("\n", 1)[0]
+    return one_line(Exception(first), 300) if first.strip() else type(e).__name__
+
+
+def _converted(ds: Dataset) -> Dataset:
+    """``ds`` with every element's value decoded now (pydicom decodes on first access): an unknown
+    VR or a value that does not fit its VR raises here, inside the reader's error handling and
+    warning filter, rather than later in a detector or while grouping a series."""
+    ds.walk(lambda _ds, _elem: None)
+    return ds
 
 
 def _needs_force(path: Path) -> bool:
@@ -71,11 +86,11 @@ def _decode(path: Path, budget: int | str | None = None) -> tuple[Dataset, np.nd
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=_needs_force(path))
+            ds = _converted(read_dicom(path, force=_needs_force(path)))
     except InvalidDicomError as e:
         raise MedForensicsError(path, f"not a DICOM file ({e})") from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
-        raise MedForensicsError(path, f"unreadable DICOM file: {one_line(e, 300)}") from None
+        raise MedForensicsError(path, f"unreadable DICOM file: {_why(e)}") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         sop = getattr(ds, "SOPClassUID", None)
         name = getattr(sop, "name", None) or sop or "unknown SOP class"
@@ -94,7 +109,7 @@ def _decode(path: Path, budget: int | str | None = None) -> tuple[Dataset, np.nd
     if err is not None and arr is None:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", ts) or "unknown transfer syntax"
-        msg = one_line(err, 300)
+        msg = _why(err)
         if "shorter than" in msg or "truncat" in msg.lower() or "length" in msg.lower():
             raise MedForensicsError(path, f"pixel data is truncated or does not match the header ({msg})") from None
         raise MedForensicsError(path, f"cannot decode pixel data ({ts_name}): {msg}") from None
