@@ -156,3 +156,16 @@ def test_no_encoder_falls_back_and_says_so(tmp_path, monkeypatch):
     (choice,) = written.syntax
     assert choice["output"] == U.ExplicitVRLittleEndian and "encoder crashed" in choice["reason"]
     assert np.array_equal(load(written.files[0])[0].pixels, edited)
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm",
+                                  "MR_small_implicit.dcm"])
+def test_ct_patch_crops_keep_the_source_syntax(tmp_path, name):
+    """forge dataset --patches writes its DICOM crops through io.write.encode_like too."""
+    from medforensics.forge.patches import write_dicom_crop
+    src = get_testdata_file(name)
+    im = load(src)[0]
+    out = write_dicom_crop(src, im.pixels[10:42, 5:37], 10, 5, tmp_path / "crop.dcm", "seed")
+    assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == pydicom.dcmread(src).file_meta.TransferSyntaxUID
+    back = load(out)[0]
+    assert back.pixels.shape == (32, 32) and np.array_equal(back.pixels, im.pixels[10:42, 5:37])

@@ -21,7 +21,9 @@ written twice, by the same writer for every class:
 
 * ``<id>.dcm`` -- HU as the series stored them: every header of the source instance is kept
   (patient, study, scanner, rescale, window), ``Rows``/``Columns`` become the crop's and
-  ``ImagePositionPatient`` moves to the crop's first pixel. A crop is a new image, so it gets its
+  ``ImagePositionPatient`` moves to the crop's first pixel; the pixel data keeps the source's
+  transfer syntax where it can be re-encoded losslessly (:func:`medforensics.io.write.output_syntax`,
+  the rule of every forge write). A crop is a new image, so it gets its
   own SOP Instance UID and Series Instance UID (derived from the source UIDs and the item id):
   ``scan`` then reads each file as one image rather than stacking a folder of crops of one series
   into a volume. Real and forged crops get the same treatment, so UIDs never tell them apart.
@@ -83,20 +85,16 @@ def lung_window_png(hu: np.ndarray) -> np.ndarray:
 def write_dicom_crop(source: Path, hu_crop: np.ndarray, top: int, left: int, out: Path, uid_seed: str) -> Path:
     """Write ``hu_crop`` (HU, a crop of the instance ``source`` at ``top``, ``left``) as a new DICOM
     file keeping every header of ``source``; see the module doc for what changes."""
-    import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    from ..io.write import new_file, physical_to_stored
+    from ..io.dicom import _decode  # the loader's own decoding
+    from ..io.write import encode_like, new_file, physical_to_stored
 
     dst = new_file(out)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(source)
-        dtype = ds.pixel_array.dtype
-    stored = physical_to_stored(ds, hu_crop).astype(dtype)
+    ds, frames, _ = _decode(source)
+    stored = physical_to_stored(ds, hu_crop).astype(frames.dtype)
     ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
-    ds.PixelData = stored.tobytes()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    encode_like(ds, stored)  # the source's transfer syntax where it can be kept (io.write.output_syntax)
     for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
         if tag in ds:
             delattr(ds, tag)

@@ -95,7 +95,7 @@ from ..core import Image, MedForensicsError, one_line
 from .plan import new_file, new_folder
 
 __all__ = ["write_like", "write_image", "Written", "write_mask", "new_file", "physical_to_stored", "output_syntax",
-           "SyntaxChoice", "FALLBACK_SYNTAX", "CARELESS_SOFTWARE"]
+           "encode_like", "SyntaxChoice", "FALLBACK_SYNTAX", "CARELESS_SOFTWARE"]
 
 #: Where no encoder exists for the input's syntax: explicit VR little endian, uncompressed.
 FALLBACK_SYNTAX = ExplicitVRLittleEndian
@@ -264,6 +264,18 @@ def _encode(ds: Dataset, arr: np.ndarray, choice: SyntaxChoice) -> SyntaxChoice:
     return choice
 
 
+def encode_like(ds: Dataset, stored: np.ndarray) -> SyntaxChoice:
+    """Put ``stored`` (stored values shaped like ``ds.pixel_array``; Rows, Columns and
+    NumberOfFrames already describe it) into ``ds`` in the syntax :func:`output_syntax` chooses for
+    ``ds``'s own, and return the choice. Lossy input written losslessly keeps (or gets)
+    ``LossyImageCompression`` ``01``: its values were lossy-compressed before."""
+    choice = _encode(ds, np.asarray(stored), output_syntax(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)))
+    if choice.input not in NATIVE_SYNTAXES and choice.input not in LOSSLESS_SYNTAXES and choice.input.is_transfer_syntax \
+            and "LossyImageCompression" not in ds:
+        ds.LossyImageCompression = "01"
+    return choice
+
+
 def _careless(ds: Dataset, series_uid: str) -> None:
     ds.SOPInstanceUID = generate_uid()
     if hasattr(ds, "file_meta"):
@@ -287,10 +299,7 @@ def _write_instance(src: Path, new_stored_frames: np.ndarray, changed: np.ndarra
     out_frames = frames.copy()
     out_frames[changed] = new_stored_frames[changed].astype(frames.dtype)
     arr = out_frames[0] if int(getattr(ds, "NumberOfFrames", 1) or 1) == 1 else out_frames
-    choice = _encode(ds, arr, output_syntax(getattr(ds.file_meta, "TransferSyntaxUID", None)))
-    if choice.output != choice.input and choice.input not in NATIVE_SYNTAXES and choice.input not in LOSSLESS_SYNTAXES \
-            and "LossyImageCompression" not in ds:
-        ds.LossyImageCompression = "01"  # once lossy, always: the values were lossy-compressed before
+    choice = encode_like(ds, arr)
     if careless_series:
         _careless(ds, careless_series)
     ds.save_as(out, enforce_file_format=False)
