@@ -85,7 +85,7 @@ def test_cli_scan_contract(tmp_path, run_cli):
     records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(records) == 3
     for rec in records:
-        assert RECORD_KEYS - {"score", "label"} <= set(rec) and rec["schema"] == "1.1"
+        assert RECORD_KEYS - {"score", "label"} <= set(rec) and rec["schema"] == "1.2"
         for ev in rec["evidence"]:
             assert {"detector", "score", "explanation", "regions"} <= set(ev)
             for reg in ev["regions"]:

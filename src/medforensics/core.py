@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
+
 
 class _Word(StrEnum):
     """A fixed word of the JSON contract: equal to its string, shown as its string."""
@@ -218,6 +219,13 @@ class Region:
             d["note"] = self.note
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Region":
+        """The region of a JSON record (inverse of :meth:`to_dict`)."""
+        mm = d.get("center_mm")
+        return cls(tuple(d["center_voxel"]), tuple(d["bbox_voxel"]), float(d.get("score", 1.0)),
+                   None if mm is None else tuple(mm), d.get("note", ""))
+
 
 @dataclass
 class Evidence:
@@ -232,8 +240,8 @@ class Evidence:
     :mod:`medforensics.fusion`). ``heatmap``, when present, has the shape of ``Image.pixels`` and
     values in [0, 1] (1 = most suspicious). ``provenance`` is set by detectors that check proofs
     of origin: one word per proof, e.g. ``signature:valid watermark:tampered`` or ``c2pa-valid``
-    (it becomes :attr:`Verdict.provenance`; in JSON it is written under ``details``, as in
-    schema 1.1).
+    (it becomes :attr:`Verdict.provenance`; in JSON it is written under ``details``, as
+    since schema 1.1).
 
     >>> e = Evidence("copy_move", 0.93, "two regions match", indicates="manipulation")
     >>> e.indicates is Indicates.MANIPULATION, e.counts
@@ -283,6 +291,16 @@ class Evidence:
             "details": _jsonable(details),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Evidence":
+        """The evidence of a JSON record (inverse of :meth:`to_dict`, without the heatmap)."""
+        details = dict(d.get("details") or {})
+        provenance = details.pop("provenance", None)
+        return cls(d["detector"], float(d["score"]), d.get("explanation", ""),
+                   regions=[Region.from_dict(r) for r in d.get("regions", [])], details=details,
+                   indicates=d.get("indicates", "manipulation"), confidence=d.get("confidence", "normal"),
+                   provenance=provenance)
+
 
 @dataclass
 class Verdict:
@@ -305,6 +323,12 @@ class Verdict:
     #: Detectors that apply to this kind of image but did not assess it, each with its reason (the
     #: image lies outside the domain it was validated on, or is too small, ...).
     not_assessed: dict[str, str] = field(default_factory=dict)
+    #: Content fingerprint of the source's files (``sha256:`` + hex), which ``scan --resume``
+    #: compares to decide whether a result still holds.
+    fingerprint: str | None = None
+    #: Warnings raised while the item was read and analysed (one line each), kept with the item
+    #: instead of printed.
+    warnings: list[str] = field(default_factory=list)
     #: PNG figures for reports (name -> base64 PNG), made next to the detectors; not in JSON.
     figures: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -331,8 +355,28 @@ class Verdict:
         d["assessed_by"] = list(self.assessed)
         d["not_assessed"] = dict(self.not_assessed)
         d["errors"] = list(self.errors)
+        d["warnings"] = list(self.warnings)
+        d["fingerprint"] = self.fingerprint
         d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+        """The verdict of a JSON-lines record (inverse of :meth:`to_dict`; heatmaps and figures
+        are not in JSON). Records of schema 1.0 and 1.1 read as well.
+
+        >>> v = Verdict("a.dcm", "image", "1.2.3", 1, 0.91, "manipulated",
+        ...             [Evidence("copy_move", 0.91, "two regions match", regions=[Region((4, 5), (0, 0, 9, 9))])])
+        >>> Verdict.from_dict(v.to_dict()) == v
+        True
+        """
+        return cls(path=d["path"], kind=d["kind"], uid=d.get("uid"), n_instances=int(d.get("n_instances", 1)),
+                   score=d.get("score"), label=d.get("label"),
+                   evidence=[Evidence.from_dict(e) for e in d.get("evidence", [])],
+                   errors=list(d.get("errors", [])), provenance=d.get("provenance", "unknown"),
+                   timings=dict(d.get("timings", {})), modality=d.get("modality"),
+                   assessed=list(d.get("assessed_by", [])), not_assessed=dict(d.get("not_assessed", {})),
+                   fingerprint=d.get("fingerprint"), warnings=list(d.get("warnings", [])))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -24,10 +24,14 @@ b.dcm None [] ['...b.dcm: no pixel data (not an image: CT Image Storage)']
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
+import warnings
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -86,22 +90,66 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
     return verdict
 
 
+def fingerprint(source: Source) -> str | None:
+    """The content fingerprint of a source: SHA-256 over its files' bytes, in order (``None``
+    when a file cannot be read). ``scan --resume`` reuses a result only for the same content.
+
+    >>> from pydicom.data import get_testdata_file
+    >>> from medforensics.io import Source
+    >>> one = fingerprint(Source("dicom", [Path(get_testdata_file("CT_small.dcm"))]))
+    >>> one[:7], len(one), one == fingerprint(Source("dicom", [Path(get_testdata_file("MR_small.dcm"))]))
+    ('sha256:', 71, False)
+    """
+    h = hashlib.sha256()
+    try:
+        for f in source.files:
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+    except OSError:
+        return None
+    return "sha256:" + h.hexdigest()
+
+
+def _warning_lines(path: str, caught: Sequence[warnings.WarningMessage], limit: int = 10) -> list[str]:
+    """Each distinct warning once, as ``path: Category: message`` (at most ``limit``)."""
+    lines: list[str] = []
+    for w in caught:
+        line = f"{path}: {w.category.__name__}: {one_line(w.message, 200) if isinstance(w.message, BaseException) else ' '.join(str(w.message).split())[:200]}"
+        if line not in lines:
+            lines.append(line)
+    return lines[:limit]
+
+
 def scan_source(source: Source, detectors: Sequence[Detector] | None = None, config: FusionConfig = FusionConfig(),
                 *, figures: bool = False, keep_heatmaps: bool = False, debug: bool = False) -> Verdict:
-    """Load one source and analyse it; a load error becomes a verdict with ``errors`` and no score."""
+    """Load one source and analyse it; a load error becomes a verdict with ``errors`` and no
+    score. Warnings raised meanwhile (numpy, pydicom, ...) go to ``verdict.warnings``, not stderr."""
     t0 = time.perf_counter()
-    try:
-        image = load_source(source)
-    except Exception as e:  # noqa: BLE001 - one unreadable input must not stop the scan
-        if debug:
-            raise
-        error = e if isinstance(e, MedForensicsError) else MedForensicsError.wrap(
-            source.path, e, f"cannot be read ({type(e).__name__})")
-        return Verdict(path=str(source.path), kind=Kind.SERIES if source.kind == "dicom-series" else Kind.IMAGE,
-                       uid=source.uid, n_instances=len(source.files), score=None, label=None, errors=[str(error)])
-    t_load = time.perf_counter() - t0
-    verdict = analyze(image, detectors, config, figures=figures, debug=debug)
-    verdict.timings = {"load": t_load, **verdict.timings, "total": time.perf_counter() - t0}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            image = load_source(source)
+        except Exception as e:  # noqa: BLE001 - one unreadable input must not stop the scan
+            if debug:
+                raise
+            error = e if isinstance(e, MedForensicsError) else MedForensicsError.wrap(
+                source.path, e, f"cannot be read ({type(e).__name__})")
+            verdict = Verdict(path=str(source.path), kind=Kind.SERIES if source.kind == "dicom-series" else Kind.IMAGE,
+                              uid=source.uid, n_instances=len(source.files), score=None, label=None,
+                              errors=[str(error)])
+        else:
+            t_load = time.perf_counter() - t0
+            try:
+                verdict = analyze(image, detectors, config, figures=figures, debug=debug)
+            except Exception as e:  # noqa: BLE001 - e.g. drawing the figures: still this item's error only
+                if debug:
+                    raise
+                verdict = Verdict(path=str(image.path), kind=image.kind, uid=image.uid, n_instances=image.n_instances,
+                                  score=None, label=None, modality=image.modality,
+                                  errors=[str(MedForensicsError.wrap(image.path, e, f"analysis failed ({type(e).__name__})"))])
+            verdict.timings = {"load": t_load, **verdict.timings, "total": time.perf_counter() - t0}
+    verdict.warnings = _warning_lines(verdict.path, caught)
+    verdict.fingerprint = fingerprint(source)
     if not keep_heatmaps:
         for ev in verdict.evidence:
             ev.heatmap = None
@@ -121,6 +169,9 @@ def _init_worker(names: list[str] | None, options: DetectorOptions | None, confi
     # cv2.setNumThreads must not be called here: in a forked worker it hangs.)
     import torch
 
+    # Ctrl-C reaches the whole process group: the parent stops the scan and reports; a worker
+    # would only print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _WORKER.update(detectors=load_detectors(names, options), config=config, figures=figures, debug=debug)
 
@@ -133,67 +184,173 @@ def _work(source: Source) -> Verdict:
 def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, config: FusionConfig = FusionConfig(),
          *, workers: int = 1, figures: bool = False, debug: bool = False,
          on_start: Callable[[int, list], None] | None = None,
-         detector_options: DetectorOptions | None = None) -> Iterator[Verdict]:
+         detector_options: DetectorOptions | None = None,
+         reuse: Callable[[Source], Verdict | None] | None = None) -> Iterator[Verdict]:
     """Scan files and folders; yield one verdict per image or series, in input order.
 
     ``on_start(n_sources, skipped_files)`` is called once discovery is done (for progress bars).
     With ``workers > 1`` sources are analysed in parallel processes. ``detector_options`` are
     the detectors' constructor arguments by detector name (trust anchors, the log, a key, ...),
-    handed to every worker.
+    handed to every worker. ``reuse(source)`` may return an earlier verdict for a source, which
+    is then yielded as it is instead of analysing the source again (``scan --resume``).
+    Closing the generator early (an interrupted scan) cancels the work not yet started.
     """
     sources, skipped = discover(paths)
     if on_start is not None:
         on_start(len(sources), skipped)
     names = list(detector_names) if detector_names is not None else None
+    jobs = ((src, reuse(src) if reuse is not None else None) for src in sources)
     if workers <= 1 or len(sources) <= 1:
-        detectors = load_detectors(names, detector_options)
-        for src in sources:
+        detectors = None
+        for src, earlier in jobs:
+            if earlier is not None:
+                yield earlier
+                continue
+            detectors = detectors if detectors is not None else load_detectors(names, detector_options)
             yield scan_source(src, detectors, config, figures=figures, debug=debug)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                             initargs=(names, detector_options, config, figures, debug, threads)) as pool:
-        yield from pool.map(_work, sources, chunksize=1)
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                               initargs=(names, detector_options, config, figures, debug, threads))
+    # a bounded window of submitted sources, yielded in input order: memory stays flat on long
+    # runs, and an interruption leaves little queued work to cancel
+    window: deque[Verdict | Future] = deque()
+    try:
+        for src, earlier in jobs:
+            window.append(earlier if earlier is not None else pool.submit(_work, src))
+            while len(window) > 2 * workers or (window and isinstance(window[0], Verdict)):
+                yield _result(window.popleft())
+        while window:
+            yield _result(window.popleft())
+    finally:
+        for item in window:
+            if isinstance(item, Future):
+                item.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _result(item: Verdict | Future) -> Verdict:
+    if isinstance(item, Verdict):
+        return item
+    try:
+        return item.result()
+    except BrokenProcessPool:
+        raise ScanAborted("a worker process died (killed by the system, perhaps for lack of memory)") from None
+
+
+class ScanAborted(BaseException):
+    """The scan stopped before its end: interrupted (Ctrl-C, SIGTERM) or a worker died.
+    ``signum`` is the signal that stopped it, if any. Like KeyboardInterrupt it is not an
+    ``Exception``, so that no per-item ``except Exception`` can swallow it."""
+
+    def __init__(self, reason: str, signum: int | None = None):
+        super().__init__(reason)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention: 128 + the signal, or 1."""
+        return 128 + self.signum if self.signum else 1
+
+
+class _Signals:
+    """SIGTERM (and SIGHUP) raise :class:`ScanAborted` in the main thread while a scan runs, as
+    Ctrl-C raises KeyboardInterrupt, so that both end the same way: outputs closed, a message."""
+
+    NAMES = ("SIGTERM", "SIGHUP")
+
+    def __enter__(self) -> "_Signals":
+        import threading
+
+        self._old: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                if hasattr(signal, name):
+                    sig = getattr(signal, name)
+                    self._old[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise ScanAborted(f"stopped by {signal.Signals(signum).name}", signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None, report: str | Path | None = None,
              detectors: Sequence[str] | None = None, detector_options: DetectorOptions | None = None,
              workers: int = 1, config: FusionConfig = FusionConfig(), debug: bool = False, quiet: bool = False,
-             title: str = "medforensics scan report") -> list[Verdict]:
-    """Scan ``paths`` as ``medforensics scan`` does: a progress bar, JSON lines streamed to
-    ``json_out`` (a new file), the summary table (unless ``quiet``) and the HTML ``report``
-    (a new file); return the verdicts. ``detector_options`` are handed to the detectors'
-    constructors (see :func:`medforensics.detectors.load_detectors`)."""
+             title: str = "medforensics scan report", resume: bool = False, overwrite: bool = False) -> list[Verdict]:
+    """Scan ``paths`` as ``medforensics scan`` does: a progress bar, JSON lines to ``json_out``
+    (see :mod:`medforensics.report.jsonl`: written to ``json_out.partial`` as items finish and
+    renamed when complete), the summary table (unless ``quiet``) and the HTML ``report`` (a new
+    file, written whole or not at all); return the verdicts. ``resume=True`` reuses the results
+    that ``json_out`` or its partial file already hold for unchanged sources. ``detector_options``
+    are handed to the detectors' constructors (see :func:`medforensics.detectors.load_detectors`).
+
+    An interruption (Ctrl-C, SIGTERM) or a worker's death raises :class:`ScanAborted` after
+    saying how many items were done and where their results are.
+    """
     from rich.console import Console
 
     from .progress import progress_bar
+    from .report.jsonl import ResultsFile
     from .report.summary import print_summary
 
     err = Console(stderr=True, highlight=False)
     verdicts: list[Verdict] = []
     t0 = time.perf_counter()
     skipped_files: list = []
-    jf = open(json_out, "x", encoding="utf-8") if json_out else None
+    total = [0]
+    results = ResultsFile(json_out, resume=resume, overwrite=overwrite) if json_out else None
+
+    reused: set[int] = set()
+
+    def reuse(src: Source) -> Verdict | None:
+        if results is None or not results.previous or src.error:
+            return None
+        earlier = results.reusable(str(src.path), src.uid, fingerprint(src))
+        if earlier is not None:
+            reused.add(id(earlier))
+        return earlier
+
     try:
-        with progress_bar() as progress:
+        with _Signals(), progress_bar() as progress:
             task = progress.add_task("", total=None)
 
             def started(n: int, skipped: list) -> None:
                 skipped_files.extend(skipped)
+                total[0] = n
                 progress.update(task, total=n)
 
             for v in scan([str(p) for p in paths], detectors, config, workers=workers, figures=report is not None,
-                          debug=debug, on_start=started, detector_options=detector_options):
+                          debug=debug, on_start=started, detector_options=detector_options,
+                          reuse=reuse if resume else None):
                 verdicts.append(v)
-                if jf:
-                    jf.write(json.dumps(v.to_dict()) + "\n")
-                    jf.flush()
+                if results is not None:
+                    results.write(v, reused=id(v) in reused)
                 for e in v.errors:
                     progress.console.print(f"[red]error[/red] {e}", soft_wrap=True, markup=True)
                 progress.advance(task)
-    finally:
-        if jf:
-            jf.close()
+    except (KeyboardInterrupt, ScanAborted) as e:
+        if results is not None:
+            results.close()
+        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        where = (f"; the {len(verdicts)} finished are in {results.partial}: run the same command with --resume "
+                 "to continue" if results is not None else "")
+        signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else e.signum
+        raise ScanAborted(f"{reason} after {len(verdicts)} of {total[0]} item(s){where}"
+                          + ("; no report was written" if report is not None else ""), signum) from None
+    except BaseException:
+        if results is not None:
+            results.close()
+        raise
+    if results is not None:
+        results.finish()
+        if reused:
+            err.print(f"{len(reused)} result(s) reused from the earlier run, {len(verdicts) - len(reused)} scanned now")
     elapsed = time.perf_counter() - t0
     if not quiet:
         print_summary(verdicts, elapsed, len(skipped_files))

@@ -2,7 +2,8 @@
 
 Exit status of ``scan``: 0 when every input was read and analysed, 1 when any input had an
 error (the others are still scanned and reported), 2 for a usage error (bad option, an output
-file that already exists), 3 when ``--fail-on`` is given and an item reached that label.
+file that already exists), 3 when ``--fail-on`` is given and an item reached that label, 130 when interrupted by Ctrl-C
+(128 + the signal for SIGTERM and SIGHUP).
 Options and outputs are a contract (see docs/design.md).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..core import SCHEMA_VERSION, MedForensicsError, one_line
 from . import evaluate, export, forge, keys, ledger, scan, sign, train, watermark
 from .console import UsageError, err, out
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Was this medical image generated or altered, where, and why.")
 for _module in (scan, forge, keys, sign, export, ledger, watermark, train, evaluate):
     _module.register(app)

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..fusion import FusionConfig
-from .console import UsageError, new_output, out
+from .console import UsageError, err, new_output, out
 
 
 def _fusion_config(config: Optional[Path], suspicious: Optional[float], manipulated: Optional[float]) -> FusionConfig:
@@ -35,6 +35,8 @@ def scan_cmd(
     ledger: Optional[str] = typer.Option(None, "--ledger", help="Transparency log to look images up in (file or postgresql:// URL; default $MEDFORENSICS_LEDGER)."),
     watermark_key: Optional[Path] = typer.Option(None, "--watermark-key", help="Key file of keyed watermarks."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow replacing existing output files."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan (or extend a finished one): "
+                                "reuse the results the --json file already holds for unchanged inputs, scan the rest."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
@@ -50,18 +52,27 @@ def scan_cmd(
             raise UsageError(f"unknown detector(s) {', '.join(unknown)}; run 'medforensics detectors' to list them")
     if fail_on not in (None, "suspicious", "manipulated"):
         raise UsageError("--fail-on must be 'suspicious' or 'manipulated'")
-    new_output(json_out, overwrite)
+    if resume and json_out is None:
+        raise UsageError("--resume needs --json: the file whose results to reuse")
+    if json_out is not None and not resume:
+        new_output(json_out, overwrite)
     new_output(report, overwrite)
     if overwrite:
-        for p in (json_out, report):
-            if p is not None and p.exists():
-                p.unlink()
-    from ..scan import run_scan
+        if report is not None and report.exists():
+            report.unlink()
+        if json_out is not None and json_out.exists() and not resume:
+            json_out.unlink()
+    from ..scan import ScanAborted, run_scan
 
     cfg = _fusion_config(config, suspicious, manipulated)
     options = provenance_options(trust, ledger, watermark_key)
-    verdicts = run_scan(paths, json_out=json_out, report=report, detectors=names, detector_options=options,
-                        workers=workers, config=cfg, debug=debug, quiet=quiet)
+    try:
+        verdicts = run_scan(paths, json_out=json_out, report=report, detectors=names, detector_options=options,
+                            workers=workers, config=cfg, debug=debug, quiet=quiet, resume=resume,
+                            overwrite=overwrite)
+    except ScanAborted as e:
+        err.print(f"[red]scan stopped:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(e.exit_status) from None
     if fail_on:
         bad = {"suspicious": {"suspicious", "manipulated", "synthetic"}, "manipulated": {"manipulated", "synthetic"}}[fail_on]
         if any(v.label in bad for v in verdicts):

@@ -314,3 +314,50 @@ def new_file(path: str | Path) -> Path:
     if not path.parent.exists():
         raise MedForensicsError(path, f"folder {path.parent} does not exist")
     return path
+
+
+def write_atomically(path: str | Path, data: str | bytes, *, replace: bool = False) -> Path:
+    """Write ``data`` to ``path`` whole or not at all: to a hidden file beside it, flushed to
+    disk, then moved into place in one step. ``path`` must be new unless ``replace`` is true (a
+    file that appeared meanwhile is never replaced). A crash leaves at most the hidden file.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_atomically(folder / "report.html", "<html></html>").read_text()
+    '<html></html>'
+    >>> write_atomically(folder / "report.html", "again")
+    Traceback (most recent call last):
+    ...
+    FileExistsError: ...report.html: already exists; choose a new name (nothing is overwritten)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['report.html']
+    """
+    path = Path(path)
+    if not replace:
+        new_file(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "xb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    publish(tmp, path, replace=replace)
+    return path
+
+
+def publish(tmp: str | Path, path: str | Path, *, replace: bool = False) -> None:
+    """Move the finished file ``tmp`` to ``path`` in one step. Without ``replace``, raise
+    ``FileExistsError`` when ``path`` exists by then; ``tmp`` is gone either way."""
+    tmp, path = Path(tmp), Path(path)
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        try:
+            os.link(tmp, path)               # fails if path exists: never replaces it
+        except FileExistsError:
+            raise FileExistsError(f"{path}: already exists; choose a new name (nothing is overwritten)") from None
+        except OSError:                      # a file system without hard links
+            new_file(path)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -31,6 +31,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from .. import __version__
 from ..core import LABELS, SCHEMA_VERSION, Evidence, Verdict
+from ..io.plan import write_atomically
 
 #: Label colours: authentic green, suspicious amber, manipulated red, synthetic purple; errors gray.
 COLOURS: dict[str | None, str] = {"authentic": "#1b8a3a", "suspicious": "#c88a00", "manipulated": "#c62828",
@@ -107,9 +108,7 @@ def write_report(verdicts: list[Verdict], out: str | Path, *, title: str = "medf
         elapsed_s=known.get("elapsed_s"), inputs=known.get("inputs") or [], skipped=known.get("skipped_files"),
         extra=sorted((str(k), v) for k, v in summary.items()), policy=policy, colours=COLOURS,
         version=__version__, schema=SCHEMA_VERSION, created=dt.datetime.now().isoformat(timespec="seconds"))
-    with open(out, "x", encoding="utf-8") as f:  # "x": never overwrite
-        f.write(html)
-    return out
+    return write_atomically(out, html)  # whole or not at all, never over an existing file
 
 
 def _bar_colour(score: float, thresholds: dict[str, Any]) -> str:
