@@ -159,10 +159,64 @@ def test_status_of_names_every_case(world):
     assert status_of(verify_manifest(files["ours.png"])) == "not-checked"
 
 
-def test_keys_new_errors_are_one_line(run_cli, tmp_path):
+def test_keys_new_and_sign_output_errors_are_one_line(run_cli, tmp_path):
     (tmp_path / "file").write_text("x")
     r = run_cli("keys", "new", tmp_path / "file" / "sub")
     assert r.returncode == 1 and "cannot create the folder" in r.stderr and "is a file, not a folder" in r.stderr
     assert "Errno" not in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("keys", "new", tmp_path / "file")
     assert r.returncode == 2 and "exists and is not a folder" in r.stderr and "Errno" not in r.stderr
+    assert run_cli("keys", "new", tmp_path / "k").returncode == 0
+    r = run_cli("sign", CT, "--key", tmp_path / "k" / "key.pem", "--cert", tmp_path / "k" / "cert.pem",
+                "--out", tmp_path / "file" / "signed")
+    assert r.returncode == 1 and "file/signed: cannot create the folder" in r.stderr and "Errno" not in r.stderr
+
+
+def test_a_lookalike_ca_is_not_our_ca(tmp_path):
+    """An attacker who copies our CA's and signer's names exactly still gets ``untrusted``: the
+    chain is checked by signature, not by name -- for DICOM and C2PA alike (one function)."""
+    from medforensics.provenance.keys import Identity, generate_key, new_identity
+
+    ours = new_identity("Radiology")
+    ca_key = generate_key()
+    ca_cert = ours.chain[0]
+    fake_ca = _same_name_certificate(ca_key, ca_cert, ca=True)
+    leaf_key = generate_key()
+    leaf = _same_name_certificate(leaf_key, ours.cert, issuer_key=ca_key, issuer=fake_ca)
+    assert leaf.subject == ours.cert.subject and fake_ca.subject == ca_cert.subject
+    assert decide([leaf], [ca_cert]).status == "untrusted"
+    assert decide([leaf, fake_ca], [ca_cert]).status == "untrusted"  # a carried look-alike issuer is no help
+    assert decide([ours.cert], [ca_cert]).status == "trusted"
+    # the same through a real C2PA export signed by the look-alike
+    from medforensics.provenance.c2pa_manifest import export, verify_manifest
+
+    export(CT, tmp_path / "fake.png", Identity(key=leaf_key, cert=leaf, chain=[fake_ca]))
+    chk = verify_manifest(tmp_path / "fake.png", trust=[ca_cert])
+    assert chk.valid and chk.trust == "untrusted" and status_of(chk) == "untrusted"
+    assert chk.signer_subject == subject(ours.cert) and chk.signer_fingerprint != fingerprint(ours.cert)
+
+
+def _same_name_certificate(key, like, *, ca=False, issuer_key=None, issuer=None):
+    """A certificate for ``key`` with exactly the subject of ``like`` (issued by ``issuer``)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from medforensics.provenance.keys import DOCUMENT_SIGNING
+
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    b = (x509.CertificateBuilder().subject_name(like.subject)
+         .issuer_name(issuer.subject if issuer is not None else like.subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True))
+    if not ca:
+        b = (b.add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
+                                           data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                           crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION, DOCUMENT_SIGNING]),
+                            critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()), critical=False))
+    b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    return b.sign(issuer_key or key, hashes.SHA256())
