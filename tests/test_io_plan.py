@@ -83,6 +83,24 @@ def test_symlink_loops_are_safe(tmp_path):
     assert [rel.as_posix() for _, rel, _ in walk([d]).files] == ["sub/ct.dcm"]
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links here")
+def test_a_broken_link_is_an_error_not_a_skipped_file(tmp_path, run_cli):
+    """Issue 18: a dangling symbolic link was counted among "non-image file(s) skipped"."""
+    d = tmp_path / "d"
+    d.mkdir()
+    shutil.copy(CT, d / "ct.dcm")
+    os.symlink(tmp_path / "gone.dcm", d / "link.dcm")
+    p = plan([d], "scan")
+    assert not p.skipped
+    broken, = [i for i in p.inputs if i.problem]
+    assert broken.path == d / "link.dcm" and broken.problem.startswith("broken symbolic link (its target")
+    assert "gone.dcm" in broken.problem
+    r = run_cli("scan", d, "-q", "--detectors", "dicom_header")
+    assert r.code == 1 and "link.dcm: broken symbolic link" in r.err and "skipped" not in r.err
+    named = run_cli("scan", d / "link.dcm", "-q")
+    assert named.code == 1 and "broken symbolic link" in named.err
+
+
 # ----------------------------------------------------------------------------- one rule per command
 
 def test_kinds_are_data_and_kinds_come_from_content(tmp_path):

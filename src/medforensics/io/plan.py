@@ -159,10 +159,12 @@ def describe(kinds: Iterable[str]) -> str:
 @dataclass
 class Walk:
     """What :func:`walk` found: ``files`` as (path, path relative to its output folder, given by
-    name), ``missing`` paths, and how many ``hidden`` names were skipped."""
+    name), ``missing`` paths, ``broken`` links, and how many ``hidden`` names were skipped."""
 
     files: list[tuple[Path, Path, bool]] = field(default_factory=list)
     missing: list[Path] = field(default_factory=list)
+    #: symbolic links whose target does not exist, as ``files``: an input's error, never "skipped"
+    broken: list[tuple[Path, Path, bool]] = field(default_factory=list)
     hidden: int = 0
 
 
@@ -181,13 +183,24 @@ def walk(paths: Iterable[str | Path]) -> Walk:
                 for f in sorted(files):
                     if f.startswith("."):
                         w.hidden += 1
+                    elif (r / f).is_symlink() and not (r / f).exists():
+                        w.broken.append((r / f, (r / f).relative_to(p), False))
                     else:
                         w.files.append((r / f, (r / f).relative_to(p), False))
         elif p.exists():
             w.files.append((p, Path(p.name), True))
+        elif p.is_symlink():
+            w.broken.append((p, Path(p.name), True))
         else:
             w.missing.append(p)
     return w
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return str(os.readlink(path))
+    except OSError:
+        return "?"
 
 
 # ----------------------------------------------------------------------------- planning
@@ -266,6 +279,8 @@ def plan(paths: Iterable[str | Path], command: str) -> Plan:
     kinds = KINDS[command]
     w = walk(paths)
     inputs = [Input(m, None, None, True, "no such file or directory") for m in w.missing]
+    inputs += [Input(b, rel, None, named, f"broken symbolic link (its target {_link_target(b)} does not exist)")
+               for b, rel, named in w.broken]
     skipped: list[Path] = []
     for path, rel, named in w.files:
         kind = kind_of(path)
