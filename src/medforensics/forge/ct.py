@@ -4,6 +4,8 @@ The attack of Mirsky et al. (CT-GAN, USENIX Security 2019), step by step:
 
 1. **locate** the target: a voxel given by the caller, chosen in the lung parenchyma by
    :func:`choose_location`, or an existing nodule (:func:`medforensics.forge.lidc.nodules_for`);
+   an injection's cube keeps :data:`AVOID_MARGIN_MM` from every voxel the LIDC readers marked
+   (:func:`medforensics.forge.lidc.marked_voxels`), so that it never lands on a real finding;
 2. **cut** a cube around it (:func:`cube_around`: its size in voxels follows the spacing, so a
    cube is about as deep in mm as it is wide, e.g. 13 x 41 x 41 voxels for 2.5 mm slices of
    0.7 mm pixels);
