@@ -220,3 +220,18 @@ def _same_name_certificate(key, like, *, ca=False, issuer_key=None, issuer=None)
              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()), critical=False))
     b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     return b.sign(issuer_key or key, hashes.SHA256())
+
+
+def test_fingerprints_print_verbatim(world, run_cli, tmp_path, monkeypatch):
+    """Colon-separated hex holds rich's emoji codes (":AB:", ":OK:", ":CL:"): the fingerprint a
+    person compares must reach the terminal exactly as openssl prints it."""
+    import medforensics.provenance.trust as trust
+
+    _, _, files = world
+    monkeypatch.delenv("MEDFORENSICS_TRUST", raising=False)
+    fixed = "92:AB:D2:OK:CL:ID:VS:" + ":".join(["00"] * 25)
+    monkeypatch.setattr(trust, "fingerprint", lambda cert: fixed)
+    r = run_cli("verify", files["ours.dcm"], files["ours.png"])
+    assert r.returncode == 3 and r.stderr.count(fixed) == 2, r.stderr
+    r = run_cli("keys", "new", tmp_path / "k")
+    assert r.returncode == 0 and f"SHA-256 {fixed}" in r.stderr, r.stderr

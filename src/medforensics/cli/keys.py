@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from .console import UsageError, err
 from ..provenance.keys import ALGORITHMS, new_identity
@@ -41,9 +41,10 @@ def keys_new(
     identity = new_identity(name, algorithm=algorithm, days=days, organisation=organisation)
     files = identity.save(folder)
     for role, path in files.items():
-        err.print(f"{role:5s} {escape(str(path))}")
-    err.print(f"signer {escape(subject(identity.cert))}", soft_wrap=True)
-    err.print(f"SHA-256 {fingerprint(identity.cert)}", soft_wrap=True)
+        err.print(Text(f"{role:5s} {path}"))
+    # plain text: no markup, no emoji codes (":AB:" in a fingerprint would become one)
+    err.print(Text(f"signer {subject(identity.cert)}"), soft_wrap=True)
+    err.print(Text(f"SHA-256 {fingerprint(identity.cert)}"), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

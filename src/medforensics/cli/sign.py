@@ -30,6 +30,7 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .console import UsageError, err, new_output, out
 from ..progress import progress_bar
@@ -174,8 +175,9 @@ def verify_cmd(
     unchecked = [r for r in records if r["status"] == "not-checked"]
     for r in unchecked:
         for who in r["signers"]:
-            err.print(f"{escape(r['path'])}: signature intact, but the signer was NOT checked against any trust "
-                      f"store: {escape(who['subject'] or '?')}, certificate SHA-256 {who['fingerprint'] or '?'}",
+            # plain text: no markup, and no emoji codes (":AB:" of a fingerprint would become one)
+            err.print(Text(f"{r['path']}: signature intact, but the signer was NOT checked against any trust "
+                           f"store: {who['subject'] or '?'}, certificate SHA-256 {who['fingerprint'] or '?'}"),
                       soft_wrap=True)
     err.print(f"verified {n_trusted} of {len(records)} file(s)"
               + (f"; {n_unsigned} unsigned (counted as not verified)" if n_unsigned else "")
@@ -241,9 +243,11 @@ _STYLE = {"trusted": "[green]OK[/green]", "not-checked": "[yellow]INTACT, SIGNER
 
 
 def _rows(table: Table, rec: dict) -> None:
-    path = escape(rec["path"])
+    """Table rows of one record; names, paths and reasons are plain :class:`rich.text.Text` (no
+    markup, no emoji codes), only the result cell is styled."""
+    path = Text(rec["path"])
     if rec.get("error"):
-        table.add_row(path, "", "", "[red]ERROR[/red]", escape(rec["error"]))
+        table.add_row(path, "", "", "[red]ERROR[/red]", Text(rec["error"]))
     elif rec["kind"] == "c2pa":
         status = _STYLE.get(rec["status"], f"[red]FAILED ({rec['status']})[/red]")
         reasons = "; ".join(rec.get("reasons") or [])
@@ -251,15 +255,15 @@ def _rows(table: Table, rec: dict) -> None:
             reasons = reasons or "no C2PA manifest"
         elif not reasons:
             reasons = _trust_words(rec["status"])
-        table.add_row(path, "C2PA manifest", escape(rec.get("signer") or ""), status, escape(reasons))
+        table.add_row(path, "C2PA manifest", Text(rec.get("signer") or ""), status, Text(reasons))
     elif rec["unsigned"]:
         table.add_row(path, "", "", _STYLE["unsigned"], "no DICOM digital signature (not verified)")
     else:
         for s in rec["signatures"]:
             status = _STYLE.get(s["status"], f"[red]FAILED ({s['status']})[/red]")
             reasons = "; ".join(s["reasons"]) or _trust_words(s["status"])
-            table.add_row(path, escape(str(s["signature_uid"] or "?")[-24:]), escape(s["signer"] or ""), status,
-                          escape(reasons))
+            table.add_row(path, Text(str(s["signature_uid"] or "?")[-24:]), Text(s["signer"] or ""), status,
+                          Text(reasons))
 
 
 def _trust_words(status: str) -> str:
