@@ -69,37 +69,47 @@ EXPECTED = {"ours.dcm": "trusted", "attacker.dcm": "untrusted", "tampered.dcm": 
             "resigned.dcm": "untrusted", "ours.png": "trusted", "attacker.png": "untrusted"}
 
 
-def _scan(run_cli, files: Path, out: Path, *trust) -> dict[str, str]:
-    """The provenance detector's one status per file, from scan's JSON."""
+def _scan(run_cli, files: Path, out: Path, *trust) -> tuple[dict[str, str], dict[str, str]]:
+    """The provenance detector's one status per file, and the signer's fingerprint, from scan's JSON."""
     r = run_cli("scan", files, "--detectors", "provenance", "--json", out, *trust)
     assert r.returncode == 0, r.stderr
-    result = {}
+    result, who = {}, {}
     for rec in map(json.loads, out.read_text().splitlines()):
         (ev,) = [e for e in rec["evidence"] if e["detector"] == "provenance"]
         status = ev["details"]["status"]
         (counts,) = [status[k] for k in ("signature", "c2pa") if k in status]
         (one,) = counts  # one signature or manifest per file
-        result[Path(rec["path"]).name] = one
-    return result
+        name = Path(rec["path"]).name
+        result[name] = one
+        (signer,) = ev["details"]["signers"]
+        assert signer["status"] == one and signer["file"] == name
+        who[name] = signer["fingerprint"]
+    return result, who
 
 
-def _verify(run_cli, files: Path, out: Path, *trust) -> tuple[int, dict[str, str], str]:
+def _verify(run_cli, files: Path, out: Path, *trust) -> tuple[int, dict[str, str], dict[str, str]]:
     r = run_cli("verify", files, "--json", out, *trust)
-    recs = {Path(rec["path"]).name: rec["status"] for rec in map(json.loads, out.read_text().splitlines())}
-    return r.returncode, recs, r.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    status = {Path(rec["path"]).name: rec["status"] for rec in recs}
+    who = {Path(rec["path"]).name: rec["signers"][0]["fingerprint"] for rec in recs}
+    return r.returncode, status, who
 
 
 def test_scan_and_verify_agree_with_and_without_trust(world, run_cli, tmp_path, monkeypatch):
     root, files, _ = world
     monkeypatch.delenv("MEDFORENSICS_TRUST", raising=False)
     trust = ("--trust", root / "ours" / "ca.pem")
-    scanned = _scan(run_cli, files, tmp_path / "scan.jsonl", *trust)
-    code, verified, _ = _verify(run_cli, files, tmp_path / "verify.jsonl", *trust)
+    scanned, scan_who = _scan(run_cli, files, tmp_path / "scan.jsonl", *trust)
+    code, verified, verify_who = _verify(run_cli, files, tmp_path / "verify.jsonl", *trust)
     assert scanned == verified == EXPECTED
     assert code == 1  # broken and untrusted files fail
+    # both name the same signer certificate, and the attacker's is not ours
+    ours = fingerprint(load_certificates(root / "ours" / "cert.pem")[0])
+    assert scan_who == verify_who
+    assert {n for n, fp in verify_who.items() if fp == ours} == {"ours.dcm", "tampered.dcm", "ours.png"}
 
     # no trust anchors: intact signatures are "not-checked" for both, the tampered one still broken
-    scanned = _scan(run_cli, files, tmp_path / "scan2.jsonl")
+    scanned, _ = _scan(run_cli, files, tmp_path / "scan2.jsonl")
     code, verified, _ = _verify(run_cli, files, tmp_path / "verify2.jsonl")
     unchecked = {n: ("broken" if s == "broken" else "not-checked") for n, s in EXPECTED.items()}
     assert scanned == verified == unchecked and code == 1

@@ -22,7 +22,8 @@ untrusted or not checked. Whether a signer is trusted is decided by
 :func:`medforensics.provenance.trust.decide` -- the very function ``medforensics verify`` uses --
 so ``scan --trust`` and ``verify --trust`` always agree (statuses in ``details["status"]``:
 ``signature`` and ``c2pa`` each count ``trusted``, ``not-checked``, ``untrusted``, ``broken``,
-``expired``, ``unsupported``). The ``container`` detector still reads the manifest's claims
+``expired``, ``unsupported``; ``details["signers"]`` names each signer's subject and SHA-256
+certificate fingerprint). The ``container`` detector still reads the manifest's claims
 (generator, edits); it has no trust anchors and says nothing about trust. PNG/JPEG/TIFF files are
 looked up in the log too. Its settings are constructor arguments -- ``trust`` (CA certificate files),
 ``ledger`` (a log location) and ``watermark_key`` (key bytes) -- which ``medforensics scan
@@ -67,6 +68,8 @@ class _Findings:
     status: dict[str, dict[str, int]] = field(default_factory=lambda: {"signature": {}, "c2pa": {}, "watermark": {},
                                                                        "ledger": {}})
     errors: list[str] = field(default_factory=list)
+    #: who signed what: file, kind (signature/c2pa), status, subject, SHA-256 fingerprint
+    signers: list[dict] = field(default_factory=list)
 
     def add(self, score: float, message: str) -> None:
         self.score = max(self.score, score)
@@ -135,6 +138,8 @@ class ProvenanceDetector(Detector):
         details = {"status": {w: c for w, c in f.status.items() if c}, "findings": messages[:20],
                    "trust_anchors": len(self.trust),
                    "ledger": bool(self.ledger_location), "watermark_key": self.watermark_key is not None}
+        if f.signers:
+            details["signers"] = f.signers[:50]
         if f.errors:
             details["errors"] = f.errors[:10]
         return Evidence(self.name, f.score, explanation, heatmap=heatmap, regions=regions, details=details,
@@ -153,11 +158,13 @@ class ProvenanceDetector(Detector):
         for sig in res.signatures:
             status = status_of(sig)
             f.count("signature", status)
+            f.signers.append({"file": path.name, "kind": "signature", "status": status,
+                              "subject": sig.signer_subject, "fingerprint": sig.signer_fingerprint})
             reasons = "; ".join(sig.reasons[:2])
             if status == "not-checked":
                 f.add(0.0, f"{path.name}: intact DICOM signature by {sig.signer_subject}, but the signer was "
-                           f"not checked against any trust anchor (give --trust); certificate SHA-256 "
-                           f"{sig.signer_fingerprint}")
+                           f"not checked against any trust anchor (give --trust; certificate fingerprint in "
+                           f"details.signers)")
             elif status == "broken":
                 what = []
                 if sig.pixel_changed:
@@ -190,6 +197,8 @@ class ProvenanceDetector(Detector):
             return
         status = status_of(chk)
         f.count("c2pa", status)
+        f.signers.append({"file": path.name, "kind": "c2pa", "status": status, "subject": chk.signer_subject,
+                          "fingerprint": chk.signer_fingerprint})
         who = chk.signer_subject or chk.signer or "an unknown signer"
         if status == "broken":
             f.add(BROKEN, f"{path.name}: the C2PA manifest signed by {who} no longer matches the file "
@@ -200,7 +209,7 @@ class ProvenanceDetector(Detector):
             f.add(UNTRUSTED, f"{path.name}: C2PA manifest signed by {who}, whom no trust anchor vouches for")
         elif status == "not-checked":
             f.add(0.0, f"{path.name}: intact C2PA manifest signed by {who}, but the signer was not checked against "
-                       f"any trust anchor (give --trust); certificate SHA-256 {chk.signer_fingerprint}")
+                       f"any trust anchor (give --trust; certificate fingerprint in details.signers)")
 
     # ------------------------------------------------------------------------------ watermark
     def _watermark(self, path: Path, offset: int | None, image: Image, f: _Findings, header=None) -> None:
