@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..core import Image, MedForensicsError
-from .dicom import is_volume_candidate, load_instance, load_series, read_header
+from .dicom import load_instance, load_series, read_header, volume_rule
 from .nifti import load_nifti
 from .plan import KINDS, Input, OutputCollision, Plan, kind_of, new_file, new_folder, plan, sniff, walk
 from .raster import file_digest, load_raster
@@ -33,7 +33,8 @@ class Source:
     """One thing to analyse: a DICOM series (several files), or a single file.
 
     ``kind`` is ``dicom-series``, ``dicom``, ``raster``, ``nifti`` or ``unknown``; ``error`` is set
-    when the source is already known to be unreadable.
+    when the source is already known to be unreadable; ``not_assembled`` says why an instance of
+    a series that looks like a volume is analysed alone (:func:`.dicom.volume_rule`).
     """
 
     kind: str
@@ -41,6 +42,8 @@ class Source:
     uid: str | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: for an instance of a series that could not be stacked into a volume: the rule that failed
+    not_assembled: str | None = None
 
     @property
     def path(self) -> Path:
@@ -57,7 +60,11 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
     """Find images under ``paths`` and group DICOM instances by SeriesInstanceUID.
 
     Instances are grouped by SeriesInstanceUID within one folder and one orientation: a copy of
-    a series in another folder (an export, an edited version) is its own item.
+    a series in another folder (an export, an edited version) is its own item. A group becomes one
+    volume by :func:`.dicom.volume_rule` (positions from ImagePositionPatient; a SliceThickness
+    that is negative, zero or not a number does not split it); where a series cannot be stacked,
+    each instance is its own item and says which rule failed (``Source.not_assembled``, then
+    ``meta["not_assembled"]`` of the loaded image, which ``dicom_header`` reports).
 
     Files are found by the input planner (:func:`.plan.plan` with the ``scan`` rule: DICOM, PNG,
     JPEG, TIFF, NIfTI; names starting with ``.`` skipped). Returns ``(sources, skipped)``:
@@ -86,11 +93,12 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
     for (uid, _, _), members in series.items():
         members, notes = _drop_identical_copies(members)
         headers = [h for _, h in members]
-        if is_volume_candidate(headers):
+        volume, failed = volume_rule(headers)
+        if volume:
             sources.append(Source("dicom-series", [p for p, _ in members], uid=uid, notes=notes))
         else:
             sources.extend(Source("dicom", [p], uid=str(getattr(h, "SOPInstanceUID", "") or "") or None,
-                                  notes=[n for n in notes if str(p) in n]) for p, h in members)
+                                  notes=[n for n in notes if str(p) in n], not_assembled=failed) for p, h in members)
     return sources, found.skipped
 
 
@@ -131,7 +139,10 @@ def load_source(source: Source) -> Image:
     if source.kind == "dicom-series":
         return load_series(source.files)
     if source.kind == "dicom":
-        return load_instance(source.files[0])
+        image = load_instance(source.files[0])
+        if source.not_assembled:  # why it is not part of a volume (a dicom_header finding of the item)
+            image.meta["not_assembled"] = source.not_assembled
+        return image
     if source.kind == "raster":
         return load_raster(source.files[0])
     if source.kind == "nifti":
