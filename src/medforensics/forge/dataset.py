@@ -48,7 +48,7 @@ from ..core import Image, MedForensicsError
 from ..datapath import card_data_root
 from ..io import load_instance, load_raster, load_series
 from ..io.plan import new_folder
-from ..io.write import write_like, write_mask
+from ..io.write import write_image, write_mask
 from .base import Forgery
 
 MANIFEST_COLUMNS = ["id", "file", "mask", "split", "label", "class", "modality", "kind", "method", "patient_id",
@@ -262,9 +262,13 @@ class _Writer:
         folder.mkdir(parents=True, exist_ok=True)
         ext = ".dcm" if image2d.format == "dicom" else {"png": ".png", "jpeg": ".jpg", "tiff": ".tif"}[image2d.format]
         path = folder / f"{item_id}{ext}"
-        write_like(image2d, pixels, path)
+        written = write_image(image2d, pixels, path)
         mpath = write_mask(mask.astype(np.uint8), folder / f"{item_id}.mask.png")
         gt = forgery.ground_truth() if forgery is not None else {}
+        params = params if params is not None else gt.get("params", {})
+        moved = [c for c in written.syntax if c["output"] != c["input"]]
+        if moved:  # written in another transfer syntax than the source's (io.write.output_syntax): say so
+            params = {**params, "transfer_syntax": moved}
         centre, box = gt.get("center_voxel"), gt.get("bbox_voxel")
         if forgery is not None and slice_ is not None and centre is not None and len(centre) == 3:
             centre, box = centre[1:], [box[1], box[2], box[4], box[5]]  # in-plane, for this slice
@@ -277,8 +281,7 @@ class _Writer:
             "bbox_voxel": json.dumps(box) if box is not None else "",
             "center_mm": json.dumps(gt.get("center_mm")) if gt.get("center_mm") else "",
             "seed": "" if seed is None else seed, "augmentation": augmentation, "parent_id": parent_id,
-            "params": json.dumps(relative_to_root(params if params is not None else gt.get("params", {}), self.root),
-                                 default=str)})
+            "params": json.dumps(relative_to_root(params, self.root), default=str)})
         return item_id
 
 
