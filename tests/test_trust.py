@@ -245,3 +245,16 @@ def test_fingerprints_print_verbatim(world, run_cli, tmp_path, monkeypatch):
     assert r.returncode == 3 and r.stderr.count(fixed) == 2, r.stderr
     r = run_cli("keys", "new", tmp_path / "k")
     assert r.returncode == 0 and f"SHA-256 {fixed}" in r.stderr, r.stderr
+
+
+def test_the_verdict_reports_the_trust_decision_not_another_detectors_note(world, run_cli, tmp_path):
+    """The container detector also sees a C2PA manifest (without anchors: "c2pa-valid"); the
+    verdict's provenance is the provenance detector's trust decision."""
+    root, _, files = world
+    out = tmp_path / "v.jsonl"
+    r = run_cli("scan", files["ours.png"], files["attacker.png"], "--detectors", "container,provenance",
+                "--json", out, "--trust", root / "ours" / "ca.pem")
+    assert r.returncode == 0, r.stderr
+    said = {Path(rec["path"]).name: rec["provenance"] for rec in map(json.loads, out.read_text().splitlines())}
+    assert "trusted" in said["ours.png"] and "untrusted" not in said["ours.png"]
+    assert "untrusted" in said["attacker.png"]

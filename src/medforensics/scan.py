@@ -81,7 +81,10 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
             evidence.append(ev)
     verdict.evidence = sorted(evidence, key=lambda e: -e.score)
     verdict.score, verdict.label = fuse(verdict.evidence, config)
-    verdict.provenance = next((e.provenance for e in verdict.evidence if e.provenance is not None), "none")
+    # the provenance detector decides trust (with --trust): its word wins over another detector's
+    # note of a proof it saw without anchors (the container's "c2pa-valid")
+    said = sorted((e for e in verdict.evidence if e.provenance is not None), key=lambda e: e.detector != "provenance")
+    verdict.provenance = said[0].provenance if said else "none"
     if figures:
         from .report.figures import render_figures
         t0 = time.perf_counter()
