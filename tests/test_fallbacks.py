@@ -37,6 +37,14 @@ def _set(path: Path, key: str, value, out: Path) -> Path:
     return out
 
 
+def _contiguous(folder: Path, start: int, n: int) -> list[Path]:
+    """``n`` adjacent slices of a series, in position order from the ``start``-th (file names of
+    LIDC are not in position order)."""
+    files = sorted(folder.glob("*.dcm"),
+                   key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    return files[start:start + n]
+
+
 def _ct(z: float, thickness="2.5", position=True) -> Dataset:
     ds = Dataset()
     ds.Modality, ds.SliceThickness = "CT", thickness
@@ -63,7 +71,7 @@ def test_volume_rule_sparse_picks_and_missing_geometry():
 
 
 def test_series_without_positions_says_why_each_slice_is_alone(lidc_series_dir, tmp_path):
-    files = sorted(lidc_series_dir.glob("*.dcm"))[60:63]
+    files = _contiguous(lidc_series_dir, 60, 3)
     for i, f in enumerate(files):
         _set(f, "ImagePositionPatient", None if i else [float(v) for v in pydicom.dcmread(f).ImagePositionPatient],
              tmp_path / f.name)
@@ -74,17 +82,39 @@ def test_series_without_positions_says_why_each_slice_is_alone(lidc_series_dir, 
     assert any(f["check"] == "series_not_assembled" and "analysed alone" in f["message"] for f in ev.details["findings"])
 
 
+def test_series_split_by_orientation_says_so(lidc_series_dir, tmp_path):
+    """Two slices of a series turned to another orientation are judged apart from the rest (as
+    localisers are); every item of the series says so."""
+    files = _contiguous(lidc_series_dir, 60, 6)
+    for i, f in enumerate(files):
+        turned = [1, 0, 0, 0, 0.8, -0.6] if i in (2, 3) else None
+        if turned is None:
+            shutil.copy(f, tmp_path / f.name)
+        else:
+            _set(f, "ImageOrientationPatient", turned, tmp_path / f.name)
+    sources, _ = discover([tmp_path])
+    assert sorted(len(s.files) for s in sources if s.kind == "dicom-series")[-1] == 4
+    assert all("the series holds instances in 2 orientations (4 with ImageOrientationPatient 1/0/0/0/1/0, 2 with"
+               in s.not_assembled for s in sources)
+    series = next(s for s in sources if len(s.files) == 4)
+    ev = DET["dicom_header"].detect(load_source(series))
+    assert any(f["check"] == "series_not_assembled" and "each orientation is analysed apart" in f["message"]
+               for f in ev.details["findings"])
+
+
 def test_negative_thickness_series_stays_one_series_and_still_finds_the_injection(lidc_series_dir, tmp_path):
     """The issue's case: SliceThickness -2.5 on every slice of a manipulated copy split the series
     into single images, so the injected slices passed as authentic. Now: one series item, the
-    rule named, and the injection still found where it was made (12 LIDC slices keep it quick)."""
+    rule named, and the injection still found where it was made (12 adjacent LIDC slices around
+    it keep it quick)."""
     src = tmp_path / "src"
     src.mkdir()
-    for f in sorted(lidc_series_dir.glob("*.dcm"))[60:72]:
+    for f in _contiguous(lidc_series_dir, 72, 12):
         shutil.copy(f, src / f.name)
     series = load_series(sorted(src.glob("*.dcm")))
-    site = ct.choose_location(series, 14.0, 5)
-    forged = ct.inject(series, center_voxel=site, diameter_mm=14.0, nodule_type="solid", seed=2)
+    # where ct.choose_location puts a 14 mm nodule in the whole series (slice 78); the untouched
+    # 12 slices score 0.07 with learned_2d, the forged copy 0.85 at the nodule
+    forged = ct.inject(series, center_voxel=(6, 226, 382), diameter_mm=14.0, nodule_type="solid", seed=2)
     out = tmp_path / "forged"
     for p in write_like(series, forged.pixels, out):
         _set(p, "SliceThickness", "-2.5", p)

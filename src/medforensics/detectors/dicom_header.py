@@ -44,7 +44,9 @@ Each check yields findings with a severity weight:
   that precede the StudyDate, a single instance whose SOPInstanceUID was made under another
   root than its series and study; an instance of a series that could not be stacked into a
   volume (:func:`medforensics.io.dicom.volume_rule`: fewer than two instances with patient
-  geometry), which is then analysed alone.
+  geometry), which is then analysed alone; a series whose instances lie in several orientations
+  (each orientation is its own item: localisers do this, so does a slice turned to be judged
+  apart).
 
 The raw statistic is the sum of the weights; the score is ``logistic(raw, 1.2, 0.3)``: nothing
 gives 0.02, one weak trace 0.09, two weak traces 0.34, one moderate finding 0.73, one strong
@@ -375,8 +377,9 @@ class DicomHeaderDetector(Detector):
             zero = p["message"].endswith(": zero") and p["key"] != "RescaleSlope"
             add(f"unusable_{p['key']}", "weak" if zero else "moderate", f"{p['message']}{where}; {p['effect']}",
                 slices)
-        if image.meta.get("not_assembled") and n == 1:
-            add("series_not_assembled", "weak", f"{image.meta['not_assembled']}; this instance is analysed alone", [0])
+        if image.meta.get("not_assembled"):
+            alone = "; this instance is analysed alone" if n == 1 else ""
+            add("series_not_assembled", "weak", f"{image.meta['not_assembled']}{alone}", [0] if n == 1 else [])
 
     def _pixel_checks(self, image: Image, dss: list[Dataset], add) -> None:
         px = image.pixels

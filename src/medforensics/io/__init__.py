@@ -64,7 +64,8 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
     volume by :func:`.dicom.volume_rule` (positions from ImagePositionPatient; a SliceThickness
     that is negative, zero or not a number does not split it); where a series cannot be stacked,
     each instance is its own item and says which rule failed (``Source.not_assembled``, then
-    ``meta["not_assembled"]`` of the loaded image, which ``dicom_header`` reports).
+    ``meta["not_assembled"]`` of the loaded image, which ``dicom_header`` reports); so does each
+    item of a series split by orientation.
 
     Files are found by the input planner (:func:`.plan.plan` with the ``scan`` rule: DICOM, PNG,
     JPEG, TIFF, NIfTI; names starting with ``.`` skipped). Returns ``(sources, skipped)``:
@@ -90,15 +91,20 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
             continue
         uid = str(getattr(hdr, "SeriesInstanceUID", "") or f"no-series-uid:{path}")
         series[(uid, path.parent, _orientation_key(hdr))].append((path, hdr))
-    for (uid, _, _), members in series.items():
+    stacks: dict[tuple, list] = defaultdict(list)   # the orientations of each series in each folder
+    for (uid, folder, orient), members in series.items():
+        stacks[(uid, folder)].append((orient, len(members)))
+    for (uid, folder, _), members in series.items():
         members, notes = _drop_identical_copies(members)
         headers = [h for _, h in members]
         volume, failed = volume_rule(headers)
+        split = _orientation_split(stacks[(uid, folder)])
         if volume:
-            sources.append(Source("dicom-series", [p for p, _ in members], uid=uid, notes=notes))
+            sources.append(Source("dicom-series", [p for p, _ in members], uid=uid, notes=notes, not_assembled=split))
         else:
+            why = "; ".join(w for w in (failed, split) if w) or None
             sources.extend(Source("dicom", [p], uid=str(getattr(h, "SOPInstanceUID", "") or "") or None,
-                                  notes=[n for n in notes if str(p) in n], not_assembled=failed) for p, h in members)
+                                  notes=[n for n in notes if str(p) in n], not_assembled=why) for p, h in members)
     return sources, found.skipped
 
 
@@ -109,6 +115,16 @@ def _orientation_key(hdr) -> tuple:
     except (AttributeError, TypeError, ValueError):
         return ()
     return tuple(round(v, 1) + 0.0 for v in iop)
+
+
+def _orientation_split(stacks: list[tuple[tuple, int]]) -> str | None:
+    """Where one series in one folder holds instances in several orientations (localisers, or
+    slices turned to be judged apart from the rest): how many in each, in words; else ``None``."""
+    if len(stacks) < 2:
+        return None
+    parts = ", ".join(f"{n} with ImageOrientationPatient {'/'.join(f'{v:g}' for v in o) if o else '(absent)'}"
+                      for o, n in sorted(stacks, key=lambda t: -t[1]))
+    return f"the series holds instances in {len(stacks)} orientations ({parts}); each orientation is analysed apart"
 
 
 def _drop_identical_copies(members: list) -> tuple[list, list[str]]:
@@ -137,7 +153,10 @@ def load_source(source: Source) -> Image:
     if source.error:
         raise MedForensicsError(source.path, source.error)
     if source.kind == "dicom-series":
-        return load_series(source.files)
+        image = load_series(source.files)
+        if source.not_assembled:  # e.g. the series' other orientations are other items
+            image.meta["not_assembled"] = source.not_assembled
+        return image
     if source.kind == "dicom":
         image = load_instance(source.files[0])
         if source.not_assembled:  # why it is not part of a volume (a dicom_header finding of the item)
