@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from cryptography.hazmat.primitives import serialization
 import pytest
 from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
@@ -378,3 +379,57 @@ def test_cli_export(ids, tmp_path, capsys, monkeypatch, run_cli):
     # --no-manifest writes plain images
     r = run_cli("export", CT, "--out", tmp_path / "o4", "--no-manifest")
     assert r.returncode == 0 and not verify_manifest(tmp_path / "o4" / "CT_small.png").present
+
+
+# ------------------------------------------------------------------ the declared modality
+
+def _repaint_keeping_manifest(png: Path, out: Path) -> Path:
+    """The PNG with some pixels changed and its original C2PA chunk (caBX) carried over."""
+    import io as _io
+
+    data = png.read_bytes()
+    j = data.find(b"caBX")
+    m = struct.unpack(">I", data[j - 4:j])[0]
+    cabx = data[j - 4:j + 8 + m]
+    px = np.array(PILImage.open(png))
+    px[100:140, 100:140] = 0
+    buf = _io.BytesIO()
+    PILImage.fromarray(px).save(buf, format="PNG")
+    new = buf.getvalue()
+    k = new.find(b"IEND") - 4
+    out.write_bytes(new[:k] + cabx + new[k:])
+    return out
+
+
+def test_a_ct_exported_to_png_is_scanned_as_ct_display_values(ids, tmp_path, shared_data, run_cli):
+    """Issue 18: a CT slice exported to PNG with a manifest that says CT was scanned as a
+    radiograph (the radiograph model ran on it). An intact manifest's modality now holds; the
+    detectors that read Hounsfield units do not assess display values; a broken manifest, none,
+    or one whose signer fails the trust anchors given declares nothing."""
+    from medforensics.scan import DISPLAY_VALUES, scan
+
+    slice_ = sorted((shared_data / "ct" / "lidc-idri" / "LIDC-IDRI-0001").rglob("*.dcm"))[60]
+    d = tmp_path / "in"
+    d.mkdir()
+    export(slice_, d / "signed.png", ids["ec"])
+    export(slice_, d / "plain.png")
+    _repaint_keeping_manifest(d / "signed.png", d / "broken.png")
+    got = {Path(v.path).name: v for v in scan([str(d)])}
+    signed, plain, broken = got["signed.png"], got["plain.png"], got["broken.png"]
+    assert signed.modality == "CT" and not signed.errors
+    for name in ("ct_physics", "noise_residual", "learned_2d"):
+        assert signed.not_assessed[name] == DISPLAY_VALUES
+    assert not {"radiograph_physics", "spectral"} & set(signed.assessed)
+    assert "copy_move" in signed.assessed and signed.label == "authentic"
+    assert any("not checked against a trust store" in w for w in signed.warnings)
+    assert plain.modality == broken.modality == "XR"
+
+    def modality_with(anchor: Identity) -> tuple[str, list[str]]:
+        (ca := tmp_path / f"{id(anchor)}.pem").write_bytes(ca_of(anchor).public_bytes(serialization.Encoding.PEM))
+        out = tmp_path / f"{id(anchor)}.jsonl"
+        assert run_cli("scan", d / "signed.png", "--json", out, "--trust", ca, "-q").code == 0
+        rec = json.loads(out.read_text())
+        return rec["modality"], rec["warnings"]
+
+    assert modality_with(ids["ec"]) == ("CT", [])            # our signer: declared, nothing to warn of
+    assert modality_with(ids["other"])[0] == "XR"            # a signer outside the anchors declares nothing

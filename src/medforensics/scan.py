@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import time
 import warnings
@@ -39,6 +40,57 @@ from .core import Evidence, Image, Kind, MedForensicsError, Verdict, one_line
 from .detectors.base import Detector, DetectorOptions, load_detectors
 from .fusion import FusionConfig, fuse
 from .io import Source, discover, load_source
+
+
+#: Why a detector that reads Hounsfield units does not assess a rendered CT image.
+DISPLAY_VALUES = ("the pixels are display values of a rendered export (its C2PA manifest declares a CT image), "
+                  "not Hounsfield units")
+#: DICOM modality codes: two to sixteen capitals, digits or underscores.
+_MODALITY_CODE = re.compile(r"[A-Z0-9_]{2,16}")
+
+
+def declared_modality(image: Image, trust: Sequence[str] | None = None) -> tuple[str | None, str]:
+    """The modality that an intact C2PA manifest of a PNG/JPEG/TIFF declares for the DICOM image
+    it was rendered from (medforensics ``export`` records it), and the signer's trust status
+    (``trusted``, ``not-checked``; ``""`` when nothing is declared).
+
+    :func:`scan_source` gives such an image that modality instead of ``XR`` (a CT slice exported
+    to PNG is not a radiograph) and marks its pixels as display values
+    (``meta["display_values"]``): detectors that read Hounsfield units do not assess it. A
+    manifest whose signature or hashes fail declares nothing, and neither does one whose signer
+    does not chain to the ``trust`` anchors when they are given (``scan --trust``): otherwise a
+    forger could keep the radiograph detectors away from a fake by signing a manifest that calls
+    it CT. Without anchors the declaration holds and the verdict warns that its signer was not
+    checked.
+    """
+    if image.format not in ("png", "jpeg", "tiff") or image.pixels.ndim != 2:
+        return None, ""
+    from .provenance.c2pa_manifest import verify_manifest
+
+    try:
+        chk = verify_manifest(image.path, trust=list(trust) if trust else None)
+    except MedForensicsError:
+        return None, ""
+    source = chk.source if chk.present and chk.valid and chk.trust != "untrusted" else None
+    if not isinstance(source, dict) or source.get("kind") != "dicom":
+        return None, ""
+    modality = str(source.get("modality") or "")
+    return (modality, chk.trust) if _MODALITY_CODE.fullmatch(modality) else (None, "")
+
+
+def _apply_declared_modality(image: Image, detectors: Sequence[Detector] | None) -> list[str]:
+    """Give ``image`` the modality its manifest declares; the warnings to keep with the verdict."""
+    trust = next((getattr(d, "trust", None) for d in detectors or () if d.name == "provenance"), None)
+    modality, status = declared_modality(image, trust)
+    if not modality or modality == image.modality:
+        return []
+    image.meta["modality_from"] = f"C2PA manifest ({status}; {image.modality} from the file alone)"
+    image.meta["display_values"] = True
+    image.modality = modality
+    if status == "trusted":
+        return []
+    return [f"{image.path}: modality {modality} is declared by the file's C2PA manifest, whose signer was not "
+            "checked against a trust store (scan --trust); read from the pixels alone it would be a radiograph"]
 
 
 def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: FusionConfig = FusionConfig(),
@@ -57,7 +109,8 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
     for det in detectors:
         if not det.applies(image):
             continue
-        reason = det.out_of_domain(image)
+        reason = (DISPLAY_VALUES if det.needs_physical_units and image.meta.get("display_values")
+                  and image.modality == "CT" else det.out_of_domain(image))
         if reason:
             verdict.not_assessed[det.name] = reason
             continue
@@ -143,7 +196,10 @@ def scan_source(source: Source, detectors: Sequence[Detector] | None = None, con
         else:
             t_load = time.perf_counter() - t0
             try:
+                detectors = load_detectors() if detectors is None else detectors
+                declared = _apply_declared_modality(image, detectors)
                 verdict = analyze(image, detectors, config, figures=figures, debug=debug)
+                verdict.warnings.extend(declared)
             except Exception as e:  # noqa: BLE001 - e.g. drawing the figures: still this item's error only
                 if debug:
                     raise
@@ -151,7 +207,7 @@ def scan_source(source: Source, detectors: Sequence[Detector] | None = None, con
                                   score=None, label=None, modality=image.modality,
                                   errors=[str(MedForensicsError.wrap(image.path, e, f"analysis failed ({type(e).__name__})"))])
             verdict.timings = {"load": t_load, **verdict.timings, "total": time.perf_counter() - t0}
-    verdict.warnings = _warning_lines(verdict.path, caught)
+    verdict.warnings = [*verdict.warnings, *_warning_lines(verdict.path, caught)]
     verdict.fingerprint = fingerprint(source)
     if not keep_heatmaps:
         for ev in verdict.evidence:

@@ -39,6 +39,10 @@ class Detector:
         2 for 2D images, 3 for volumes.
     formats : frozenset of str or None
         Containers it applies to (``dicom``, ``png``, ``jpeg``, ``tiff``, ``nifti``); ``None``: any.
+    needs_physical_units : bool
+        Whether it reads CT pixels as Hounsfield units. A PNG/JPEG/TIFF that an intact C2PA
+        manifest declares to be a rendered CT image (``Image.meta["display_values"]``) holds
+        display values instead: ``scan`` lists such detectors under ``not_assessed`` for it.
     default : bool
         Whether ``scan`` runs it when no detectors are named. A detector whose false-alarm rate on
         authentic data (``benchmarks/authentic_rate.py``) is not yet acceptable sets ``False``: it
@@ -50,6 +54,7 @@ class Detector:
     modalities: ClassVar[frozenset[str] | None] = None
     dims: ClassVar[frozenset[int]] = frozenset({2, 3})
     formats: ClassVar[frozenset[str] | None] = None
+    needs_physical_units: ClassVar[bool] = False
     default: ClassVar[bool] = True
 
     def applies(self, image: Image) -> bool:

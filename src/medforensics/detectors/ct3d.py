@@ -16,6 +16,7 @@ class CTPatch3DDetector(Detector):
     name = "ct_patch3d"
     description = "learned 3D patch model: cubes of the lungs that look like an injected or removed tumour"
     modalities = frozenset({"CT"})
+    needs_physical_units = True   # CT crops are read in HU
     dims = frozenset({3})
     formats = frozenset({"dicom", "nifti"})
     # Not in the default scan yet: trained on one patient, it flags a real 31 mm tumour of a held-out

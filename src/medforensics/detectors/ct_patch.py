@@ -88,6 +88,7 @@ class CTPatchDetector(Detector):
     description = ("Small CT crops (32-128 px, HU DICOM or lung-window PNG, as the CT-GAN dataset ships them): a learned "
                    "patch model trained on injected and removed nodules against real ones.")
     modalities = frozenset({"CT", "XR"})  # XR: a plain raster file, which may hold a lung-window crop
+    needs_physical_units = True   # CT crops are read in HU
     dims = frozenset({2})
     formats = frozenset({"dicom", "png", "tiff", "jpeg"})
 

@@ -118,6 +118,7 @@ class Learned2DDetector(Detector):
                    "scored for edits and synthesis (CT series: tiles of the lungs, slice by slice), with a heatmap "
                    "and Grad-CAM of every decision.")
     dims = frozenset({2, 3})
+    needs_physical_units = True   # CT slices are windowed from HU (normalise_image)
 
     def __init__(self, checkpoints: Mapping[str, str | Path] | None = None):
         """``checkpoints``: other models by kind (``{"ct": path, "xray": path}``); a kind left out
