@@ -211,7 +211,8 @@ def test_noise_residual_wording_follows_the_score(cr, monkeypatch):
 
 
 def test_low_scores_claim_no_cause_on_authentic_images(cr, lidc_series_dir):
-    """Authentic images: no evidence under 0.5 of noise_residual or ct_physics names a manipulation."""
+    """Authentic images: no evidence under 0.5 of noise_residual or ct_physics names a manipulation,
+    in its explanation or its regions' notes."""
     from medforensics.io import load_instance
 
     images = [cr] + [load_instance(f) for f in sorted(lidc_series_dir.glob("*.dcm"))[::20]]
@@ -225,6 +226,7 @@ def test_low_scores_claim_no_cause_on_authentic_images(cr, lidc_series_dir):
                 seen += 1
                 assert not any(w in ev.explanation for w in ("as left by", "as if", "in-painting", "splicing")), \
                     (name, ev.explanation)
+                assert all("below the detector's alarm level" in r.note for r in ev.regions), (name, ev.regions[:2])
     assert seen >= 8
 
 

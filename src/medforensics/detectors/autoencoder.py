@@ -121,7 +121,8 @@ class AutoencoderDetector(Detector):
         heat = np.zeros(vol.shape, np.float32)
         up = np.repeat(np.repeat(np.repeat(heat_grid, stride, 0), b, 1), b, 2)[:vol.shape[0]]
         heat[:up.shape[0], :up.shape[1], :up.shape[2]] = up
-        note = "residual unlike authentic images"
+        # wording follows the score: below the alarm level a region names no departure
+        note = "residual unlike authentic images" if score >= 0.5 else "a mild residual deviation, below the alarm level"
         if image.pixels.ndim == 2:
             heat, heat_grid, scale = heat[0], heat_grid[0], (b, b)
         else:

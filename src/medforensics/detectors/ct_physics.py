@@ -529,6 +529,7 @@ class CTPhysicsDetector(Detector):
     description = ("CT physics: HU of air, fat and tissue; quantum-noise level and noise power spectrum consistent "
                    "across regions and slices.")
     modalities = frozenset({"CT"})
+    needs_physical_units = True   # reads HU: air, tissue, the scanner's noise in HU
 
     def detect(self, image: Image) -> Evidence:
         vol = image.pixels if image.pixels.ndim == 3 else image.pixels[None]
@@ -556,8 +557,10 @@ class CTPhysicsDetector(Detector):
             heat, heat_grid, scale = heat[0], heat_grid[0], (b, b)
         else:
             scale = (1, b, b)
+        # below the alarm level a region is a mild deviation, and says so (wording follows the score)
         regions = regions_from_heatmap(image, heat_grid, threshold=0.5, min_size=1, scale=scale,
-                                       note="noise level or texture unlike its surroundings")
+                                       note="noise level or texture unlike its surroundings" if score >= 0.5 else
+                                       "a mild noise deviation, below the detector's alarm level")
         n_dev = int((evidence >= MIDPOINT).sum())
         expl = self._explain(score, local, slice_term, hu_term, hu_notes, odd, n_dev, a)
         f = a["f"]
