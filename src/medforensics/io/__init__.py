@@ -9,7 +9,8 @@
 its copies go, never overwriting); :func:`discover` finds what is in a set of paths and groups DICOM instances into series
 (:class:`Source`); :func:`load_source` turns one source into an :class:`~medforensics.core.Image`.
 Errors about a file are :class:`~medforensics.core.MedForensicsError` with a one-line message that
-names the file. Nothing is ever written.
+names the file. An image that would take more memory to load than the decode budget is refused
+from its header, before decoding (:mod:`.budget`). Nothing is ever written.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _walk(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, bool]], list[st
     return [(f, named) for f, _, named in w.files], [str(m) for m in w.missing]
 
 
-def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
+def discover(paths: Iterable[str | Path], budget: int | str | None = None) -> tuple[list[Source], list[Path]]:
     """Find images under ``paths`` and group DICOM instances by SeriesInstanceUID.
 
     Instances are grouped by SeriesInstanceUID within one folder and one orientation: a copy of
@@ -71,7 +72,8 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
     JPEG, TIFF, NIfTI; names starting with ``.`` skipped). Returns ``(sources, skipped)``:
     ``skipped`` lists files met while walking folders that are not images (text, XML, CSV, ...).
     A file named explicitly that is not an image, a missing path, an empty file or an unreadable
-    DICOM header becomes a source with ``error`` set, so callers can report it and go on.
+    DICOM header becomes a source with ``error`` set, so callers can report it and go on; so does
+    a deflated-syntax DICOM file that inflates beyond the decode ``budget`` (:mod:`.budget`).
     """
     found = plan(paths, "scan")
     sources: list[Source] = []
@@ -85,7 +87,7 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[Path]]:
             sources.append(Source("nifti" if inp.kind == "nifti" else "raster", [path]))
             continue
         try:
-            hdr = read_header(path)
+            hdr = read_header(path, budget)
         except MedForensicsError as e:
             sources.append(Source("dicom", [path], error=e.problem))
             continue
@@ -148,8 +150,11 @@ def _drop_identical_copies(members: list) -> tuple[list, list[str]]:
     return kept, notes
 
 
-def load_source(source: Source) -> Image:
-    """Load one :class:`Source`; raises :class:`MedForensicsError` for unreadable input."""
+def load_source(source: Source, budget: int | str | None = None) -> Image:
+    """Load one :class:`Source`; raises :class:`MedForensicsError` for unreadable input and for an
+    image that would take more memory to load than the decode ``budget`` (bytes or ``"512M"``;
+    default ``MEDFORENSICS_DECODE_BUDGET``, else 2 GiB; see :mod:`.budget`). A series is checked
+    file by file."""
     if source.error:
         raise MedForensicsError(source.path, source.error)
     if source.kind == "dicom-series":
@@ -158,14 +163,14 @@ def load_source(source: Source) -> Image:
             image.meta["not_assembled"] = source.not_assembled
         return image
     if source.kind == "dicom":
-        image = load_instance(source.files[0])
+        image = load_instance(source.files[0], budget)
         if source.not_assembled:  # why it is not part of a volume (a dicom_header finding of the item)
             image.meta["not_assembled"] = source.not_assembled
         return image
     if source.kind == "raster":
-        return load_raster(source.files[0])
+        return load_raster(source.files[0], budget)
     if source.kind == "nifti":
-        return load_nifti(source.files[0])
+        return load_nifti(source.files[0], budget)
     raise MedForensicsError(source.path, f"cannot load a source of kind {source.kind!r}")
 
 

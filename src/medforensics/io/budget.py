@@ -28,6 +28,7 @@ else :data:`DEFAULT_BUDGET`.
 from __future__ import annotations
 
 import re
+import warnings
 import zlib
 from math import prod
 from pathlib import Path
@@ -206,7 +207,8 @@ def check_deflated_dicom(path: Path | str, budget: int | str | None = None) -> N
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             read_preamble(f, True)
             meta = _read_file_meta_info(f)
             offset = f.tell()

@@ -53,6 +53,8 @@ def _converted(ds: Dataset) -> Dataset:
     VR or a value that does not fit its VR raises here, inside the reader's error handling and
     warning filter, rather than later in a detector or while grouping a series."""
     ds.walk(lambda _ds, _elem: None)
+    if getattr(ds, "file_meta", None) is not None:
+        ds.file_meta.walk(lambda _ds, _elem: None)
     return ds
 
 
@@ -92,8 +94,10 @@ def _decode(path: Path, budget: int | str | None = None) -> tuple[Dataset, np.nd
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
         raise MedForensicsError(path, f"unreadable DICOM file: {_why(e)}") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        sop = getattr(ds, "SOPClassUID", None)
-        name = getattr(sop, "name", None) or sop or "unknown SOP class"
+        with warnings.catch_warnings():  # a damaged UID warns again when named
+            warnings.simplefilter("ignore")
+            sop = getattr(ds, "SOPClassUID", None)
+            name = getattr(sop, "name", None) or sop or "unknown SOP class"
         raise MedForensicsError(path, f"no pixel data (not an image: {name})")
     for key in ("Rows", "Columns", "BitsAllocated"):
         if key not in ds:

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image as PILImage, UnidentifiedImageError
 
 from ..core import Image, MedForensicsError
+from .budget import WORK_RASTER_COLOUR, WORK_RASTER_GRAY, check
 
 FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
 
@@ -32,12 +33,33 @@ def _to_gray(arr: np.ndarray, mode: str) -> tuple[np.ndarray, bool, bool]:
     return gray, True, differ
 
 
-def load_raster(path: str | Path) -> Image:
+#: Bytes per pixel of Pillow's own decoded buffer, by mode (Pillow keeps 3-band images in 4 bytes).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_GRAY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _check_budget(path: Path, pil: PILImage.Image, budget: int | str | None) -> None:
+    """Refuse, from the header Pillow has read (``Image.open`` decodes nothing), an image that
+    would take more than the decode budget to load: Pillow's buffer, numpy's copy of it and the
+    float32 gray result (and, for colour, the float32 channels)."""
+    width, height = pil.size
+    mode = pil.mode
+    itemsize = _MODE_BYTES.get(mode, 4)
+    work = WORK_RASTER_GRAY + itemsize if mode in _GRAY_MODES else WORK_RASTER_COLOUR
+    check(path, {"height": height, "width": width}, itemsize, work, budget, note=f"Pillow mode {mode}")
+
+
+def load_raster(path: str | Path, budget: int | str | None = None) -> Image:
     """Load a PNG, JPEG or TIFF file as a 2D gray :class:`Image` (modality ``XR``).
 
     ``meta`` records ``bit_depth``, ``mode`` (the PIL mode), ``color`` (stored as colour),
     ``color_differs`` (the channels are not all equal) and ``n_frames``; for a multi-page TIFF
     the first page is used.
+
+    ``budget``: the most memory loading may take (bytes or ``"512M"``; default
+    ``MEDFORENSICS_DECODE_BUDGET``, else 2 GiB); the size is taken from the header and a larger
+    image is refused before it is decoded (:mod:`.budget`). Pillow's own limit
+    (``MAX_IMAGE_PIXELS``) still refuses more than twice its pixel count as a decompression bomb.
     """
     path = Path(path)
     try:
@@ -49,6 +71,7 @@ def load_raster(path: str | Path) -> Image:
                 raise MedForensicsError(path, f"unsupported image format {pil.format!r}")
             n_frames = int(getattr(pil, "n_frames", 1) or 1)
             mode = pil.mode
+            _check_budget(path, pil, budget)
             if mode == "P" or mode == "PA":
                 pil = pil.convert("RGBA" if "transparency" in pil.info or mode == "PA" else "RGB")
             elif mode == "1":
@@ -63,7 +86,9 @@ def load_raster(path: str | Path) -> Image:
     except PILImage.DecompressionBombError as e:
         raise MedForensicsError.wrap(path, e, "refused: the image declares more pixels than the decoder allows "
                                      "(a decompression bomb?)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on damaged files (TypeError from a TIFF without dimensions, struct.error, ...)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MedForensicsError(path, f"damaged or truncated image file: {msg}") from None
     if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # gray+alpha or RGBA: drop alpha
