@@ -4,6 +4,7 @@
     python benchmarks/authentic_rate.py --with-pydicom-data --loso
     python benchmarks/authentic_rate.py --sources outside --detectors learned_2d,container
     python benchmarks/authentic_rate.py --from-json OUT.jsonl --loso      # re-analyse, no scan
+    python benchmarks/authentic_rate.py --single-slices                   # every CT slice alone
 
 ``DATA`` defaults to ``$MEDFORENSICS_DATA``, else ``../shared/data`` next to the repository.
 Every image there is an original (see its README), so every label other than ``authentic`` is a
@@ -17,6 +18,11 @@ file of ``pydicom.data`` (pydicom's test files and ``pip install pydicom-data``)
 data, any modality, as the fitted source ``pydicom-data`` with one row per modality; the scan
 groups files as it would for a user (codec variants of one image that share a SeriesInstanceUID
 become one series), and a file that cannot be decoded is an error of its row.
+
+**Per item.** A row counts items: a series is one item (its slices are judged together), a
+radiograph or a lone slice one. ``--single-slices`` scans every slice of every DICOM series
+alone, as a 2D image (rows marked ``(slices alone)``): false alarms *per slice*, what a user who
+sends one slice would see.
 
 **Tables.** Fitted and outside sources each get a table: items, labels, errors (no verdict),
 "not authentic" (share of the scored items), the detectors behind the false alarms (those with
@@ -510,8 +516,45 @@ def print_loso(results: list[dict]) -> None:
 
 # ---------------------------------------------------------------------------------------- main
 
-def scan_records(root: Path, which: str, names: list[str] | None, workers: int, with_pydicom: bool) -> list[dict]:
-    """Scan the sources of status ``which`` (and pydicom's images) and return their records."""
+def single_slice_sources(paths: Iterable[str]) -> list:
+    """The sources a scan of ``paths`` finds, with every DICOM series split into its instances,
+    each a single image (a slice sent alone, without the series around it)."""
+    from medforensics.io import Source as Item, discover
+
+    out = []
+    for src in discover(paths)[0]:
+        if src.kind == "dicom-series":
+            out.extend(Item("dicom", [f], notes=["a slice of a series, scanned alone"]) for f in src.files)
+        else:
+            out.append(src)
+    return out
+
+
+def scan_single_slices(paths: list[str], names: list[str] | None, workers: int):
+    """Verdicts of :func:`single_slice_sources`, as :func:`medforensics.scan.scan` would give them."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from medforensics import scan as pipeline
+    from medforensics.detectors.base import load_detectors
+    from medforensics.fusion import FusionConfig
+
+    sources = single_slice_sources(paths)
+    if workers <= 1:
+        detectors = load_detectors(names)
+        yield from (pipeline.scan_source(s, detectors) for s in sources)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, initializer=pipeline._init_worker,
+                             initargs=(names, None, FusionConfig(), False, False, threads)) as pool:
+        yield from pool.map(pipeline._work, sources, chunksize=4)
+
+
+def scan_records(root: Path, which: str, names: list[str] | None, workers: int, with_pydicom: bool,
+                 single_slices: bool = False) -> list[dict]:
+    """Scan the sources of status ``which`` (and pydicom's images) and return their records.
+
+    ``single_slices``: every slice of a DICOM series is scanned alone, as a 2D image (its record's
+    row gets `` (slices alone)``), the way a user who sends one slice would see it."""
     from medforensics.scan import scan
 
     # pydicom's test files are malformed on purpose; its warnings about them would drown the tables
@@ -520,7 +563,14 @@ def scan_records(root: Path, which: str, names: list[str] | None, workers: int, 
     images = pydicom_images() if with_pydicom and which in ("all", FITTED) else None
     paths += sorted(images or {})
     demo = read_demographics(root)
-    return [record(v.to_dict(), root, demo, images) for v in scan(paths, names, workers=workers)]
+    verdicts = scan_single_slices(paths, names, workers) if single_slices else scan(paths, names, workers=workers)
+    records = []
+    for v in verdicts:
+        rec = record(v.to_dict(), root, demo, images)
+        if single_slices and v.kind == "image" and v.modality in ("CT", "MR", "PT", "NM") and v.path.endswith(".dcm"):
+            rec["benchmark"]["row"] += " (slices alone)"
+        records.append(rec)
+    return records
 
 
 def main() -> None:
@@ -534,6 +584,8 @@ def main() -> None:
                     help="add every image of pydicom's test files and pydicom-data (fitted, one row per modality)")
     ap.add_argument("--sources", choices=("all", FITTED, OUTSIDE), default="all", help="what to scan (default: all)")
     ap.add_argument("--loso", action="store_true", help="leave-one-source-out calibration of the fitted sources")
+    ap.add_argument("--single-slices", action="store_true",
+                    help="scan every slice of a DICOM series alone, as a 2D image (false alarms per slice)")
     ap.add_argument("--from-json", type=Path, default=None,
                     help="analyse the records of an earlier --json run instead of scanning")
     args = ap.parse_args()
@@ -548,7 +600,7 @@ def main() -> None:
         root = args.data if args.data is not None else default_root()
         check_root(root)
         names = args.detectors.split(",") if args.detectors else None
-        records = scan_records(root, args.sources, names, args.workers, args.with_pydicom_data)
+        records = scan_records(root, args.sources, names, args.workers, args.with_pydicom_data, args.single_slices)
         how = f"{len(records)} items scanned in {time.perf_counter() - t0:.0f} s with {args.workers} worker(s)"
         if args.json:
             with open(args.json, "x", encoding="utf-8") as f:

@@ -191,3 +191,32 @@ def test_authentic_values_give_no_such_finding():
     image, verdict, header = _analyse(Path(CT_SMALL))
     assert not [f for f in header.details["findings"] if f["check"].startswith("unusable_")]
     assert image.affine is not None and image.meta["unusable_values"] == []
+
+
+# ------------------------------------------------------------------------------ per-slice benchmark
+
+def test_authentic_rate_single_slices_scans_each_slice_alone(lidc_series_dir, tmp_path):
+    """``benchmarks/authentic_rate.py --single-slices``: every slice of a series is its own item,
+    in a row marked ``(slices alone)`` (false alarms per slice, not per series)."""
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "authentic_rate.py"
+    spec = importlib.util.spec_from_file_location("authentic_rate_single", script)
+    ar = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ar  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(ar)
+        series = tmp_path / "ct" / "lidc-idri" / "LIDC-IDRI-0001"
+        series.mkdir(parents=True)
+        for f in _contiguous(lidc_series_dir, 60, 3):
+            shutil.copy(f, series / f.name)
+        assert [s.kind for s in discover([series])[0]] == ["dicom-series"]
+        sources = ar.single_slice_sources([str(series)])
+        assert [(s.kind, len(s.files)) for s in sources] == [("dicom", 1)] * 3
+        records = ar.scan_records(tmp_path, "all", ["dicom_header"], 1, False, single_slices=True)
+        assert [(r["kind"], r["benchmark"]["row"]) for r in records] == [("image", "ct/lidc-idri (slices alone)")] * 3
+        per_series = ar.scan_records(tmp_path, "all", ["dicom_header"], 1, False)
+        assert [(r["kind"], r["benchmark"]["row"]) for r in per_series] == [("series", "ct/lidc-idri")]
+    finally:
+        sys.modules.pop(spec.name, None)
