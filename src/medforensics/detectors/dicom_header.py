@@ -153,7 +153,8 @@ class DicomHeaderDetector(Detector):
                              "slices": sorted(set(slices or [])),
                              "weight": round(SEVERITY[severity] if weight is None else float(weight), 3), **extra})
 
-        if n > 1:
+        # a series left with one slice (its duplicates dropped) still reports what the loader found
+        if n > 1 or image.meta.get("series_problems"):
             self._series_checks(image, dss, add)
         self._instance_checks(image, dss, add)
 
