@@ -234,3 +234,23 @@ def test_authentic_rate_single_slices_scans_each_slice_alone(lidc_series_dir, tm
         assert [(r["kind"], r["benchmark"]["row"]) for r in per_series] == [("series", "ct/lidc-idri")]
     finally:
         sys.modules.pop(spec.name, None)
+
+
+def test_non_finite_float_pixel_data_is_a_finding_and_made_finite(tmp_path):
+    """Float pixel data (a parametric map) with NaN and infinite values: reported, set to the
+    lowest finite value, no warning on the way."""
+    ds = pydicom.dcmread(CT_SMALL)
+    arr = ds.pixel_array.astype(np.float32)
+    arr[10:20, 10:20] = np.nan
+    arr[0, 0] = np.inf
+    del ds.PixelData
+    for key in ("BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept"):
+        del ds[key]
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = arr.tobytes()
+    ds.save_as(tmp_path / "float.dcm")
+    image, verdict, header = _analyse(tmp_path / "float.dcm")
+    assert np.isfinite(image.pixels).all()
+    assert float(image.pixels[15, 15]) == float(np.nanmin(arr[np.isfinite(arr)]))
+    [f] = [f for f in header.details["findings"] if f["check"] == "unusable_PixelData"]
+    assert f["message"].startswith("101 of 16384 pixel values are NaN or infinite") and f["severity"] == "moderate"

@@ -408,6 +408,23 @@ def _uid(ds: Dataset, key: str, fallback: str) -> str:
     return str(getattr(ds, key, "") or fallback)
 
 
+def _finite(pixels: np.ndarray, meta: dict) -> np.ndarray:
+    """``pixels`` with NaN and infinite values (float pixel data can hold them) set to the lowest
+    finite value, reported in ``meta["unusable_values"]`` (the detectors need finite values)."""
+    bad = ~np.isfinite(pixels)
+    if not bad.any():
+        return pixels
+    finite = pixels[~bad]
+    fill = float(finite.min()) if finite.size else 0.0
+    pixels = np.where(bad, np.float32(fill), pixels).astype(np.float32)
+    slices = sorted({int(k) for k in np.nonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0]}) \
+        if pixels.ndim == 3 else [0]
+    meta.setdefault("unusable_values", []).append(
+        {"key": "PixelData", "message": f"{int(bad.sum())} of {bad.size} pixel values are NaN or infinite",
+         "effect": f"they are analysed as {fill:g} (the lowest finite value)", "slices": slices})
+    return pixels
+
+
 def _unusable(datasets: Sequence[Dataset], ranges: Sequence[tuple[float, float]]) -> list[dict]:
     """:func:`header_value_problems` of each instance, merged: one entry per message with the
     slices (indices into ``datasets``) that carry it."""
@@ -440,7 +457,7 @@ def load_instance(path: str | Path, budget: int | str | None = None) -> Image:
             "photometric": str(getattr(ds, "PhotometricInterpretation", ""))}
     meta["unusable_values"] = _unusable([ds], [rng])
     if n == 1:
-        pixels = _to_physical(ds, stored[0])
+        pixels = _finite(_to_physical(ds, stored[0]), meta)
         spacing = _spacing_2d(ds)
         geo = _geometry(ds)
         affine = None
@@ -508,7 +525,8 @@ def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta
         step = (positions[order[-1]] - positions[order[0]]) / max(1, len(order) - 1)
         affine = _affine(positions[order[0]], step, r, c, spacing)
         meta["slice_positions"] = [float(v) for v in s[order]]
-    pixels = np.stack([frames[i] for i in order]).astype(np.float32)
+    with np.errstate(all="ignore"):
+        pixels = _finite(np.stack([frames[i] for i in order]).astype(np.float32), meta)
     if slice_spacing is None:
         for key in ("SpacingBetweenSlices", "SliceThickness"):
             if ds.get(key) not in (None, "") and length_problem(ds, key) is None:
@@ -791,6 +809,7 @@ def load_series(paths: Sequence[str | Path]) -> Image:
                                         f"{slices[k - 1][0].name} and {slices[k][0].name}: about {g['missing']} "
                                         f"slice(s) missing"})
     pixels = np.stack([_to_physical(ds, arr[0]) for _, ds, arr, _, _ in slices]).astype(np.float32)
+    unusable = _unusable([s[1] for s in slices], [ranges[s[0]] for s in slices])
     first = slices[0][1]
     rc = _spacing_2d(first)
     if len(slices) > 1:
@@ -805,10 +824,11 @@ def load_series(paths: Sequence[str | Path]) -> Image:
         "slice_positions": [float(v) for v in positions],
         "spacing": spacing,
         "transfer_syntax": str(getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "")),
-        "unusable_values": _unusable([s[1] for s in slices], [ranges[s[0]] for s in slices]),
+        "unusable_values": unusable,
         "excluded_files": sorted({f for pr in problems if pr["kind"] != "gap" for f in pr["files"][-1:]}
                                  | {f for pr in problems if pr["kind"] in ("mixed_size", "missing_position") for f in pr["files"]}),
     }
+    pixels = _finite(pixels, meta)
     return Image(pixels=pixels, spacing=(step_mm if len(slices) == 1 else step_mm or float(np.linalg.norm(step)),
                                          rc[0], rc[1]),
                  modality=str(getattr(first, "Modality", "") or "OT"), format="dicom",
