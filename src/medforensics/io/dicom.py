@@ -469,6 +469,16 @@ def load_instance(path: str | Path, budget: int | str | None = None) -> Image:
     return _multiframe(path, ds, stored, modality, meta)
 
 
+def _vector(value, n: int) -> np.ndarray | None:
+    """``n`` finite numbers from a multi-valued attribute, or ``None`` (absent, wrong count, not
+    numbers, NaN or infinite): a position or orientation is used only when it is sane."""
+    try:
+        v = np.array([float(x) for x in value], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return v if v.shape == (n,) and np.all(np.isfinite(v)) else None
+
+
 def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta: dict) -> Image:
     """Enhanced multi-frame: per-frame position and rescale from the functional groups."""
     shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
@@ -493,10 +503,12 @@ def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta
                 meta["unusable_values"].append({**p, "slices": [i]})
         po = group(i, "PlaneOrientationSequence")
         if po is not None and "ImageOrientationPatient" in po:
-            orient = np.array([float(v) for v in po.ImageOrientationPatient])
+            o = _vector(po.ImageOrientationPatient, 6)
+            orient = o if o is not None and abs(np.linalg.norm(o[:3]) - 1) <= 0.05 and \
+                abs(np.linalg.norm(o[3:]) - 1) <= 0.05 else orient
         pp = group(i, "PlanePositionSequence")
-        positions.append(np.array([float(v) for v in pp.ImagePositionPatient]) if pp is not None and
-                         "ImagePositionPatient" in pp else None)
+        positions.append(_vector(pp.ImagePositionPatient, 3) if pp is not None and "ImagePositionPatient" in pp
+                         else None)
         tr = group(i, "PixelValueTransformationSequence")
         src = tr if tr is not None else ds
         frame = stored[i].astype(np.float32)
