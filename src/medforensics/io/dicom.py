@@ -549,21 +549,18 @@ def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta
                  affine=affine)
 
 
-#: Without a usable SliceThickness, slices this close (mm) along the normal are adjacent: the
-#: thickest reconstructions in clinical use are 10 mm.
-MAX_ADJACENT_MM = 10.0
-
-
 def volume_rule(headers: Sequence[Dataset]) -> tuple[bool, str | None]:
     """Whether the instances of one series should be stacked into a volume, and, where they are
     not although they look like one, the rule that failed (one line, for the items).
 
     A volume: two or more single-frame cross-sectional instances, at least two with patient
     geometry (:func:`load_series` leaves out and reports the others), two of which are adjacent:
-    their interval along the slice normal is at most 1.9x the SliceThickness, or, where the
-    thickness is not usable (absent, zero, negative, NaN: :func:`length_problem`), at most
-    ``MAX_ADJACENT_MM``. Sparse picks of far-apart slices stay separate 2D images (no rule failed:
-    ``(False, None)``). Duplicated positions count as a volume (the loader reports them).
+    their interval along the slice normal is at most 1.9x the SliceThickness. Where the thickness
+    is not usable (absent, or zero, negative, NaN: :func:`length_problem`, which ``dicom_header``
+    reports) nothing says the slices are far apart, and they are stacked (before, a negative
+    thickness split a series into single images). Sparse picks of far-apart slices stay separate
+    2D images (no rule failed: ``(False, None)``). Duplicated positions count as a volume (the
+    loader reports them).
 
     >>> def ct(z, t="2.5"):
     ...     ds = Dataset(); ds.Modality = "CT"; ds.SliceThickness = t
@@ -591,9 +588,9 @@ def volume_rule(headers: Sequence[Dataset]) -> tuple[bool, str | None]:
     if np.any(diffs == 0):
         return True, None
     thickness = _number(headers[0].get("SliceThickness"))
-    usable = length_problem(headers[0], "SliceThickness") is None and thickness is not None
-    limit = 1.9 * thickness if usable else MAX_ADJACENT_MM
-    return bool(np.any(diffs <= limit)), None
+    if thickness is None or length_problem(headers[0], "SliceThickness") is not None:
+        return True, None   # no usable thickness to call them far apart: stacked, as without one
+    return bool(np.any(diffs <= 1.9 * thickness)), None
 
 
 def is_volume_candidate(headers: Sequence[Dataset]) -> bool:
