@@ -34,7 +34,7 @@ the intensity range, so that the air clipped at about -1,024 HU counts as the da
 blocks outside the patient or within one block of the skin (:func:`outside_body`) are left out:
 the air around the patient is reconstructed smoother than any tissue, and blocks straddling the
 skin read as "less noise". Before, 19 of the 133 untouched slices of LIDC-IDRI-0001 scanned one
-by one were flagged (up to ``manipulated`` 1.00); now none of the 222 single CT slices of the
+by one were flagged (up to ``manipulated`` 1.00); now none of the 221 single CT slices of the
 fitted sources is (``python benchmarks/authentic_rate.py --single-slices``).
 
 Below the alarm level (score ``ALARM``, 0.5) the explanation names no cause: a few mildly
