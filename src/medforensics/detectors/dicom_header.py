@@ -180,7 +180,8 @@ class DicomHeaderDetector(Detector):
             more = f" ({len(findings) - 1} more finding(s))" if len(findings) > 1 else ""
             explanation = top["message"].rstrip(".") + "." + more
         else:
-            explanation = f"The header{'s of the series' if n > 1 else ''} show no inconsistency."
+            explanation = "The headers of the series show no inconsistency." if n > 1 else \
+                "The header shows no inconsistency."
         details = {"findings": findings, "raw": round(raw, 3), "instances": n}
         if "spacing" in image.meta:
             details["spacing"] = image.meta["spacing"]
