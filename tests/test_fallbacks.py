@@ -190,6 +190,7 @@ def test_unusable_rescale_is_a_finding_and_pixels_stay_finite(key, value, tmp_pa
     assert np.array_equal(image.pixels, stored)  # stored values, not a guessed rescale
     [f] = [f for f in header.details["findings"] if f["check"].startswith("unusable_Rescale")]
     assert "stored values, not physical units" in f["message"] and f["severity"] == "moderate"
+    assert image.meta["stored_values"].startswith("the pixels are stored values, not physical units (Rescale")
     assert header.score >= 0.5 and verdict.label != "authentic"
 
 
@@ -204,7 +205,7 @@ def test_unusable_slice_thickness_is_a_finding(value, tmp_path):
 def test_authentic_values_give_no_such_finding():
     image, verdict, header = _analyse(Path(CT_SMALL))
     assert not [f for f in header.details["findings"] if f["check"].startswith("unusable_")]
-    assert image.affine is not None and image.meta["unusable_values"] == []
+    assert image.affine is not None and image.meta["unusable_values"] == [] and "stored_values" not in image.meta
 
 
 # ------------------------------------------------------------------------------ per-slice benchmark

@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from ..core import Image, MedForensicsError, one_line
-from .budget import check_deflated_dicom, check_dicom, read_dicom
+from .budget import check_codestream, check_deflated_dicom, check_dicom, read_dicom
 
 #: Modalities whose instances with patient geometry form volumes.
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "ST"}
@@ -425,6 +425,15 @@ def _finite(pixels: np.ndarray, meta: dict) -> np.ndarray:
     return pixels
 
 
+def _units(meta: dict) -> dict:
+    """``meta`` with ``stored_values`` set (the first reason) where some pixels could not be put in
+    physical units (an unusable rescale): detectors that read Hounsfield units cannot judge them."""
+    why = next((p["message"] for p in meta.get("unusable_values", []) if p["key"].startswith("Rescale")), None)
+    if why:
+        meta["stored_values"] = f"the pixels are stored values, not physical units ({why})"
+    return meta
+
+
 def _unusable(datasets: Sequence[Dataset], ranges: Sequence[tuple[float, float]]) -> list[dict]:
     """:func:`header_value_problems` of each instance, merged: one entry per message with the
     slices (indices into ``datasets``) that carry it."""
@@ -465,7 +474,8 @@ def load_instance(path: str | Path, budget: int | str | None = None) -> Image:
             ipp, r, c = geo
             affine = _affine(ipp, np.cross(r, c), r, c, spacing)
         return Image(pixels=pixels, spacing=spacing, modality=modality, format="dicom", sources=[path],
-                     uid=_uid(ds, "SOPInstanceUID", path.name), datasets=[_strip(ds)], meta=meta, affine=affine)
+                     uid=_uid(ds, "SOPInstanceUID", path.name), datasets=[_strip(ds)], meta=_units(meta),
+                     affine=affine)
     return _multiframe(path, ds, stored, modality, meta)
 
 
@@ -545,8 +555,8 @@ def _multiframe(path: Path, ds: Dataset, stored: np.ndarray, modality: str, meta
                 slice_spacing = float(ds.get(key))
                 break
     return Image(pixels=pixels, spacing=(slice_spacing, spacing[0], spacing[1]), modality=modality, format="dicom",
-                 sources=[path], uid=_uid(ds, "SeriesInstanceUID", path.name), datasets=[_strip(ds)], meta=meta,
-                 affine=affine)
+                 sources=[path], uid=_uid(ds, "SeriesInstanceUID", path.name), datasets=[_strip(ds)],
+                 meta=_units(meta), affine=affine)
 
 
 def volume_rule(headers: Sequence[Dataset]) -> tuple[bool, str | None]:
@@ -837,7 +847,7 @@ def load_series(paths: Sequence[str | Path]) -> Image:
         "excluded_files": sorted({f for pr in problems if pr["kind"] != "gap" for f in pr["files"][-1:]}
                                  | {f for pr in problems if pr["kind"] in ("mixed_size", "missing_position") for f in pr["files"]}),
     }
-    pixels = _finite(pixels, meta)
+    pixels = _finite(pixels, _units(meta))
     return Image(pixels=pixels, spacing=(step_mm if len(slices) == 1 else step_mm or float(np.linalg.norm(step)),
                                          rc[0], rc[1]),
                  modality=str(getattr(first, "Modality", "") or "OT"), format="dicom",
