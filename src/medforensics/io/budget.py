@@ -28,6 +28,7 @@ else :data:`DEFAULT_BUDGET`.
 from __future__ import annotations
 
 import re
+import struct
 import warnings
 import zlib
 from math import prod
@@ -279,3 +280,54 @@ def read_dicom(path: Path | str, **kwargs):
         return ds
     finally:
         mm.close()
+
+
+def check_codestream(path: Path | str, ds) -> None:
+    """Refuse compressed DICOM pixel data whose own JPEG, JPEG-LS or JPEG 2000 header disagrees
+    with Rows, Columns or SamplesPerPixel.
+
+    Decoders size their output from one and fill it from the other: GDCM, which pydicom tries
+    first, aborts the whole process (an uncaught C++ exception) on a JPEG-LS stream of 64 x 64
+    pixels in a dataset that says 32,768 x 64. Only the first fragment is parsed; a stream whose
+    header cannot be parsed is left to the decoders, which report it.
+    """
+    import pydicom.uid as U
+    from pydicom.encaps import generate_fragments
+    from pydicom.pixels.utils import _get_jpg_parameters
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    jpeg = {U.JPEGBaseline8Bit, U.JPEGExtended12Bit, U.JPEGLossless, U.JPEGLosslessSV1, U.JPEGLSLossless,
+            U.JPEGLSNearLossless}
+    j2k = {U.JPEG2000Lossless, U.JPEG2000, getattr(U, "HTJ2KLossless", None), getattr(U, "HTJ2KLosslessRPCL", None),
+           getattr(U, "HTJ2K", None)} - {None}
+    if ts not in jpeg | j2k or "PixelData" not in ds:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        height = width = comps = None
+        for k, fragment in enumerate(generate_fragments(ds.PixelData)):  # the first that parses (after the offset table)
+            height, width, comps = _stream_size(fragment, ts in jpeg, _get_jpg_parameters)
+            if height or k >= 2:
+                break
+    except Exception:  # noqa: BLE001 - damaged encapsulation: the decoders report it
+        return
+    if not height or not width:
+        return
+    if (height, width) != (rows, cols) or (comps and comps != spp):
+        raise MedForensicsError(path, f"the {getattr(ts, 'name', ts)} stream holds {width} x {height} pixels of {comps} "
+                                      f"component(s) but Columns x Rows say {cols} x {rows} of {spp} sample(s): "
+                                      f"damaged or altered header")
+
+
+
+def _stream_size(data: bytes, jpeg: bool, jpg_parameters) -> tuple[int | None, int | None, int | None]:
+    """(height, width, components) from a JPEG/JPEG-LS frame header or a JPEG 2000 SIZ marker."""
+    if jpeg:
+        p = jpg_parameters(data)
+        return p.get("height"), p.get("width"), p.get("components")
+    at = data.find(b"\xff\x51")  # SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz
+    if at < 0 or len(data) < at + 40:
+        return None, None, None
+    x, y, xo, yo = struct.unpack(">IIII", data[at + 6:at + 22])
+    return y - yo, x - xo, struct.unpack(">H", data[at + 38:at + 40])[0]

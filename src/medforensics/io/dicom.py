@@ -98,17 +98,22 @@ def _decode(path: Path, budget: int | str | None = None) -> tuple[Dataset, np.nd
             warnings.simplefilter("ignore")
             sop = getattr(ds, "SOPClassUID", None)
             name = getattr(sop, "name", None) or sop or "unknown SOP class"
+        if not str(name).isprintable() or len(str(name)) > 80:  # a damaged UID: never print its bytes
+            name = "a damaged SOP Class UID"
         raise MedForensicsError(path, f"no pixel data (not an image: {name})")
     for key in ("Rows", "Columns", "BitsAllocated"):
         if key not in ds:
             raise MedForensicsError(path, f"pixel data present but {key} is missing")
     check_dicom(path, ds, budget)
-    err: Exception | None = None
+    check_codestream(path, ds)
+    err: BaseException | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
-    except Exception as e:  # noqa: BLE001
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: BLE001 - also a decoder plugin's panic (pyo3's PanicException is no Exception)
         err, arr = e, _decode_jpeg12(ds)  # 12-bit JPEG Extended: GDCM directly
     if err is not None and arr is None:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -117,12 +122,11 @@ def _decode(path: Path, budget: int | str | None = None) -> tuple[Dataset, np.nd
         if "shorter than" in msg or "truncat" in msg.lower() or "length" in msg.lower():
             raise MedForensicsError(path, f"pixel data is truncated or does not match the header ({msg})") from None
         raise MedForensicsError(path, f"cannot decode pixel data ({ts_name}): {msg}") from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     stored_range = _raw_range(ds, arr)
     if spp > 1:  # colour: note it, then reduce to gray (ITU-R BT.601 luma)
         arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[: arr.shape[-1]]
-    if frames == 1 and arr.ndim == 2:
+    if arr.ndim == 2:  # one frame (whatever NumberOfFrames says: pydicom reads "0" as one)
         arr = arr[None]
     return ds, arr, stored_range
 
