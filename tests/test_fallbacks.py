@@ -191,6 +191,8 @@ def test_unusable_rescale_is_a_finding_and_pixels_stay_finite(key, value, tmp_pa
     [f] = [f for f in header.details["findings"] if f["check"].startswith("unusable_Rescale")]
     assert "stored values, not physical units" in f["message"] and f["severity"] == "moderate"
     assert image.meta["stored_values"].startswith("the pixels are stored values, not physical units (Rescale")
+    # the detectors that read Hounsfield units say they did not assess it, and why
+    assert verdict.not_assessed["ct_physics"] == verdict.not_assessed["noise_residual"] == image.meta["stored_values"]
     assert header.score >= 0.5 and verdict.label != "authentic"
 
 

@@ -174,6 +174,8 @@ class NoiseResidualDetector(Detector):
         outside = unvalidated_modality(self.name, image)
         if outside:
             return outside
+        if image.modality == "CT" and image.meta.get("stored_values"):
+            return image.meta["stored_values"]   # its CT rules (padding, the body outline) read HU
         n = grey_levels(image.pixels)
         if 0 < n < MIN_LEVELS:
             return (f"posterised to {n} grey levels: its pixels carry dither and quantisation, not the acquisition's "
