@@ -305,6 +305,19 @@ def check_codestream(path: Path | str, ds) -> None:
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        allocated, stored = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
+        high = ds.get("HighBit")
+        high = None if high is None or high == "" else int(high)
+    except Exception:  # noqa: BLE001 - damaged values: the decoders report them
+        return
+    # GDCM asserts these (an abort, not an exception): checked before it can see the file
+    if stored == 1 and allocated != 1 or allocated == 1 and stored not in (0, 1):
+        raise MedForensicsError(path, f"BitsStored {stored} with BitsAllocated {allocated} in compressed pixel data: "
+                                      f"damaged or altered header")
+    if high is not None and stored and high != stored - 1:
+        raise MedForensicsError(path, f"HighBit {high} with BitsStored {stored} (DICOM requires BitsStored - 1): "
+                                      f"damaged or altered header")
+    try:
         height = width = comps = None
         for k, fragment in enumerate(generate_fragments(ds.PixelData)):  # the first that parses (after the offset table)
             height, width, comps = _stream_size(fragment, ts in jpeg, _get_jpg_parameters)
@@ -312,8 +325,8 @@ def check_codestream(path: Path | str, ds) -> None:
                 break
     except Exception:  # noqa: BLE001 - damaged encapsulation: the decoders report it
         return
-    if not height or not width:
-        return
+    if not height or not width or height > 65535 or width > 65535:  # none, or not a size a DICOM frame can have:
+        return  # the stream's header is unreadable (pydicom's JPEG2000-embedded-sequence-delimiter.dcm decodes all the same)
     if (height, width) != (rows, cols) or (comps and comps != spp):
         raise MedForensicsError(path, f"the {getattr(ts, 'name', ts)} stream holds {width} x {height} pixels of {comps} "
                                       f"component(s) but Columns x Rows say {cols} x {rows} of {spp} sample(s): "
@@ -326,8 +339,9 @@ def _stream_size(data: bytes, jpeg: bool, jpg_parameters) -> tuple[int | None, i
     if jpeg:
         p = jpg_parameters(data)
         return p.get("height"), p.get("width"), p.get("components")
-    at = data.find(b"\xff\x51")  # SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz
-    if at < 0 or len(data) < at + 40:
+    at = data.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz
+    if at < 0 or len(data) < at + 42:
         return None, None, None
+    at += 2
     x, y, xo, yo = struct.unpack(">IIII", data[at + 6:at + 22])
     return y - yo, x - xo, struct.unpack(">H", data[at + 38:at + 40])[0]
