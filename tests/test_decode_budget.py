@@ -204,3 +204,36 @@ def test_real_ct_slice_scans_under_the_same_limit(shared_data, tmp_path):
     assert "Traceback" not in err and code == 0, err[-2000:]
     (rec,) = records
     assert rec.get("label") is not None and not rec["errors"] and rec["evidence"]
+
+
+def test_compressed_data_disagreeing_with_its_header_never_reaches_gdcm(tmp_path):
+    """GDCM aborts the process (an uncaught C++ exception) on a JPEG-LS stream of 64 x 64 pixels in
+    a dataset that says 32,768 x 64, and on 8-bit JPEG data with BitsStored 1: such files are
+    refused before decoding. Loaded in a child process, so that a regression fails this test
+    instead of killing the test run."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    cases = {"rows.dcm": ("MR_small_jpeg_ls_lossless.dcm", {"Rows": 32768}, "stream holds 64 x 64 pixels"),
+             "bits.dcm": ("SC_jpeg_no_color_transform.dcm", {"BitsStored": 1, "HighBit": 0},
+                          "BitsStored 1 with BitsAllocated 8"),
+             "highbit.dcm": ("MR_small_jpeg_ls_lossless.dcm", {"HighBit": 3}, "HighBit 3 with BitsStored 16")}
+    for name, (seed, changes, _) in cases.items():
+        ds = pydicom.dcmread(get_testdata_file(seed))
+        for k, v in changes.items():
+            setattr(ds, k, v)
+        ds.save_as(tmp_path / name)
+    code = f"""
+from medforensics.io import load_instance
+for name in {sorted(cases)!r}:
+    try:
+        load_instance({str(tmp_path)!r} + "/" + name)
+        print(name, "LOADED")
+    except Exception as e:
+        print(name, type(e).__name__, e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, f"the loader crashed: {r.returncode} {r.stderr[-1000:]}"
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    for name, (_, _, expected) in cases.items():
+        assert lines[name].startswith("MedForensicsError") and expected in lines[name], lines[name]
