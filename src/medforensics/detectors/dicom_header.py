@@ -153,7 +153,7 @@ class DicomHeaderDetector(Detector):
                              "slices": sorted(set(slices or [])),
                              "weight": round(SEVERITY[severity] if weight is None else float(weight), 3), **extra})
 
-        # a series left with one slice (its duplicates dropped) still reports what the loader found
+        # a series left with one slice (its other instances at the same position) still says so
         if n > 1 or image.meta.get("series_problems"):
             self._series_checks(image, dss, add)
         self._instance_checks(image, dss, add)
@@ -191,7 +191,15 @@ class DicomHeaderDetector(Detector):
     def _series_checks(self, image: Image, dss: list[Dataset], add) -> None:
         n = len(dss)
         spacing = image.meta.get("spacing")
-        for p in image.meta.get("series_problems", []):
+        problems = image.meta.get("series_problems", [])
+        dups = [p for p in problems if p["kind"] == "duplicate_position"]
+        if n == 1 and dups:
+            # every instance at one position: a time series at one table position, or one slice in
+            # several encodings (pydicom's codec test files) -- not a slice duplicated into a stack
+            add("series_one_position", "weak", f"all {len(dups) + 1} instances of the series lie at one position; "
+                f"analysed as one slice ({len(dups)} left out)", [0])
+            problems = [p for p in problems if p["kind"] != "duplicate_position"]
+        for p in problems:
             kind, idx = p["kind"], p.get("index")
             if kind == "gap" and spacing is not None:
                 continue  # judged below from the spacing analysis, with its likelihood
