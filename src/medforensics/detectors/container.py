@@ -90,7 +90,10 @@ class ContainerDetector(Detector):
                 text = {str(k): str(v) for k, v in (getattr(pil, "text", None) or {}).items()} \
                     if pil.format == "PNG" else {}
                 info = dict(pil.info)
-                exif = {k: str(v) for k, v in pil.getexif().items() if k in (305, 11, 315, 270)}
+                try:
+                    exif = {k: str(v) for k, v in pil.getexif().items() if k in (305, 11, 315, 270)}
+                except Exception as e:  # noqa: BLE001 - Pillow raises KeyError & co. on a damaged TIFF/EXIF directory
+                    exif, details["exif_error"] = {}, f"unreadable EXIF/TIFF tags ({type(e).__name__}: {e})"[:200]
                 qtables = getattr(pil, "quantization", None) if pil.format == "JPEG" else None
         details["text_chunks"] = {k: v[:200] for k, v in text.items() if k.lower() not in ("xml:com.adobe.xmp",)}
         details["exif_software"] = exif
