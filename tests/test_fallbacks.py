@@ -192,9 +192,9 @@ def test_unusable_rescale_is_a_finding_and_pixels_stay_finite(key, value, tmp_pa
     assert np.array_equal(image.pixels, stored)  # stored values, not a guessed rescale
     [f] = [f for f in header.details["findings"] if f["check"].startswith("unusable_Rescale")]
     assert "stored values, not physical units" in f["message"] and f["severity"] == "moderate"
-    assert image.meta["stored_values"].startswith("the pixels are stored values, not physical units (Rescale")
+    assert image.meta["not_physical_units"].startswith("the pixels are stored values, not physical units (Rescale")
     # the detectors that read Hounsfield units say they did not assess it, and why
-    assert verdict.not_assessed["ct_physics"] == verdict.not_assessed["noise_residual"] == image.meta["stored_values"]
+    assert verdict.not_assessed["ct_physics"] == verdict.not_assessed["noise_residual"] == image.meta["not_physical_units"]
     assert header.score >= 0.5 and verdict.label != "authentic"
 
 
@@ -209,7 +209,7 @@ def test_unusable_slice_thickness_is_a_finding(value, tmp_path):
 def test_authentic_values_give_no_such_finding():
     image, verdict, header = _analyse(Path(CT_SMALL))
     assert not [f for f in header.details["findings"] if f["check"].startswith("unusable_")]
-    assert image.affine is not None and image.meta["unusable_values"] == [] and "stored_values" not in image.meta
+    assert image.affine is not None and image.meta["unusable_values"] == [] and "not_physical_units" not in image.meta
 
 
 # ------------------------------------------------------------------------------ per-slice benchmark

@@ -42,7 +42,8 @@ from .fusion import FusionConfig, fuse
 from .io import Source, discover, load_source
 
 
-#: Why a detector that reads Hounsfield units does not assess a rendered CT image.
+#: Why a detector that reads Hounsfield units does not assess a rendered CT image
+#: (``Image.meta["not_physical_units"]``; the DICOM loader sets it when a rescale is unusable).
 DISPLAY_VALUES = ("the pixels are display values of a rendered export (its C2PA manifest declares a CT image), "
                   "not Hounsfield units")
 #: DICOM modality codes: two to sixteen capitals, digits or underscores.
@@ -56,7 +57,7 @@ def declared_modality(image: Image, trust: Sequence[str] | None = None) -> tuple
 
     :func:`scan_source` gives such an image that modality instead of ``XR`` (a CT slice exported
     to PNG is not a radiograph) and marks its pixels as display values
-    (``meta["display_values"]``): detectors that read Hounsfield units do not assess it. A
+    (``meta["not_physical_units"]``): detectors that read Hounsfield units do not assess it. A
     manifest whose signature or hashes fail declares nothing, and neither does one whose signer
     does not chain to the ``trust`` anchors when they are given (``scan --trust``): otherwise a
     forger could keep the radiograph detectors away from a fake by signing a manifest that calls
@@ -85,7 +86,7 @@ def _apply_declared_modality(image: Image, detectors: Sequence[Detector] | None)
     if not modality or modality == image.modality:
         return []
     image.meta["modality_from"] = f"C2PA manifest ({status}; {image.modality} from the file alone)"
-    image.meta["display_values"] = True
+    image.meta["not_physical_units"] = DISPLAY_VALUES
     image.modality = modality
     if status == "trusted":
         return []
@@ -109,8 +110,8 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
     for det in detectors:
         if not det.applies(image):
             continue
-        reason = (DISPLAY_VALUES if det.needs_physical_units and image.meta.get("display_values")
-                  and image.modality == "CT" else det.out_of_domain(image))
+        not_units = image.meta.get("not_physical_units") if image.modality == "CT" else None
+        reason = not_units if not_units and det.needs_physical_units else det.out_of_domain(image)
         if reason:
             verdict.not_assessed[det.name] = reason
             continue

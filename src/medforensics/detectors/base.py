@@ -40,9 +40,10 @@ class Detector:
     formats : frozenset of str or None
         Containers it applies to (``dicom``, ``png``, ``jpeg``, ``tiff``, ``nifti``); ``None``: any.
     needs_physical_units : bool
-        Whether it reads CT pixels as Hounsfield units. A PNG/JPEG/TIFF that an intact C2PA
-        manifest declares to be a rendered CT image (``Image.meta["display_values"]``) holds
-        display values instead: ``scan`` lists such detectors under ``not_assessed`` for it.
+        Whether it reads CT pixels as Hounsfield units. A CT image whose pixels are not
+        (``Image.meta["not_physical_units"]`` gives the reason: a DICOM rescale that could not be
+        used, or a PNG that a C2PA manifest declares to be a rendered CT image) is not assessed
+        by such detectors: ``scan`` lists them under ``not_assessed`` with that reason.
     default : bool
         Whether ``scan`` runs it when no detectors are named. A detector whose false-alarm rate on
         authentic data (``benchmarks/authentic_rate.py``) is not yet acceptable sets ``False``: it

@@ -531,11 +531,6 @@ class CTPhysicsDetector(Detector):
     modalities = frozenset({"CT"})
     needs_physical_units = True   # reads HU: air, tissue, the scanner's noise in HU
 
-    def out_of_domain(self, image: Image) -> str | None:
-        """Pixels that are not Hounsfield units: the loader could not use the rescale
-        (``meta["stored_values"]``, a ``dicom_header`` finding)."""
-        return image.meta.get("stored_values")
-
     def detect(self, image: Image) -> Evidence:
         vol = image.pixels if image.pixels.ndim == 3 else image.pixels[None]
         if min(vol.shape[1:]) < MIN_SIDE:

@@ -166,6 +166,7 @@ def outside_body(vol: np.ndarray, b: int) -> np.ndarray:
 class NoiseResidualDetector(Detector):
     name = "noise_residual"
     dims = frozenset({2})
+    needs_physical_units = True   # a CT slice's patient is found in HU
     description = ("Local noise inconsistent with the image's own noise-level function (splicing, in-painting, "
                    "smoothing, local rescaling).")
 
@@ -174,8 +175,6 @@ class NoiseResidualDetector(Detector):
         outside = unvalidated_modality(self.name, image)
         if outside:
             return outside
-        if image.modality == "CT" and image.meta.get("stored_values"):
-            return image.meta["stored_values"]   # its CT rules (padding, the body outline) read HU
         n = grey_levels(image.pixels)
         if 0 < n < MIN_LEVELS:
             return (f"posterised to {n} grey levels: its pixels carry dither and quantisation, not the acquisition's "

@@ -430,11 +430,12 @@ def _finite(pixels: np.ndarray, meta: dict) -> np.ndarray:
 
 
 def _units(meta: dict) -> dict:
-    """``meta`` with ``stored_values`` set (the first reason) where some pixels could not be put in
-    physical units (an unusable rescale): detectors that read Hounsfield units cannot judge them."""
+    """``meta`` with ``not_physical_units`` set (the first reason) where some pixels could not be
+    put in physical units (an unusable rescale): detectors that read Hounsfield units
+    (``Detector.needs_physical_units``) do not assess them."""
     why = next((p["message"] for p in meta.get("unusable_values", []) if p["key"].startswith("Rescale")), None)
     if why:
-        meta["stored_values"] = f"the pixels are stored values, not physical units ({why})"
+        meta["not_physical_units"] = f"the pixels are stored values, not physical units ({why})"
     return meta
 
 
