@@ -23,6 +23,7 @@ import io
 import json
 import os
 import random
+import re
 import resource
 import struct
 import subprocess
@@ -314,6 +315,8 @@ _BAD_NUMBERS = ["nan", "NaN", "inf", "-inf", "1e308", "-1e308", "1e-320", "0", "
 
 
 def _bitflips(rng: random.Random, b: bytearray, n: int) -> None:
+    if not b:  # truncated to nothing already: something to flip
+        b.extend(rng.randbytes(rng.randrange(1, 64)))
     for _ in range(n):
         i = rng.randrange(len(b))
         b[i] ^= 1 << rng.randrange(8)
@@ -350,17 +353,18 @@ def _dicom_tamper(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
     except Exception:  # noqa: BLE001 - already damaged beyond pydicom: damage the bytes instead
         b = bytearray(raw)
         return bytes(b), _bytes_ops(rng, b)
-    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
     op = rng.choice(["us", "number", "delete", "syntax", "float_pixels", "sequence", "photometric", "frames",
                      "pixel_length"])
     settings = pydicom.config.settings
     saved = settings.reading_validation_mode, settings.writing_validation_mode
     settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
     try:
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
         return _tamper(rng, ds, op, raw)
-    except (ValueError, TypeError, OverflowError, AttributeError):  # pydicom will not hold it: keep the seed
-        return raw, op + "(unset)"
+    except Exception:  # noqa: BLE001 - pydicom will not hold or write it (already damaged): damage the bytes
+        b = bytearray(raw)
+        return bytes(b), op + "(unset) " + _bytes_ops(rng, b)
     finally:
         settings.reading_validation_mode, settings.writing_validation_mode = saved
 
@@ -725,9 +729,13 @@ def main(argv: list[str] | None = None) -> int:
             if not rec["errors"]:
                 outcome["scored"] += 1
             elif rec.get("label") is not None:
-                outcome["scored, with errors"] += 1
+                for e in rec["errors"]:
+                    what = e.split(": ", 1)[-1]
+                    what = what.split(":")[0] if what.startswith("detector ") else " ".join(what.split()[:4])
+                    outcome["scored, with: " + re.sub(r"[0-9][0-9.]*", "N", what)] += 1
             else:
-                outcome["refused: " + " ".join(rec["errors"][0].split(": ", 1)[-1].split()[:3])] += 1
+                words = rec["errors"][0].split(": ", 1)[-1].split()[:4]
+                outcome["refused: " + " ".join(re.sub(r"[0-9][0-9.]*", "N", w) for w in words)] += 1
         multi_line = sum("\n" in e for rec in records for e in rec["errors"])
         print(f"{len(done)} files derived in {t_gen:.1f} s; scanned in {r['wall_s']} s with {a.workers} workers "
               f"(exit {r['exit']}, peak RSS {r['peak_rss_mb']} MB, RLIMIT_AS {a.limit_gb:g} GiB, budget {a.budget})")
