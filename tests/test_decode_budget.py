@@ -208,7 +208,8 @@ def test_real_ct_slice_scans_under_the_same_limit(shared_data, tmp_path):
 
 def test_compressed_data_disagreeing_with_its_header_never_reaches_gdcm(tmp_path):
     """GDCM aborts the process (an uncaught C++ exception) on a JPEG-LS stream of 64 x 64 pixels in
-    a dataset that says 32,768 x 64, and on 8-bit JPEG data with BitsStored 1: such files are
+    a dataset that says 32,768 x 64 and on 8-bit JPEG data with BitsStored 1, and crashes on a JPEG
+    frame header of 40-bit samples: such files are
     refused before decoding. Loaded in a child process, so that a regression fails this test
     instead of killing the test run."""
     import pydicom
@@ -218,10 +219,16 @@ def test_compressed_data_disagreeing_with_its_header_never_reaches_gdcm(tmp_path
              "bits.dcm": ("SC_jpeg_no_color_transform.dcm", {"BitsStored": 1, "HighBit": 0},
                           "BitsStored 1 with BitsAllocated 8"),
              "highbit.dcm": ("MR_small_jpeg_ls_lossless.dcm", {"HighBit": 3}, "HighBit 3 with BitsStored 16")}
+    cases["precision.dcm"] = ("SC_jpeg_no_color_transform.dcm", {}, "stream has 40-bit samples")  # GDCM: segfault
     for name, (seed, changes, _) in cases.items():
         ds = pydicom.dcmread(get_testdata_file(seed))
         for k, v in changes.items():
             setattr(ds, k, v)
+        if name == "precision.dcm":
+            data = bytearray(ds.PixelData)
+            sof = data.index(b"\xff\xc0")
+            data[sof + 4] = 40
+            ds.PixelData = bytes(data)
         ds.save_as(tmp_path / name)
     code = f"""
 from medforensics.io import load_instance

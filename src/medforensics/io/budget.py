@@ -319,13 +319,18 @@ def check_codestream(path: Path | str, ds) -> None:
         raise MedForensicsError(path, f"HighBit {high} with BitsStored {stored} (DICOM requires BitsStored - 1): "
                                       f"damaged or altered header")
     try:
-        height = width = comps = None
+        height = width = comps = precision = None
         for k, fragment in enumerate(generate_fragments(ds.PixelData)):  # the first that parses (after the offset table)
-            height, width, comps = _stream_size(fragment, ts in jpeg, _get_jpg_parameters)
+            height, width, comps, precision = _stream_size(fragment, ts in jpeg, _get_jpg_parameters)
             if height or k >= 2:
                 break
     except Exception:  # noqa: BLE001 - damaged encapsulation: the decoders report it
         return
+    # GDCM crashes (a segmentation fault) on a JPEG frame header of 40-bit samples
+    allowed = {U.JPEGBaseline8Bit: (8,), U.JPEGExtended12Bit: (8, 12)}.get(ts, range(2, 17))
+    if ts in jpeg and precision is not None and (precision not in allowed or precision > max(allocated, 8)):
+        raise MedForensicsError(path, f"the {getattr(ts, 'name', ts)} stream has {precision}-bit samples, which that "
+                                      f"syntax cannot hold in BitsAllocated {allocated}: damaged or altered")
     if not height or not width or height > 65535 or width > 65535:  # none, or not a size a DICOM frame can have:
         return  # the stream's header is unreadable (pydicom's JPEG2000-embedded-sequence-delimiter.dcm decodes all the same)
     if (height, width) != (rows, cols) or (comps and comps != spp):
@@ -335,14 +340,15 @@ def check_codestream(path: Path | str, ds) -> None:
 
 
 
-def _stream_size(data: bytes, jpeg: bool, jpg_parameters) -> tuple[int | None, int | None, int | None]:
-    """(height, width, components) from a JPEG/JPEG-LS frame header or a JPEG 2000 SIZ marker."""
+def _stream_size(data: bytes, jpeg: bool, jpg_parameters) -> tuple[int | None, int | None, int | None, int | None]:
+    """(height, width, components, bits per sample) from a JPEG/JPEG-LS frame header or a JPEG 2000
+    SIZ marker (bits only for JPEG)."""
     if jpeg:
         p = jpg_parameters(data)
-        return p.get("height"), p.get("width"), p.get("components")
+        return p.get("height"), p.get("width"), p.get("components"), p.get("precision")
     at = data.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz Csiz
     if at < 0 or len(data) < at + 42:
-        return None, None, None
+        return None, None, None, None
     at += 2
     x, y, xo, yo = struct.unpack(">IIII", data[at + 6:at + 22])
-    return y - yo, x - xo, struct.unpack(">H", data[at + 38:at + 40])[0]
+    return y - yo, x - xo, struct.unpack(">H", data[at + 38:at + 40])[0], None
