@@ -87,7 +87,7 @@ def discover(paths: Iterable[str | Path], budget: int | str | None = None) -> tu
             sources.append(Source("nifti" if inp.kind == "nifti" else "raster", [path]))
             continue
         try:
-            hdr = read_header(path, budget)
+            hdr = _slim(read_header(path, budget))
         except MedForensicsError as e:
             sources.append(Source("dicom", [path], error=e.problem))
             continue
@@ -108,6 +108,15 @@ def discover(paths: Iterable[str | Path], budget: int | str | None = None) -> tu
             sources.extend(Source("dicom", [p], uid=str(getattr(h, "SOPInstanceUID", "") or "") or None,
                                   notes=[n for n in notes if str(p) in n], not_assembled=why) for p, h in members)
     return sources, found.skipped
+
+
+def _slim(hdr):
+    """The header without its large binary values (private blobs, icons, overlays): discovery keeps
+    the header of every DICOM file until all are grouped, and only needs identifiers and geometry."""
+    for elem in list(hdr.iterall()):
+        if isinstance(elem.value, (bytes, bytearray)) and len(elem.value) > 1024:
+            elem.value = b""
+    return hdr
 
 
 def _orientation_key(hdr) -> tuple:

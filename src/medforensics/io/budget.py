@@ -278,6 +278,7 @@ def read_dicom(path: Path | str, **kwargs):
     try:
         ds = pydicom.dcmread(mm, **kwargs)
         ds.filename = str(path)
+        ds.buffer = None  # values are read now, never deferred: drop the map (and a deflated file's inflated copy)
         return ds
     finally:
         mm.close()
