@@ -22,7 +22,7 @@ from medforensics.detectors.base import Detector
 from medforensics.report.jsonl import ResultsFile, partial_path, read_records
 from medforensics.scan import scan
 
-from test_scan import _bomb_png
+from test_scan import Boom, _bomb_png
 
 FAST = ["copy_move", "dicom_header", "noise_residual", "ct_physics"]
 PROGRAM = [sys.executable, "-m", "medforensics"]
@@ -67,13 +67,6 @@ def test_hostile_files_fail_alone_in_every_order(tmp_path, order):
     assert corrupt.errors and all("\n" not in e for e in corrupt.errors)
     assert ct.score is not None and not ct.errors and ct.assessed
     assert png.score is not None and not png.errors
-
-
-class Boom(Detector):
-    name = "boom"
-
-    def detect(self, image):
-        raise RuntimeError("exploded\non two lines")
 
 
 class Noisy(Detector):

@@ -227,26 +227,7 @@ def test_near_lossless_within_near(name, twin):
 def test_gray_jpeg_baseline_written_with_pillow(tmp_path):
     """An 8-bit grayscale JPEG baseline DICOM as the forge writes one (Pillow's encoder, then
     encapsulated) reads back close to what was written."""
-    import io
-
-    from PIL import Image as PILImage
-    from pydicom.encaps import encapsulate
-
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    stored = ds.pixel_array.astype(np.float64)
-    arr = np.round((stored - stored.min()) / (stored.max() - stored.min()) * 255).astype(np.uint8)
-    buf = io.BytesIO()
-    PILImage.fromarray(arr).save(buf, format="JPEG", quality=95)
-    ds.file_meta.TransferSyntaxUID = U.JPEGBaseline8Bit
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    for kw in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
-        if kw in ds:
-            delattr(ds, kw)
-    ds.PixelData = encapsulate([buf.getvalue()])
-    ds["PixelData"].VR = "OB"
-    ds.LossyImageCompression = "01"
-    out = tmp_path / "jpeg_baseline_gray.dcm"
-    ds.save_as(out, enforce_file_format=True)
+    out, arr = _gray_jpeg_baseline(tmp_path / "jpeg_baseline_gray.dcm", "MR_small.dcm", quality=95)
     got, meta = _pixels(out)
     assert meta["transfer_syntax"] == U.JPEGBaseline8Bit
     assert got.shape == arr.shape and _psnr(got, arr.astype(np.float64)) >= 35.0
@@ -290,18 +271,19 @@ def _expected_output(ts):
     return LOSSLESS_OF_LOSSY.get(ts, ts)
 
 
-def _gray_jpeg_baseline(path: Path) -> Path:
-    """An 8-bit grayscale JPEG baseline DICOM (Pillow's encoder), as a scanner or PACS exports one."""
+def _gray_jpeg_baseline(path: Path, source: str = "CT_small.dcm", quality: int = 90) -> tuple[Path, np.ndarray]:
+    """An 8-bit grayscale JPEG baseline DICOM (Pillow's encoder) made from pydicom's ``source``, as
+    a scanner or PACS exports one; returns the file and the 8-bit pixels that were encoded."""
     import io
 
     from PIL import Image as PILImage
     from pydicom.encaps import encapsulate
 
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(get_testdata_file(source))
     stored = ds.pixel_array.astype(np.float64)
     arr = np.round((stored - stored.min()) / (stored.max() - stored.min()) * 255).astype(np.uint8)
     buf = io.BytesIO()
-    PILImage.fromarray(arr).save(buf, format="JPEG", quality=90)
+    PILImage.fromarray(arr).save(buf, format="JPEG", quality=quality)
     ds.file_meta.TransferSyntaxUID = U.JPEGBaseline8Bit
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     for kw in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
@@ -311,12 +293,12 @@ def _gray_jpeg_baseline(path: Path) -> Path:
     ds["PixelData"].VR = "OB"
     ds.LossyImageCompression = "01"
     ds.save_as(path, enforce_file_format=True)
-    return path
+    return path, arr
 
 
 def _forge_input(name, ts, folder: Path) -> Path:
     if name is None:
-        return _gray_jpeg_baseline(folder / "jpeg_baseline.dcm")
+        return _gray_jpeg_baseline(folder / "jpeg_baseline.dcm")[0]
     src = Path(get_testdata_file(name))
     if pydicom.dcmread(src, stop_before_pixels=True).file_meta.TransferSyntaxUID == ts:
         return src
