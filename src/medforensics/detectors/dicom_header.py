@@ -333,8 +333,11 @@ class DicomHeaderDetector(Detector):
             bits = ds.get("BitsStored")
             if not bits:
                 continue
-            bits = int(bits)
-            if int(ds.get("PixelRepresentation", 0)) == 1:
+            try:
+                bits, signed = int(bits), int(ds.get("PixelRepresentation", 0) or 0) == 1
+            except (TypeError, ValueError):  # BitsStored or PixelRepresentation no number (damaged): no range to check
+                continue
+            if signed:
                 vmin, vmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
             else:
                 vmin, vmax = 0, (1 << bits) - 1
