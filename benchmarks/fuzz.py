@@ -1,7 +1,8 @@
 """Hostile inputs: decompression bombs and a seeded mutator of real DICOM, PNG, JPEG, TIFF and NIfTI files.
 
     python benchmarks/fuzz.py [--count 100000] [--seed 0] [--workers 2] [--budget 64M] [--data DIR]
-                              [--keep FOLDER] [--limit-gb 6]
+                              [--keep FOLDER] [--limit-gb 10]
+    python benchmarks/fuzz.py --bombs [--limit-gb 10]
 
 Derives ``--count`` hostile files from small real samples (a LIDC-IDRI CT slice and the SIIM
 radiograph from ``../shared/data``, downsampled to 64 x 64; pydicom's own small test files of
@@ -700,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="scan --workers")
     ap.add_argument("--budget", default=None, help="MEDFORENSICS_DECODE_BUDGET for the scan (default 64M; with --bombs 2G)")
-    ap.add_argument("--limit-gb", type=float, default=6.0, help="RLIMIT_AS of the scan process, GiB (default 6)")
+    ap.add_argument("--limit-gb", type=float, default=10.0,
+                    help="RLIMIT_AS of each scan process, GiB (default 10: torch takes 4.5, and discovery keeps every "
+                         "DICOM header, about 40 kB each, which forked workers inherit)")
     ap.add_argument("--data", type=Path, default=None, help="the data folder (default: the project's data root)")
     ap.add_argument("--keep", type=Path, default=None, help="write the files and results here (a new folder) and keep them")
     ap.add_argument("--bombs", action="store_true", help="instead: scan each bomb at the sizes of issue 18 alone")
