@@ -244,3 +244,22 @@ for name in {sorted(cases)!r}:
     lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
     for name, (_, _, expected) in cases.items():
         assert lines[name].startswith("MedForensicsError") and expected in lines[name], lines[name]
+
+
+def test_a_series_is_checked_as_a_whole_before_decoding(lidc_series_dir, tmp_path, monkeypatch):
+    """Each slice fits the budget; the stacked series does not: refused from the headers."""
+    import shutil
+
+    import medforensics.io.dicom as dicom_module
+
+    for f in sorted(lidc_series_dir.glob("*.dcm"))[:20]:
+        shutil.copy(f, tmp_path / f.name)
+    (src,), _ = discover([tmp_path])
+    assert src.kind == "dicom-series" and len(src.files) == 20
+    decoded = []
+    monkeypatch.setattr(dicom_module, "_decode", lambda *a, **k: decoded.append(a) or (_ for _ in ()).throw(AssertionError))
+    with pytest.raises(MedForensicsError, match=r"its 20 instances stack to 40.0 MiB .* over the 32.0 MiB decode budget"):
+        load_source(src, budget="32M")
+    assert decoded == []                      # nothing was decoded
+    monkeypatch.undo()
+    assert load_source(src, budget="64M").pixels.shape == (20, 512, 512)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..core import Image, MedForensicsError
+from .budget import size_tags
 from .dicom import load_instance, load_series, read_header, volume_rule
 from .nifti import load_nifti
 from .plan import KINDS, Input, OutputCollision, Plan, kind_of, new_file, new_folder, plan, sniff, walk
@@ -45,6 +46,9 @@ class Source:
     notes: list[str] = field(default_factory=list)
     #: for an instance of a series that could not be stacked into a volume: the rule that failed
     not_assembled: str | None = None
+    #: for a series: the size tags of each file's header (:data:`.budget.SIZE_TAGS`), so that its
+    #: decode budget is checked without reading the headers again
+    sizes: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def path(self) -> Path:
@@ -102,7 +106,8 @@ def discover(paths: Iterable[str | Path], budget: int | str | None = None) -> tu
         volume, failed = volume_rule(headers)
         split = _orientation_split(stacks[(uid, folder)])
         if volume:
-            sources.append(Source("dicom-series", [p for p, _ in members], uid=uid, notes=notes, not_assembled=split))
+            sources.append(Source("dicom-series", [p for p, _ in members], uid=uid, notes=notes, not_assembled=split,
+                                  sizes=[size_tags(h) for _, h in members]))
         else:
             why = "; ".join(w for w in (failed, split) if w) or None
             sources.extend(Source("dicom", [p], uid=str(getattr(h, "SOPInstanceUID", "") or "") or None,
@@ -163,11 +168,11 @@ def load_source(source: Source, budget: int | str | None = None) -> Image:
     """Load one :class:`Source`; raises :class:`MedForensicsError` for unreadable input and for an
     image that would take more memory to load than the decode ``budget`` (bytes or ``"512M"``;
     default ``MEDFORENSICS_DECODE_BUDGET``, else 2 GiB; see :mod:`.budget`). A series is checked
-    file by file."""
+    file by file and as a whole (the stacked volume), before any pixel is decoded."""
     if source.error:
         raise MedForensicsError(source.path, source.error)
     if source.kind == "dicom-series":
-        image = load_series(source.files)
+        image = load_series(source.files, budget, sizes=source.sizes or None)
         if source.not_assembled:  # e.g. the series' other orientations are other items
             image.meta["not_assembled"] = source.not_assembled
         return image

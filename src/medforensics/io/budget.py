@@ -33,6 +33,7 @@ import warnings
 import zlib
 from math import prod
 from pathlib import Path
+from typing import Sequence
 
 from ..core import MedForensicsError
 
@@ -257,6 +258,57 @@ def check_dicom(path: Path | str, ds, budget: int | str | None = None) -> int:
     else:
         work = WORK_DICOM if frames == 1 else WORK_DICOM_MULTIFRAME
     return check(path, {"frames": frames, "rows": rows, "columns": cols, "samples": spp}, itemsize, work, budget)
+
+
+#: The header tags the decoded size depends on (and the float pixel data elements, by presence).
+SIZE_TAGS = ("NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated")
+
+
+def size_tags(ds) -> dict:
+    """The tags of ``ds`` that :func:`check_dicom` reads, as a small dict that stands in for it.
+
+    >>> from pydicom import Dataset
+    >>> ds = Dataset(); ds.Rows, ds.Columns, ds.BitsAllocated = 512, 512, 16
+    >>> size_tags(ds)
+    {'Rows': 512, 'Columns': 512, 'BitsAllocated': 16}
+    """
+    tags = {k: ds.get(k) for k in SIZE_TAGS if ds.get(k) is not None}
+    tags.update({k: True for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds})
+    return tags
+
+
+#: Bytes per voxel a series keeps while it is stacked: the decoded slices (float32) and the volume.
+WORK_SERIES = 8
+
+
+def check_series(folder: Path | str, headers: Sequence, paths: Sequence[Path | str],
+                 budget: int | str | None = None) -> int:
+    """Refuse a series whose instances together would take more than the budget to stack (each
+    instance is also checked alone, as :func:`check_dicom` does); returns the bytes needed: every
+    voxel's share of the stack (:data:`WORK_SERIES`) plus the largest instance's own decoding.
+
+    >>> from pydicom import Dataset
+    >>> ds = Dataset(); ds.Rows, ds.Columns = 512, 512
+    >>> check_series("ct/", [ds] * 133, ["a.dcm"] * 133, budget="2G") // 2**20
+    270
+    >>> check_series("ct/", [ds] * 2000, ["a.dcm"] * 2000, budget="2G")
+    Traceback (most recent call last):
+    ...
+    medforensics.core.MedForensicsError: ct/: its 2000 instances stack to 3.9 GiB (2000 x 512 x 512 voxels x 8 bytes), over the 2.0 GiB decode budget; raise it with MEDFORENSICS_DECODE_BUDGET
+    """
+    limit = resolve(budget)
+    voxels, largest = 0, 0
+    for path, ds in zip(paths, headers):
+        largest = max(largest, check_dicom(path, ds, budget))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        voxels += frames * int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("SamplesPerPixel", 1) or 1)
+    stacked = voxels * WORK_SERIES
+    if stacked + largest > limit:
+        first = headers[0] if headers else {}
+        shape = f"{len(headers)} x {int(first.get('Rows', 0) or 0)} x {int(first.get('Columns', 0) or 0)} voxels"
+        raise _refuse(folder, f"its {len(headers)} instances stack to {format_size(stacked)} ({shape} x "
+                              f"{WORK_SERIES} bytes)", limit)
+    return stacked + largest
 
 
 def read_dicom(path: Path | str, **kwargs):

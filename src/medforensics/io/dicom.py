@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from ..core import Image, MedForensicsError, one_line
-from .budget import check_codestream, check_deflated_dicom, check_dicom, read_dicom
+from .budget import check_codestream, check_deflated_dicom, check_dicom, check_series, read_dicom
 
 #: Modalities whose instances with patient geometry form volumes.
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "ST"}
@@ -762,7 +762,8 @@ def analyse_spacing(positions: np.ndarray, headers: Sequence[Dataset], origins: 
     return out
 
 
-def load_series(paths: Sequence[str | Path]) -> Image:
+def load_series(paths: Sequence[str | Path], budget: int | str | None = None,
+                sizes: Sequence | None = None) -> Image:
     """Stack single-frame instances of one series into a volume sorted by patient position.
 
     Slices are ordered along the slice normal (row cosine x column cosine) by
@@ -771,9 +772,16 @@ def load_series(paths: Sequence[str | Path]) -> Image:
     ``message``): a gap (missing slice), duplicated positions (the later instance by
     InstanceNumber is dropped), mixed sizes (the odd instances are dropped) and orientation
     changes. Each slice gets its own rescale slope and intercept.
+
+    ``budget``: the most memory stacking may take (see :mod:`.budget`); the series is refused
+    from its headers, before any pixel is decoded, when its instances together go over it.
+    ``sizes``: each file's size tags (:func:`.budget.size_tags`), when the caller has read the
+    headers already (discovery has); otherwise the headers are read here.
     """
     paths = [Path(p) for p in paths]
-    decoded = [_decode(p) for p in paths]
+    check_series(paths[0].parent, list(sizes) if sizes is not None else [read_header(p, budget) for p in paths],
+                 paths, budget)
+    decoded = [_decode(p, budget) for p in paths]
     ranges = {p: rng for p, (_, _, rng) in zip(paths, decoded)}
     problems: list[dict] = []
 
