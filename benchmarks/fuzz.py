@@ -672,7 +672,9 @@ def scan_limited(paths: list[Path], json_out: Path, args: list[str], budget: str
     """``medforensics scan PATHS --json JSON_OUT ARGS`` in a process with ``RLIMIT_AS`` of
     ``limit_bytes`` and ``MEDFORENSICS_DECODE_BUDGET=budget``: exit status, wall seconds, peak RSS
     of the process tree (``wait4``), stderr."""
-    env = dict(os.environ, MEDFORENSICS_DECODE_BUDGET=budget, OMP_NUM_THREADS="1", COLUMNS="200")
+    from medforensics.config import DECODE_BUDGET
+
+    env = {**os.environ, DECODE_BUDGET: budget, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     err_path = json_out.with_name(json_out.name + ".stderr")
     t0 = time.perf_counter()
     with open(err_path, "w") as err, open(os.devnull, "w") as devnull:
