@@ -13,6 +13,11 @@ variable                        meaning
 ``MEDFORENSICS_LEDGER_KEY``     the log's signing key (PEM) for ``ledger add``
 ``MEDFORENSICS_LEDGER_TOKEN``   the bearer token that ``ledger add`` sends to a writable log
                                 served over HTTP (``ledger serve --writable``)
+``MEDFORENSICS_DICOMWEB_TOKEN`` the bearer token sent to a DICOMweb server (``scan``/``ledger
+                                add dicomweb+https://...``) when no ``--dicomweb-token-file``
+``MEDFORENSICS_DICOMWEB_USER``  the user of HTTP basic authentication to a DICOMweb server,
+                                when neither a token nor ``user:password@`` in the URL is given
+``MEDFORENSICS_DICOMWEB_PASSWORD`` that user's password
 ``MEDFORENSICS_DECODE_BUDGET``  the most bytes one image may decode to (e.g. ``2G``, ``512M``);
                                 larger images are refused before decoding (default 2 GiB)
 ``MEDFORENSICS_TRUST``          CA certificates (PEM files, separated by ``os.pathsep``) that
@@ -40,6 +45,9 @@ LEDGER = "MEDFORENSICS_LEDGER"
 LEDGER_KEY = "MEDFORENSICS_LEDGER_KEY"
 LEDGER_TOKEN = "MEDFORENSICS_LEDGER_TOKEN"
 DECODE_BUDGET = "MEDFORENSICS_DECODE_BUDGET"
+DICOMWEB_TOKEN = "MEDFORENSICS_DICOMWEB_TOKEN"
+DICOMWEB_USER = "MEDFORENSICS_DICOMWEB_USER"
+DICOMWEB_PASSWORD = "MEDFORENSICS_DICOMWEB_PASSWORD"
 TRUST = "MEDFORENSICS_TRUST"
 WATERMARK_KEY = "MEDFORENSICS_WATERMARK_KEY"
 PROGRESS = "MEDFORENSICS_PROGRESS"
@@ -47,7 +55,7 @@ PROGRESS = "MEDFORENSICS_PROGRESS"
 CHECKPOINTS = {"ct2d": "MEDFORENSICS_LEARNED_CT2D", "xray": "MEDFORENSICS_LEARNED_XRAY",
                "ctpatch": "MEDFORENSICS_LEARNED_CTPATCH", "zoo": "MEDFORENSICS_LEARNED_ZOO"}
 #: Every variable this module reads.
-VARIABLES = (DATA, LEDGER, LEDGER_KEY, LEDGER_TOKEN, DECODE_BUDGET, TRUST, WATERMARK_KEY, PROGRESS, *CHECKPOINTS.values())
+VARIABLES = (DATA, LEDGER, LEDGER_KEY, LEDGER_TOKEN, DECODE_BUDGET, DICOMWEB_TOKEN, DICOMWEB_USER, DICOMWEB_PASSWORD, TRUST, WATERMARK_KEY, PROGRESS, *CHECKPOINTS.values())
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,9 @@ class Settings:
     ledger_key: str | None = None
     ledger_token: str | None = None
     decode_budget: str | None = None
+    dicomweb_token: str | None = field(default=None, repr=False)
+    dicomweb_user: str | None = None
+    dicomweb_password: str | None = field(default=None, repr=False)
     trust: tuple[str, ...] = ()
     watermark_key: str | None = None
     progress: bool = False
@@ -79,6 +90,8 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     return Settings(data=get(DATA), ledger=get(LEDGER), ledger_key=get(LEDGER_KEY),
                     ledger_token=get(LEDGER_TOKEN), decode_budget=get(DECODE_BUDGET),
+                    dicomweb_token=get(DICOMWEB_TOKEN), dicomweb_user=get(DICOMWEB_USER),
+                    dicomweb_password=env.get(DICOMWEB_PASSWORD) or None,
                     trust=tuple(p for p in (get(TRUST) or "").split(os.pathsep) if p),
                     watermark_key=get(WATERMARK_KEY), progress=get(PROGRESS) == "1",
                     checkpoints={m: v for m, name in CHECKPOINTS.items() if (v := get(name))})

@@ -156,7 +156,12 @@ def fingerprint(source: Source) -> str | None:
     >>> one = fingerprint(Source("dicom", [Path(get_testdata_file("CT_small.dcm"))]))
     >>> one[:7], len(one), one == fingerprint(Source("dicom", [Path(get_testdata_file("MR_small.dcm"))]))
     ('sha256:', 71, False)
+
+    A DICOMweb series (``source.url``) has the fingerprint of its fetched instances once loaded,
+    ``None`` before.
     """
+    if getattr(source, "url", None) is not None:
+        return source.digest
     h = hashlib.sha256()
     try:
         for f in source.files:
@@ -245,7 +250,8 @@ def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, conf
          *, workers: int = 1, figures: bool = False, debug: bool = False,
          on_start: Callable[[int, list], None] | None = None,
          detector_options: DetectorOptions | None = None,
-         reuse: Callable[[Source], Verdict | None] | None = None) -> Iterator[Verdict]:
+         reuse: Callable[[Source], Verdict | None] | None = None,
+         discover_options: dict | None = None) -> Iterator[Verdict]:
     """Scan files and folders; yield one verdict per image or series, in input order.
 
     ``on_start(n_sources, skipped_files)`` is called once discovery is done (for progress bars).
@@ -254,8 +260,9 @@ def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, conf
     handed to every worker. ``reuse(source)`` may return an earlier verdict for a source, which
     is then yielded as it is instead of analysing the source again (``scan --resume``).
     Closing the generator early (an interrupted scan) cancels the work not yet started.
+    ``discover_options`` go to :func:`medforensics.io.discover` (``since``, ``study``, ``token``).
     """
-    sources, skipped = discover(paths)
+    sources, skipped = discover(paths, **(discover_options or {}))
     if on_start is not None:
         on_start(len(sources), skipped)
     names = list(detector_names) if detector_names is not None else None
@@ -342,7 +349,8 @@ class _Signals:
 def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None, report: str | Path | None = None,
              detectors: Sequence[str] | None = None, detector_options: DetectorOptions | None = None,
              workers: int = 1, config: FusionConfig = FusionConfig(), debug: bool = False, quiet: bool = False,
-             title: str = "medforensics scan report", resume: bool = False, overwrite: bool = False) -> list[Verdict]:
+             title: str = "medforensics scan report", resume: bool = False, overwrite: bool = False,
+             discover_options: dict | None = None) -> list[Verdict]:
     """Scan ``paths`` as ``medforensics scan`` does: a progress bar, JSON lines to ``json_out``
     (see :mod:`medforensics.report.jsonl`: written to ``json_out.partial`` as items finish and
     renamed when complete), the summary table (unless ``quiet``) and the HTML ``report`` (a new
@@ -387,7 +395,7 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
 
             for v in scan([str(p) for p in paths], detectors, config, workers=workers, figures=report is not None,
                           debug=debug, on_start=started, detector_options=detector_options,
-                          reuse=reuse if resume else None):
+                          reuse=reuse if resume else None, discover_options=discover_options):
                 verdicts.append(v)
                 if results is not None:
                     results.write(v, reused=id(v) in reused)
@@ -415,13 +423,14 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
     if not quiet:
         print_summary(verdicts, elapsed, len(skipped_files))
     if report is not None:
+        from .io.dicomweb import mask
         from .report.html import write_report
         names = sorted({e.detector for v in verdicts for e in v.evidence})
         write_report(verdicts, report, title=title, summary={
             "elapsed_s": round(elapsed, 2), "detectors": names, "skipped_files": len(skipped_files),
             "thresholds": {"suspicious": config.suspicious, "manipulated": config.manipulated,
                            "min_evidence": config.min_evidence},
-            "inputs": [str(p) for p in paths]})
+            "inputs": [mask(str(p)) for p in paths]})
         err.print(f"report written to {report}")
     if json_out:
         err.print(f"JSON lines written to {json_out}")

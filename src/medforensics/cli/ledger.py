@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
@@ -87,6 +88,11 @@ def _token(token_file: Optional[Path]) -> Optional[str]:
         if not token:
             raise UsageError(f"writing to a served log needs a write token: pass --token-file or set {LEDGER_TOKEN}")
         return token
+    return _read_token(token_file)
+
+
+def _read_token(token_file: Path) -> str:
+    """The first line of a token file (a one-line error when it cannot be read or is empty)."""
     try:
         lines = token_file.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -96,6 +102,28 @@ def _token(token_file: Optional[Path]) -> Optional[str]:
     if not lines or not lines[0].strip():
         raise MedForensicsError(token_file, "holds no token (expected the token on its first line)")
     return lines[0].strip()
+
+
+def dicomweb_options(paths: List[str], since: Optional[str], study: Optional[str],
+                     token_file: Optional[Path]) -> dict:
+    """:func:`medforensics.io.discover`'s options from ``--since --study --dicomweb-token-file``
+    (``scan`` and ``ledger add``), checked first so that a typo is a usage error."""
+    from ..io import parse_since
+    from ..io.dicomweb import is_dicomweb
+
+    remote = any(is_dicomweb(str(p)) for p in paths)
+    if study and not remote:
+        raise UsageError("--study chooses a study on a DICOMweb server: give a dicomweb+http(s):// URL")
+    if token_file is not None and not remote:
+        raise UsageError("--dicomweb-token-file is for a DICOMweb server: give a dicomweb+http(s):// URL")
+    try:
+        day = parse_since(since)
+    except MedForensicsError as e:
+        raise UsageError(str(e)) from None
+    options: dict = {"since": day, "study": study}
+    if token_file is not None:
+        options["token"] = _read_token(token_file)
+    return options
 
 
 def image_files(paths: List[Path]) -> list[tuple[Path, Optional[str]]]:
@@ -109,11 +137,29 @@ def image_files(paths: List[Path]) -> list[tuple[Path, Optional[str]]]:
     return [(i.path, i.problem) for i in p.inputs]
 
 
-def _fingerprints(paths: List[Path], label: str):
-    """Yield (path, fingerprint or None, error or None) with a progress bar; errors printed as they come."""
-    files = image_files(paths)
+def _fingerprints(paths: List[str], label: str, options: Optional[dict] = None):
+    """Yield (path, fingerprint or None, error or None) with a progress bar; errors printed as they come.
+    A ``dicomweb+http(s)://`` path is a DICOMweb server: each series that ``options`` choose
+    (:func:`dicomweb_options`) is fetched into a temporary folder, each of its instances
+    fingerprinted, and the folder removed; the path of an instance is its URL. ``since`` keeps
+    local files modified on or after that day."""
+    from ..io import discover
+    from ..io.dicomweb import fetched, is_dicomweb
+
+    local = [Path(p) for p in paths if not is_dicomweb(str(p))]
+    remote = [str(p) for p in paths if is_dicomweb(str(p))]
+    files = image_files(local) if local else []
+    since = (options or {}).get("since")
+    if since is not None:  # files modified on or after that day (local time)
+        oldest = datetime.combine(since, datetime.min.time()).timestamp()
+        files = [(p, problem) for p, problem in files if problem or p.stat().st_mtime >= oldest]
+    series = discover(remote, **(options or {}))[0] if remote else []
     with progress_bar(label) as progress:
-        task = progress.add_task("", total=len(files))
+        task = progress.add_task("", total=len(files) + len(series))
+
+        def report(error: str) -> None:
+            progress.console.print(f"[red]error[/red] {error}", soft_wrap=True, markup=True, highlight=False)
+
         for path, problem in files:
             fp, error = None, problem and f"{path}: {problem}"
             if error is None:
@@ -122,9 +168,23 @@ def _fingerprints(paths: List[Path], label: str):
                 except MedForensicsError as e:
                     error = str(e)
             if error:
-                progress.console.print(f"[red]error[/red] {error}", soft_wrap=True, markup=True, highlight=False)
+                report(error)
             yield path, fp, error
             progress.update(task, advance=1, description=path.name)
+        for src in series:
+            try:
+                if src.error:
+                    raise MedForensicsError(src.path, src.error)
+                with fetched(src) as instances:
+                    for f in instances:
+                        fp = fingerprint(f)
+                        where = f"{src.url}/instances/{fp.key}"
+                        yield where, replace(fp, source=where), None
+            except MedForensicsError as e:
+                error = f"{src.path}: {e.problem}" if e.path else str(e)
+                report(error)
+                yield src.path, None, error
+            progress.update(task, advance=1, description=src.uid or "")
 
 
 @ledger_app.command("init")
@@ -167,18 +227,26 @@ def init_cmd(
 
 @ledger_app.command("add")
 def add_cmd(
-    paths: List[Path] = typer.Argument(..., help="Image files and folders (DICOM, PNG, JPEG, TIFF, NIfTI)."),
+    paths: List[str] = typer.Argument(..., help="Image files and folders (DICOM, PNG, JPEG, TIFF, NIfTI), or a "
+                                      "DICOMweb server: dicomweb+http(s)://HOST/ROOT (docs/dicomweb.md)."),
     log: Optional[str] = typer.Option(None, "--log", help=_LOG_HELP + " Or a served log: http(s)://host:port."),
     key: Optional[Path] = typer.Option(None, "--key", help="The log's PEM private key (default: "
                                        f"${ENV_KEY}, else the key recorded at init); not for a served log."),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="A served log only: file whose first line is "
                                               "the write token (default: $MEDFORENSICS_LEDGER_TOKEN)."),
     batch: int = typer.Option(1000, "--batch", min=1, help="Entries per transaction (one signed head each)."),
+    since: Optional[str] = typer.Option(None, "--since", help="YYYY-MM-DD: only files modified on or after that day; "
+                                        "on a DICOMweb server, only studies with a StudyDate on or after it."),
+    study: Optional[str] = typer.Option(None, "--study", help="DICOMweb: only the study with this StudyInstanceUID."),
+    dicomweb_token_file: Optional[Path] = typer.Option(None, "--dicomweb-token-file", help="DICOMweb: file whose first "
+                                                       "line is a bearer token (default: $MEDFORENSICS_DICOMWEB_TOKEN)."),
 ) -> None:
     """Fingerprint images and append them to the log (images already logged unchanged are skipped;
     a changed image is logged as a new version). With --log http(s)://..., the fingerprints are
-    posted to a log served with 'ledger serve --writable', authenticated by a write token."""
+    posted to a log served with 'ledger serve --writable', authenticated by a write token.
+    A dicomweb+http(s):// path logs the instances of a DICOMweb server in place (docs/dicomweb.md)."""
     n_err = added = skipped = 0
+    options = dicomweb_options(paths, since, study, dicomweb_token_file)
     location = _log(log, served_ok=True)
     if is_remote(location):
         if key is not None:
@@ -216,7 +284,7 @@ def add_cmd(
     with sink:
         pending: list[Fingerprint] = []
         seen: set[tuple[str, str, str]] = set()
-        for _, fp, error in _fingerprints(paths, "logging"):
+        for _, fp, error in _fingerprints(paths, "logging", options):
             if error:
                 n_err += 1
                 continue

@@ -22,7 +22,8 @@ def _fusion_config(config: Optional[Path], suspicious: Optional[float], manipula
 
 
 def scan_cmd(
-    paths: List[Path] = typer.Argument(..., help="Files and folders: DICOM, PNG, JPEG, TIFF, NIfTI."),
+    paths: List[str] = typer.Argument(..., help="Files and folders (DICOM, PNG, JPEG, TIFF, NIfTI), or a DICOMweb "
+                                      "server: dicomweb+http(s)://HOST/ROOT (docs/dicomweb.md)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON object per image/series here (new file)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML report here (new file)."),
     detectors: Optional[str] = typer.Option(None, "--detectors", help="Comma-separated detector names (default: all)."),
@@ -37,6 +38,11 @@ def scan_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow replacing existing output files."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan (or extend a finished one): "
                                 "reuse the results the --json file already holds for unchanged inputs, scan the rest."),
+    since: Optional[str] = typer.Option(None, "--since", help="YYYY-MM-DD: only files modified on or after that day; "
+                                        "on a DICOMweb server, only studies with a StudyDate on or after it."),
+    study: Optional[str] = typer.Option(None, "--study", help="DICOMweb: only the study with this StudyInstanceUID."),
+    dicomweb_token_file: Optional[Path] = typer.Option(None, "--dicomweb-token-file", help="DICOMweb: file whose first "
+                                                       "line is a bearer token (default: $MEDFORENSICS_DICOMWEB_TOKEN)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
 ) -> None:
@@ -64,12 +70,14 @@ def scan_cmd(
             json_out.unlink()
     from ..scan import ScanAborted, run_scan
 
+    from .ledger import dicomweb_options
+    found = dicomweb_options(paths, since, study, dicomweb_token_file)
     cfg = _fusion_config(config, suspicious, manipulated)
     options = provenance_options(trust, ledger, watermark_key)
     try:
         verdicts = run_scan(paths, json_out=json_out, report=report, detectors=names, detector_options=options,
                             workers=workers, config=cfg, debug=debug, quiet=quiet, resume=resume,
-                            overwrite=overwrite)
+                            overwrite=overwrite, discover_options=found)
     except ScanAborted as e:
         err.print(f"[red]scan stopped:[/red] {e}", soft_wrap=True)
         raise typer.Exit(e.exit_status) from None

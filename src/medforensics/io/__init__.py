@@ -8,19 +8,27 @@
 :mod:`.plan` is the input planner every command shares (which files a command takes, where
 its copies go, never overwriting); :func:`discover` finds what is in a set of paths and groups DICOM instances into series
 (:class:`Source`); :func:`load_source` turns one source into an :class:`~medforensics.core.Image`.
+A ``dicomweb+http(s)://`` path is a DICOMweb server: each of its series is a source, fetched
+when it is loaded (:mod:`.dicomweb`).
 Errors about a file are :class:`~medforensics.core.MedForensicsError` with a one-line message that
 names the file. An image that would take more memory to load than the decode budget is refused
 from its header, before decoding (:mod:`.budget`). Nothing is ever written.
 """
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
+import weakref
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime
 from pathlib import Path
 from typing import Iterable
 
 from ..core import Image, MedForensicsError
 from .budget import size_tags
+from . import dicomweb
 from .dicom import load_instance, load_series, read_header, volume_rule
 from .nifti import load_nifti
 from .plan import KINDS, Input, OutputCollision, Plan, kind_of, new_file, new_folder, plan, sniff, walk
@@ -28,7 +36,7 @@ from .raster import file_digest, load_raster
 
 __all__ = ["Source", "discover", "load_source", "load", "load_instance", "load_series", "load_raster",
            "load_nifti", "sniff", "kind_of", "plan", "walk", "Plan", "Input", "KINDS", "OutputCollision",
-           "new_folder", "new_file"]
+           "new_folder", "new_file", "parse_since", "FetchedImage"]
 
 @dataclass
 class Source:
@@ -49,9 +57,16 @@ class Source:
     #: for a series: the size tags of each file's header (:data:`.budget.SIZE_TAGS`), so that its
     #: decode budget is checked without reading the headers again
     sizes: list[dict] = field(default_factory=list, repr=False)
+    #: a ``dicomweb-series``: the series' URL (without credentials), the authentication headers
+    #: to fetch it with, and once loaded the fingerprint of its fetched instances
+    url: str | None = None
+    headers: dict = field(default_factory=dict, repr=False)
+    digest: str | None = None
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | str:
+        if self.url is not None:
+            return self.url
         return self.files[0].parent if len(self.files) > 1 else self.files[0]
 
 
@@ -61,7 +76,8 @@ def _walk(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, bool]], list[st
     return [(f, named) for f, _, named in w.files], [str(m) for m in w.missing]
 
 
-def discover(paths: Iterable[str | Path], budget: int | str | None = None) -> tuple[list[Source], list[Path]]:
+def discover(paths: Iterable[str | Path], budget: int | str | None = None, *, since: date | str | None = None,
+             study: str | None = None, token: str | None = None) -> tuple[list[Source], list[Path]]:
     """Find images under ``paths`` and group DICOM instances by SeriesInstanceUID.
 
     Instances are grouped by SeriesInstanceUID within one folder and one orientation: a copy of
@@ -78,12 +94,30 @@ def discover(paths: Iterable[str | Path], budget: int | str | None = None) -> tu
     A file named explicitly that is not an image, a missing path, an empty file or an unreadable
     DICOM header becomes a source with ``error`` set, so callers can report it and go on; so does
     a deflated-syntax DICOM file that inflates beyond the decode ``budget`` (:mod:`.budget`).
+
+    A path ``dicomweb+http(s)://HOST/ROOT`` is a DICOMweb server: each series of its studies
+    becomes a ``dicomweb-series`` source (:func:`.dicomweb.list_series`; ``study`` keeps one
+    StudyInstanceUID, ``token`` is a bearer token); a server that cannot be listed is a source
+    with ``error`` set. ``since`` (a date or ``YYYY-MM-DD``) keeps files modified on or after
+    that day (local time) and studies whose StudyDate is on or after it.
     """
-    found = plan(paths, "scan")
+    since = parse_since(since)
+    paths = list(paths)
     sources: list[Source] = []
+    for p in paths:
+        if dicomweb.is_dicomweb(p):
+            try:
+                sources.extend(Source("dicomweb-series", [], uid=se.uid, url=se.url, headers=se.headers)
+                               for se in dicomweb.list_series(str(p), study, since, token))
+            except MedForensicsError as e:
+                sources.append(Source("unknown", [], url=dicomweb.mask(str(p)), error=e.problem if e.path else str(e)))
+    found = plan([p for p in paths if not dicomweb.is_dicomweb(p)], "scan")
     series: dict[tuple, list] = defaultdict(list)
+    oldest = datetime.combine(since, datetime.min.time()).timestamp() if since else None
     for inp in found.inputs:
         path = inp.path
+        if oldest is not None and inp.problem is None and path.stat().st_mtime < oldest:
+            continue
         if inp.problem is not None:
             sources.append(Source("unknown", [path], error=inp.problem))
             continue
@@ -113,6 +147,23 @@ def discover(paths: Iterable[str | Path], budget: int | str | None = None) -> tu
             sources.extend(Source("dicom", [p], uid=str(getattr(h, "SOPInstanceUID", "") or "") or None,
                                   notes=[n for n in notes if str(p) in n], not_assembled=why) for p, h in members)
     return sources, found.skipped
+
+
+def parse_since(since: date | str | None) -> date | None:
+    """``since`` as a date; a string must be ``YYYY-MM-DD`` (:class:`MedForensicsError` otherwise).
+
+    >>> parse_since("2024-03-01")
+    datetime.date(2024, 3, 1)
+    """
+    if since is None or isinstance(since, date):
+        return since
+    text = str(since).strip()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise MedForensicsError(None, f"--since {since!r}: not a date written YYYY-MM-DD") from None
 
 
 def _slim(hdr):
@@ -171,6 +222,8 @@ def load_source(source: Source, budget: int | str | None = None) -> Image:
     file by file and as a whole (the stacked volume), before any pixel is decoded."""
     if source.error:
         raise MedForensicsError(source.path, source.error)
+    if source.kind == "dicomweb-series":
+        return _load_dicomweb(source, budget)
     if source.kind == "dicom-series":
         image = load_series(source.files, budget, sizes=source.sizes or None)
         if source.not_assembled:  # e.g. the series' other orientations are other items
@@ -186,6 +239,46 @@ def load_source(source: Source, budget: int | str | None = None) -> Image:
     if source.kind == "nifti":
         return load_nifti(source.files[0], budget)
     raise MedForensicsError(source.path, f"cannot load a source of kind {source.kind!r}")
+
+
+def _load_dicomweb(source: Source, budget: int | str | None) -> Image:
+    """Fetch a DICOMweb series into a temporary folder and load it as a local series would be
+    (:func:`discover` then :func:`load_source`); set ``source.digest``. The image's ``path`` is the
+    series' URL. The folder stays while the image is in use (detectors may read its files again:
+    signatures, containers) and is removed when the image is released, or at exit at the latest;
+    on an error it is removed at once."""
+    folder = Path(tempfile.mkdtemp(prefix="medforensics-dicomweb-"))
+    try:
+        files, _ = dicomweb.fetch_series(source, folder)
+        source.digest = dicomweb.digest(files)
+        try:
+            local, _ = discover([folder], budget)
+            if len(local) != 1:
+                kinds = ", ".join(sorted({s.kind for s in local}))
+                raise MedForensicsError(source.url, f"the series is not one volume or image ({len(local)} items: "
+                                        f"{kinds}); fetch it and scan its files to see each")
+            image = load_source(local[0], budget)
+        except MedForensicsError as e:
+            # name the series, not the temporary file
+            problem = e.problem.replace(str(folder), source.url or "") if e.path else str(e)
+            raise MedForensicsError(source.url, problem) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    fetched = FetchedImage(**{f.name: getattr(image, f.name) for f in fields(image)}, url=source.url or "")
+    weakref.finalize(fetched, shutil.rmtree, str(folder), True)
+    return fetched
+
+
+@dataclass
+class FetchedImage(Image):
+    """An image loaded from a DICOMweb series: its ``path`` is the series' URL."""
+
+    url: str = ""
+
+    @property
+    def path(self) -> str:  # type: ignore[override]
+        return self.url
 
 
 def load(path: str | Path) -> list[Image]:
