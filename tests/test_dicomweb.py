@@ -2,10 +2,12 @@
 its DICOMweb plugin (tests/orthanc_server.py), and the multipart reader on its own."""
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -208,3 +210,65 @@ def test_credentials_are_masked_and_never_recorded():
     assert dicomweb.server("dicomweb+http://h/r", token="T").headers == {"Authorization": "Bearer T"}
     with pytest.raises(MedForensicsError, match=r"^dicomweb\+http://\*\*\*@h/r\?x=1: a DICOMweb root has no query"):
         dicomweb.server("dicomweb+http://u:secret@h/r?x=1")
+
+
+class _FakePacs(http.server.BaseHTTPRequestHandler):
+    """A DICOMweb server of one study and one series (CT_small.dcm) that wants a bearer token;
+    ``server.cut`` bytes are cut off the end of its WADO-RS answer."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - the handler's name
+        if self.headers.get("Authorization") != "Bearer good-token":
+            self.send_response(401)
+            self.end_headers()
+            return
+        path = self.path.split("?")[0]
+        if path in ("/dicom-web/studies", "/dicom-web/studies/1.2.3/series"):
+            tag = "0020000D" if path.endswith("studies") else "0020000E"
+            body, kind = json.dumps([{tag: {"vr": "UI", "Value": ["1.2.3" if tag == "0020000D" else "1.2.3.4"]}}]).encode(), \
+                "application/dicom+json"
+        elif path == "/dicom-web/studies/1.2.3/series/1.2.3.4":
+            body = _multipart([Path(get_testdata_file("CT_small.dcm")).read_bytes()])
+            body = body[:len(body) - self.server.cut]
+            kind = 'multipart/related; type="application/dicom"; boundary=b0undary'
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def fake_pacs():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakePacs)
+    server.cut = 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_bearer_token_and_a_malformed_answer_from_a_server(fake_pacs, run_cli, tmp_path, own_tmp, monkeypatch):
+    url = f"dicomweb+http://127.0.0.1:{fake_pacs.server_port}/dicom-web"
+    token = tmp_path / "token"
+    token.write_text("good-token\n")
+    out = tmp_path / "a.jsonl"
+    rc, _, err = run_cli("scan", url, "--dicomweb-token-file", token, "--detectors", "dicom_header", "--json", out, "-q")
+    assert rc == 0, err
+    (record,) = map(json.loads, out.read_text().splitlines())
+    assert record["path"] == url + "/studies/1.2.3/series/1.2.3.4" and record["errors"] == []
+    assert record["uid"] == "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+    monkeypatch.setenv("MEDFORENSICS_DICOMWEB_TOKEN", "good-token")  # the setting instead of the file
+    fake_pacs.cut = 30  # the closing boundary and the end of the instance are lost
+    rc, out_text, err = run_cli("scan", url, "--detectors", "dicom_header", "-q")
+    assert rc == 1 and "Traceback" not in err + out_text
+    (line,) = [x for x in err.splitlines() if "malformed" in x]
+    assert "/series/1.2.3.4: malformed multipart answer: the stream ended before its closing boundary" in line
+    assert list(own_tmp.iterdir()) == []
