@@ -12,7 +12,8 @@ A ``dicomweb+http(s)://`` path is a DICOMweb server: each of its series is a sou
 when it is loaded (:mod:`.dicomweb`).
 Errors about a file are :class:`~medforensics.core.MedForensicsError` with a one-line message that
 names the file. An image that would take more memory to load than the decode budget is refused
-from its header, before decoding (:mod:`.budget`). Nothing is ever written.
+from its header, before decoding (:mod:`.budget`). Nothing is ever written, but for the temporary
+folder a DICOMweb series is fetched into while it is analysed.
 """
 from __future__ import annotations
 
