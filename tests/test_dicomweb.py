@@ -114,8 +114,10 @@ def test_since_keeps_local_files_modified_on_or_after_the_day(run_cli, tmp_path)
     rc, _, err = run_cli("scan", folder, "--json", out, "--detectors", "dicom_header", "-q", "--since", "2021-01-01")
     assert rc == 0, err
     assert [Path(r["path"]).name for r in map(json.loads, out.read_text().splitlines())] == ["new.dcm"]
-    rc, _, err = run_cli("scan", folder, "--detectors", "dicom_header", "-q", "--since", "1.1.2021")
+    rc, _, err = run_cli("scan", folder, "--detectors", "dicom_header", "-q", "--since", "1.1.2021",
+                         "--json", out, "--overwrite")
     assert rc == 2 and "not a date written YYYY-MM-DD" in err
+    assert out.exists()  # refused before any output was touched
 
 
 def test_wrong_credentials_and_a_dead_server_are_one_line_errors(pacs, run_cli, tmp_path):

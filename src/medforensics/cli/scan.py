@@ -58,6 +58,8 @@ def scan_cmd(
             raise UsageError(f"unknown detector(s) {', '.join(unknown)}; run 'medforensics detectors' to list them")
     if fail_on not in (None, "suspicious", "manipulated"):
         raise UsageError("--fail-on must be 'suspicious' or 'manipulated'")
+    from .ledger import dicomweb_options
+    found = dicomweb_options(paths, since, study, dicomweb_token_file)  # before any output is touched
     if resume and json_out is None:
         raise UsageError("--resume needs --json: the file whose results to reuse")
     if json_out is not None and not resume:
@@ -70,8 +72,6 @@ def scan_cmd(
             json_out.unlink()
     from ..scan import ScanAborted, run_scan
 
-    from .ledger import dicomweb_options
-    found = dicomweb_options(paths, since, study, dicomweb_token_file)
     cfg = _fusion_config(config, suspicious, manipulated)
     options = provenance_options(trust, ledger, watermark_key)
     try:
