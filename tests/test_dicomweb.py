@@ -118,6 +118,12 @@ def test_since_keeps_local_files_modified_on_or_after_the_day(run_cli, tmp_path)
                          "--json", out, "--overwrite")
     assert rc == 2 and "not a date written YYYY-MM-DD" in err
     assert out.exists()  # refused before any output was touched
+    log = tmp_path / "log.db"
+    assert run_cli("ledger", "init", log).code == 0
+    rc, text, err = run_cli("ledger", "add", folder, "--log", log, "--since", "2021-01-01")
+    assert rc == 0 and text.strip().startswith("1 added"), text + err
+    rc, text, _ = run_cli("ledger", "verify", new, "--log", log)
+    assert rc == 0 and "1 unchanged" in text
 
 
 def test_wrong_credentials_and_a_dead_server_are_one_line_errors(pacs, run_cli, tmp_path):
