@@ -34,12 +34,16 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from .core import Evidence, Image, Kind, MedForensicsError, Verdict, one_line
 from .detectors.base import Detector, DetectorOptions, load_detectors
 from .fusion import FusionConfig, fuse
 from .io import Source, discover, load_source
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import DaskEngine
+    from .engine import Settings as DaskSettings
 
 
 #: Why a detector that reads Hounsfield units does not assess a rendered CT image
@@ -246,11 +250,22 @@ def _work(source: Source) -> Verdict:
                        debug=_WORKER["debug"])
 
 
+def _dask_task(source: Source, settings: "DaskSettings") -> Verdict:
+    """One task of ``scan --engine dask``, run on a Dask worker: ``source`` analysed with the
+    detectors that this worker process loaded once for ``settings``; the verdict travels back
+    without heatmaps, as from the local pool."""
+    from .engine import worker_detectors
+
+    return scan_source(source, worker_detectors(settings), settings.config, figures=settings.figures,
+                       keep_heatmaps=False, debug=settings.debug)
+
+
 def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, config: FusionConfig = FusionConfig(),
          *, workers: int = 1, figures: bool = False, debug: bool = False,
          on_start: Callable[[int, list], None] | None = None,
          detector_options: DetectorOptions | None = None,
          reuse: Callable[[Source], Verdict | None] | None = None,
+         engine: "str | DaskEngine" = "local", scheduler: str | None = None,
          discover_options: dict | None = None) -> Iterator[Verdict]:
     """Scan files and folders; yield one verdict per image or series, in input order.
 
@@ -261,12 +276,34 @@ def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, conf
     is then yielded as it is instead of analysing the source again (``scan --resume``).
     Closing the generator early (an interrupted scan) cancels the work not yet started.
     ``discover_options`` go to :func:`medforensics.io.discover` (``since``, ``study``, ``token``).
+
+    ``engine="dask"`` analyses each source as one task on Dask distributed
+    (:mod:`medforensics.engine`): on the scheduler at ``scheduler`` (``tcp://HOST:8786``), or
+    without one on a local cluster of ``workers`` processes started for this scan. An engine
+    object (:class:`medforensics.engine.DaskEngine`) may be passed instead; it is then left
+    open. The verdicts are the same as a local scan's, in the same order.
     """
+    if engine not in ("local", "dask") and not hasattr(engine, "run"):
+        raise ValueError(f"unknown engine {engine!r}: 'local' or 'dask'")
     sources, skipped = discover(paths, **(discover_options or {}))
     if on_start is not None:
         on_start(len(sources), skipped)
     names = list(detector_names) if detector_names is not None else None
     jobs = ((src, reuse(src) if reuse is not None else None) for src in sources)
+    if engine != "local":
+        from .engine import ClusterLost, DaskEngine
+
+        own = engine == "dask"
+        dask_engine = DaskEngine(scheduler, workers) if own else engine
+        try:
+            yield from dask_engine.run(jobs, dask_engine.settings(names, detector_options, config, figures, debug),
+                                       _dask_task)
+        except ClusterLost as e:
+            raise ScanAborted(str(e)) from None
+        finally:
+            if own:
+                dask_engine.close()
+        return
     if workers <= 1 or len(sources) <= 1:
         detectors = None
         for src, earlier in jobs:
@@ -350,7 +387,8 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
              detectors: Sequence[str] | None = None, detector_options: DetectorOptions | None = None,
              workers: int = 1, config: FusionConfig = FusionConfig(), debug: bool = False, quiet: bool = False,
              title: str = "medforensics scan report", resume: bool = False, overwrite: bool = False,
-             discover_options: dict | None = None) -> list[Verdict]:
+             discover_options: dict | None = None, engine: "str | DaskEngine" = "local",
+             scheduler: str | None = None) -> list[Verdict]:
     """Scan ``paths`` as ``medforensics scan`` does: a progress bar, JSON lines to ``json_out``
     (see :mod:`medforensics.report.jsonl`: written to ``json_out.partial`` as items finish and
     renamed when complete), the summary table (unless ``quiet``) and the HTML ``report`` (a new
@@ -360,7 +398,19 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
 
     An interruption (Ctrl-C, SIGTERM) or a worker's death raises :class:`ScanAborted` after
     saying how many items were done and where their results are.
+
+    ``engine="dask"`` runs the sources on Dask distributed (see :func:`scan`); the scheduler is
+    reached, or the local cluster started, before any output is opened, so that an unreachable
+    scheduler is a :class:`~medforensics.core.MedForensicsError` that leaves no file behind.
     """
+    if engine == "dask":
+        from .engine import DaskEngine
+
+        with DaskEngine(scheduler, workers) as dask_engine:
+            return run_scan(paths, json_out=json_out, report=report, detectors=detectors,
+                            detector_options=detector_options, workers=workers, config=config, debug=debug,
+                            quiet=quiet, title=title, resume=resume, overwrite=overwrite,
+                            discover_options=discover_options, engine=dask_engine)
     from rich.console import Console
 
     from .progress import progress_bar
@@ -395,7 +445,8 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
 
             for v in scan([str(p) for p in paths], detectors, config, workers=workers, figures=report is not None,
                           debug=debug, on_start=started, detector_options=detector_options,
-                          reuse=reuse if resume else None, discover_options=discover_options):
+                          reuse=reuse if resume else None, discover_options=discover_options,
+                          engine=engine, scheduler=scheduler):
                 verdicts.append(v)
                 if results is not None:
                     results.write(v, reused=id(v) in reused)

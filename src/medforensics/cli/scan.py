@@ -27,7 +27,12 @@ def scan_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON object per image/series here (new file)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML report here (new file)."),
     detectors: Optional[str] = typer.Option(None, "--detectors", help="Comma-separated detector names (default: all)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes (with --engine dask and no "
+                                "--scheduler: the local cluster's workers)."),
+    engine: str = typer.Option("local", "--engine", help="local (a process pool on this machine) or dask "
+                               "(Dask distributed: one task per series; see docs/scale.md)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a Dask scheduler (tcp://HOST:8786) "
+                                            "for --engine dask; without it a local cluster of --workers processes."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a [fusion] table of thresholds."),
     suspicious: Optional[float] = typer.Option(None, "--suspicious", help="Fused score from which an item is suspicious (0.5)."),
     manipulated: Optional[float] = typer.Option(None, "--manipulated", help="Fused score from which an item is manipulated/synthetic (0.8)."),
@@ -58,6 +63,10 @@ def scan_cmd(
             raise UsageError(f"unknown detector(s) {', '.join(unknown)}; run 'medforensics detectors' to list them")
     if fail_on not in (None, "suspicious", "manipulated"):
         raise UsageError("--fail-on must be 'suspicious' or 'manipulated'")
+    if engine not in ("local", "dask"):
+        raise UsageError(f"--engine must be 'local' or 'dask', not {engine!r}")
+    if scheduler is not None and engine != "dask":
+        raise UsageError("--scheduler needs --engine dask")
     from .ledger import dicomweb_options
     found = dicomweb_options(paths, since, study, dicomweb_token_file)  # before any output is touched
     if resume and json_out is None:
@@ -77,7 +86,7 @@ def scan_cmd(
     try:
         verdicts = run_scan(paths, json_out=json_out, report=report, detectors=names, detector_options=options,
                             workers=workers, config=cfg, debug=debug, quiet=quiet, resume=resume,
-                            overwrite=overwrite, discover_options=found)
+                            overwrite=overwrite, discover_options=found, engine=engine, scheduler=scheduler)
     except ScanAborted as e:
         err.print(f"[red]scan stopped:[/red] {e}", soft_wrap=True)
         raise typer.Exit(e.exit_status) from None
