@@ -178,11 +178,17 @@ def test_a_series_that_kills_every_worker_is_given_up_with_an_error(inputs, loca
                                                        {f["path"] for f in failed}]
 
 
-def test_cli_engine_dask(tmp_path, run_cli, inputs, local_fast):
+def test_cli_engine_dask_resumes_a_local_scan(tmp_path, run_cli, inputs, local_fast):
+    """A local scan of two inputs, then ``--engine dask --workers 2 --resume`` of all four: the
+    two are reused, the others scanned on the cluster, the file equals a local scan of all."""
     out = tmp_path / "scan.jsonl"
-    r = run_cli("scan", *inputs, "--engine", "dask", "--workers", "2", "--detectors", ",".join(FAST),
-                "--json", out, "-q")
+    r = run_cli("scan", inputs[0], inputs[1], "--detectors", ",".join(FAST), "--json", out, "-q")
     assert r.code == 0, r.err
+    r = run_cli("scan", *inputs, "--engine", "dask", "--workers", "2", "--detectors", ",".join(FAST),
+                "--json", out, "--resume", "-q")
+    assert r.code == 0, r.err
+    assert "2 result(s) reused from the earlier run, 2 scanned now" in r.err
+    assert "Traceback" not in r.err
     records = read_records(out)
     for record in records:
         record.pop("timings")
