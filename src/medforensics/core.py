@@ -237,8 +237,14 @@ class Evidence:
     saved twice, a resize): reported, never counted as manipulation by fusion. ``confidence`` is
     ``low`` for evidence that alone must not make an image ``manipulated`` or ``synthetic`` (a
     rule whose false-alarm rate outside its fitted sources is not low enough; see
-    :mod:`medforensics.fusion`). ``heatmap``, when present, has the shape of ``Image.pixels`` and
-    values in [0, 1] (1 = most suspicious). ``provenance`` is set by detectors that check proofs
+    :mod:`medforensics.fusion`). ``heatmap``, when present, holds values in [0, 1] (1 = most
+    suspicious) on a grid that may be coarser than ``Image.pixels``: ``heatmap_scale`` says, per
+    axis of ``pixels``, how many pixels one heatmap cell covers (``None``: 1 on every axis, the
+    heatmap has the shape of ``pixels``). Cell ``c`` covers pixels ``c * f`` to ``(c + 1) * f - 1``
+    along an axis of factor ``f``; the last cell may reach past the image (``ceil(n / f)`` cells).
+    Block-level detectors store their block grid this way instead of a full-size float32 volume
+    (a 133-slice 512x512 series: 140 MB per detector); :meth:`full_heatmap` gives the pixel-sized
+    map. ``regions`` are always in full-resolution voxel indices. ``provenance`` is set by detectors that check proofs
     of origin: one word per proof, e.g. ``signature:valid watermark:tampered`` or ``c2pa-valid``
     (it becomes :attr:`Verdict.provenance`; in JSON it is written under ``details``, as
     since schema 1.1).
@@ -246,6 +252,9 @@ class Evidence:
     >>> e = Evidence("copy_move", 0.93, "two regions match", indicates="manipulation")
     >>> e.indicates is Indicates.MANIPULATION, e.counts
     (True, True)
+    >>> coarse = Evidence("noise_residual", 0.7, "", heatmap=np.ones((2, 3), np.float32), heatmap_scale=(4, 4))
+    >>> coarse.full_heatmap((7, 10)).shape
+    (7, 10)
     >>> Evidence("x", 0.5, "", indicates="forgery")
     Traceback (most recent call last):
     ...
@@ -261,16 +270,54 @@ class Evidence:
     indicates: Indicates = Indicates.MANIPULATION
     confidence: Confidence = Confidence.NORMAL
     provenance: str | None = None
+    #: Pixels per heatmap cell along each axis of ``Image.pixels`` (``None``: the heatmap is full size).
+    heatmap_scale: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.score):
             raise ValueError(f"{self.detector}: score is not finite")
+        if self.heatmap_scale is not None:
+            self.heatmap_scale = tuple(int(f) for f in self.heatmap_scale)
+            if any(f < 1 for f in self.heatmap_scale) or (
+                    self.heatmap is not None and len(self.heatmap_scale) != self.heatmap.ndim):
+                raise ValueError(f"{self.detector}: heatmap_scale {self.heatmap_scale} must hold one factor >= 1 "
+                                 "per heatmap axis")
         if self.indicates not in INDICATES:
             raise ValueError(f"{self.detector}: indicates must be one of {', '.join(INDICATES)}, got {self.indicates!r}")
         if self.confidence not in CONFIDENCES:
             raise ValueError(f"{self.detector}: confidence must be one of {', '.join(CONFIDENCES)}, got {self.confidence!r}")
         self.indicates, self.confidence = Indicates(self.indicates), Confidence(self.confidence)
         self.score = float(min(1.0, max(0.0, self.score)))
+
+    def full_heatmap(self, shape: Sequence[int]) -> np.ndarray | None:
+        """The heatmap at full resolution, ``shape`` being that of ``Image.pixels``: each cell
+        repeated over the pixels it covers (``heatmap_scale``), cut to ``shape``; the heatmap itself
+        when it is already full size; ``None`` when there is none."""
+        if self.heatmap is None:
+            return None
+        shape = tuple(int(n) for n in shape)
+        scale = self.heatmap_scale or (1,) * self.heatmap.ndim
+        if len(shape) != self.heatmap.ndim:
+            raise ValueError(f"{self.detector}: a heatmap of {self.heatmap.ndim} axes for an image of shape {shape}")
+        if all(f == 1 for f in scale) and self.heatmap.shape == shape:
+            return self.heatmap
+        out = self.heatmap
+        for axis, f in enumerate(scale):
+            if f > 1:
+                out = np.repeat(out, f, axis=axis)
+        out = out[tuple(slice(0, n) for n in shape)]
+        if out.shape != shape:
+            raise ValueError(f"{self.detector}: a heatmap of shape {self.heatmap.shape} at scale {scale} does not "
+                             f"cover an image of shape {shape}")
+        return out
+
+    def heatmap_plane(self, k: int) -> np.ndarray | None:
+        """The heatmap cells of slice ``k`` (full-resolution slice index) of a volume's heatmap, or
+        the 2D heatmap itself; still at the heatmap's in-plane scale."""
+        if self.heatmap is None or self.heatmap.ndim == 2:
+            return self.heatmap
+        f = (self.heatmap_scale or (1,))[0]
+        return self.heatmap[min(int(k) // f, self.heatmap.shape[0] - 1)]
 
     @property
     def counts(self) -> bool:

@@ -216,6 +216,25 @@ def regions_from_heatmap(image: Image, heatmap: np.ndarray, threshold: float = 0
     return regions
 
 
+def coarse_cover(grid: np.ndarray, scale: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """A block grid (one value per ``scale`` pixels, blocks from the image's start) padded with
+    zero cells so that it covers an image of ``shape``: ``ceil(n / f)`` cells per axis, as
+    ``Evidence.heatmap_scale`` expects (a detector that leaves the last partial block unmeasured
+    has one cell fewer there). A grid already that size is returned as it is (float32).
+
+    >>> coarse_cover(np.ones((2, 3), np.float32), (16, 16), (40, 48)).shape
+    (3, 3)
+    """
+    grid = np.asarray(grid, dtype=np.float32)
+    need = tuple(-(-int(n) // int(f)) for n, f in zip(shape, scale))
+    if grid.shape == need:
+        return grid
+    out = np.zeros(need, np.float32)
+    out[tuple(slice(0, min(g, n)) for g, n in zip(grid.shape, need))] = \
+        grid[tuple(slice(0, min(g, n)) for g, n in zip(grid.shape, need))]
+    return out
+
+
 def region_from_box(image: Image, bbox: tuple[int, ...], score: float = 1.0, note: str = "") -> Region:
     """A region for a known box (``[starts..., stops...]``), centred in the box."""
     n = len(bbox) // 2

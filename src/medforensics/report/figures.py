@@ -79,8 +79,8 @@ def evidence_slice(image: Image, ev: Evidence) -> int | None:
     heat = ev.heatmap
     if heat is not None and heat.ndim == 3 and heat.shape[0] > 0:
         per_slice = heat.reshape(heat.shape[0], -1).max(axis=1)
-        if float(per_slice.max()) > 0:
-            return int(np.clip(int(np.argmax(per_slice)), 0, n - 1))
+        if float(per_slice.max()) > 0:   # a coarse heatmap's cell k starts at slice k * factor
+            return int(np.clip(int(np.argmax(per_slice)) * (ev.heatmap_scale or (1,))[0], 0, n - 1))
     return None
 
 
@@ -195,13 +195,23 @@ def _draw_boxes(bgr: np.ndarray, ev: Evidence, k: int | None, shape: tuple[int, 
 def _overlay(gray: np.ndarray, ev: Evidence, k: int | None, image: Image) -> np.ndarray:
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     if ev.heatmap is not None:
-        heat = ev.heatmap
-        if heat.ndim == 3:
-            heat = _plane(heat, k or 0)
+        heat = ev.heatmap_plane(int(np.clip(k or 0, 0, image.pixels.shape[0] - 1)) if ev.heatmap.ndim == 3 else 0)
         if heat.ndim == 2 and heat.size and float(heat.max()) > 0:
-            bgr = _draw_heat(bgr, heat)
+            bgr = _draw_heat(bgr, _full_plane(heat, ev.heatmap_scale, image.pixels.shape[-2:]))
     _draw_boxes(bgr, ev, k, image.pixels.shape[-2:])
     return bgr
+
+
+def _full_plane(heat2d: np.ndarray, scale: tuple[int, ...] | None, shape: tuple[int, int]) -> np.ndarray:
+    """One heatmap plane at the pixel size of the image's plane: a coarse heatmap's cells
+    (``Evidence.heatmap_scale``, last two factors) repeated over the pixels they cover, so that the
+    overlay is the same as that of the full-size heatmap (only this plane is ever made full size)."""
+    fy, fx = (scale or (1, 1))[-2:]
+    if fy > 1:
+        heat2d = np.repeat(heat2d, fy, axis=0)
+    if fx > 1:
+        heat2d = np.repeat(heat2d, fx, axis=1)
+    return heat2d[:shape[0], :shape[1]]
 
 
 def _encode(img: np.ndarray) -> str:
