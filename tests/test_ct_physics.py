@@ -106,7 +106,10 @@ def test_registered_and_applies(ct_small):
 def test_ct_small_is_consistent(ct_small):
     ev = DET.detect(ct_small)
     assert ev.score < 0.5, ev.explanation
-    assert ev.heatmap is not None and ev.heatmap.shape == ct_small.pixels.shape
+    assert ev.heatmap is not None and ev.full_heatmap(ct_small.pixels.shape).shape == ct_small.pixels.shape
+    b = ev.details["block_px"]   # the heatmap is the block grid (Evidence.heatmap_scale), covering the image
+    assert ev.heatmap_scale == (b,) * ct_small.pixels.ndim and ev.heatmap.shape == tuple(-(-n // f) for n, f in
+                                                                        zip(ct_small.pixels.shape, ev.heatmap_scale))
     assert 0.0 <= ev.heatmap.min() and ev.heatmap.max() <= 1.0
     d = ev.details
     assert d["measured_blocks"] > 100
@@ -205,7 +208,8 @@ def test_lidc_patch_from_a_noisier_scan_is_found(lidc):
 def test_lidc_series_is_consistent(lidc):
     ev = DET.detect(lidc)
     assert ev.score < 0.5, ev.explanation
-    assert ev.heatmap.shape == lidc.pixels.shape
+    assert ev.full_heatmap(lidc.pixels.shape).shape == lidc.pixels.shape
+    assert ev.heatmap.nbytes * 64 <= lidc.pixels.nbytes   # a coarse grid, not a full-size float32 volume
     assert ev.details["highpass_noise_sigma_per_slice"]["median"] > 0
     assert ev.details["odd_slices"] == []
 

@@ -275,7 +275,8 @@ def test_ct_physics_smoothed_slice_and_hu(lidc):
 def test_ct_physics_runs_on_a_single_slice():
     im = load(get_testdata_file("CT_small.dcm"))[0]
     ev = DET["ct_physics"].detect(im)
-    assert ev.heatmap.shape == im.pixels.shape and 0 <= ev.score < 0.5
+    assert ev.full_heatmap(im.pixels.shape).shape == im.pixels.shape and 0 <= ev.score < 0.5
+    assert ev.heatmap_scale == (ev.details["block_px"],) * 2
 
 
 # ------------------------------------------------------------------------------ dicom_header

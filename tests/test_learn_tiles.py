@@ -246,7 +246,8 @@ def test_detector_scans_a_ct_series_over_its_lungs_and_finds_the_edit(tile_model
     assert det.applies(clean)
     ev = det.detect(clean)
     assert ev.details["mode"] == "series-tiles" and ev.details["slices_scored"] == 6
-    assert ev.heatmap.shape == clean.pixels.shape and ev.score < 0.5 and not ev.regions
+    assert ev.full_heatmap(clean.pixels.shape).shape == clean.pixels.shape and ev.score < 0.5 and not ev.regions
+    assert ev.heatmap_scale == (1, 4, 4) and ev.heatmap.shape == (6, 40, 40)   # kept coarse: 4 px cells
     k0, y0, x0 = 3, 68, 36  # inside the left lung
     forged = Image.from_array(_phantom_series(np.random.default_rng(5), patch=(k0, y0, x0)), modality="CT",
                               format="dicom", name="series", spacing=(2.5, 1.0, 1.0))
@@ -257,6 +258,12 @@ def test_detector_scans_a_ct_series_over_its_lungs_and_finds_the_edit(tile_model
     top = ev.regions[0].center_voxel
     assert top[0] == k0 and abs(top[1] - (y0 + SQUARE // 2)) <= 24 and abs(top[2] - (x0 + SQUARE // 2)) <= 24
     assert ev.heatmap[k0].max() >= 0.5 and ev.heatmap[k0 + 2].max() < 0.5  # the other slices stay quiet
+    full = ev.full_heatmap(forged.pixels.shape)   # cells back at pixel size: the edit is hot where it is
+    # back at pixel size, the cells cover the same pixels: the hottest lies in the worst tile or a region's box
+    hot = np.unravel_index(int(np.argmax(full)), full.shape)
+    assert full.max() == ev.heatmap.max() and hot[0] == k0
+    assert (y <= hot[1] < y + 64 and x <= hot[2] < x + 64) or any(
+        b[0] <= hot[0] < b[3] and b[1] <= hot[1] < b[4] and b[2] <= hot[2] < b[5] for b in (r.bbox_voxel for r in ev.regions))
     no_lungs = Image.from_array(np.full((4, 96, 96), 40.0, np.float32), modality="CT", format="dicom", name="s")
     ev = det.detect(no_lungs)
     assert ev.score == 0.0 and ev.details["abstained"] and "No lung" in ev.explanation

@@ -77,7 +77,8 @@ def test_real_ct_series_is_scanned_over_its_lungs_and_not_flagged():
     ev = Learned2DDetector().detect(image)
     assert ev.details["mode"] == "series-tiles" and ev.details["slices_scored"] == image.pixels.shape[0]
     assert ev.score < 0.5 and not ev.regions, ev.explanation
-    assert ev.heatmap.shape == image.pixels.shape
+    assert ev.full_heatmap(image.pixels.shape).shape == image.pixels.shape
+    assert ev.heatmap.nbytes * 16 == image.pixels.nbytes   # 4x4 px cells, not a full-size float32 volume
 
 
 def test_injected_tumours_in_a_held_out_series_are_found_where_they_are():

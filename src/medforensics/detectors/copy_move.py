@@ -62,11 +62,32 @@ MIDPOINT, SCALE = 9.0, 1.5
 MIN_INLIERS = 6
 
 
-def to_8bit(img: np.ndarray) -> np.ndarray:
-    """Percentile window (0.5-99.5) to 8 bits."""
+def window_limits(img: np.ndarray) -> tuple[float, float]:
+    """The 0.5th and 99.5th percentiles of ``img`` (on a view of about 512 px a side)."""
     sub = img[:: max(1, img.shape[0] // 512), :: max(1, img.shape[1] // 512)]
     lo, hi = np.percentile(sub, [0.5, 99.5])
-    return np.clip((img - lo) / max(float(hi - lo), 1e-6) * 255, 0, 255).astype(np.uint8)
+    return float(lo), float(hi)
+
+
+def to_8bit(img: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
+    """Percentile window (0.5-99.5, or ``limits``) to 8 bits."""
+    lo, hi = window_limits(img) if limits is None else limits
+    a = np.asarray(img, dtype=np.float32)
+    return np.clip((a - lo) * np.float32(255 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
+
+
+def work_image(img: np.ndarray, f: float) -> np.ndarray:
+    """The 8-bit image SIFT reads: windowed by the full image's percentiles, scaled by ``f``
+    (area averaging). The float image is clipped to the window, scaled, and only then mapped to
+    8 bits, so that a 2,000 px radiograph is mapped at 1,024 px (a quarter of the work); the
+    8-bit values differ from windowing first by at most one gray level (rounding before or after
+    averaging)."""
+    limits = window_limits(img)
+    if f < 1.0:
+        a = np.clip(np.asarray(img, dtype=np.float32), limits[0], limits[1])
+        small = cv2.resize(a, (round(img.shape[1] * f), round(img.shape[0] * f)), interpolation=cv2.INTER_AREA)
+        return to_8bit(small, limits)
+    return to_8bit(img, limits)
 
 
 def noise_free_share(img: np.ndarray) -> float:
@@ -110,9 +131,7 @@ class CopyMoveDetector(Detector):
             return Evidence(self.name, 0.0, f"The image is too small ({img.shape[0]}x{img.shape[1]} px) for "
                             "copy-move analysis.", details={"abstained": True})
         f = min(1.0, WORK_PX / max(img.shape))
-        work = to_8bit(img)
-        if f < 1.0:
-            work = cv2.resize(work, (round(img.shape[1] * f), round(img.shape[0] * f)), interpolation=cv2.INTER_AREA)
+        work = work_image(img, f)
         mask = self._fov_mask(image, work.shape)
         kps, desc = self._sift.detectAndCompute(work, mask)
         clones: list[dict] = []

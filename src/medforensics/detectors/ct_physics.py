@@ -60,7 +60,8 @@ Method (vectorised: a few OpenCV filters over stacks of slices, everything else 
 
 Evidence per block is ``e = max(|zL|, W_TEXTURE * |zT|, zF)``, then supported (step 6); the heatmap is
 ``clip((e - E_LOW) / (E_HIGH - E_LOW), 0, 1)`` (0.5 at ``MIDPOINT``; a slice out of line lights up
-as a whole). The raw statistic is ``max(largest e, slice z) + HU term`` and the score is
+as a whole), stored as the block grid itself (``Evidence.heatmap_scale`` ``(1, b, b)``, or ``(b, b)``
+for a single slice) rather than a full-size volume. The raw statistic is ``max(largest e, slice z) + HU term`` and the score is
 ``logistic(raw, MIDPOINT, SCALE)``.
 
 Calibration: on all authentic CT of the fitted sources in ../shared/data (the 133-, 12-, 11- and
@@ -91,7 +92,7 @@ from scipy import ndimage
 
 from ..core import Evidence, Image
 from ..noise import IMMERKAER_GAIN, IMMERKAER_KERNEL, mad_sigma
-from .base import Detector, logistic, print_raw_values, regions_from_heatmap
+from .base import Detector, coarse_cover, logistic, print_raw_values, regions_from_heatmap
 
 # --------------------------------------------------------------------------- constants
 MIDPOINT, SCALE = 7.0, 0.4
@@ -552,9 +553,10 @@ class CTPhysicsDetector(Detector):
         for k in odd:   # a whole slice out of line: all its measured blocks
             heat_grid[k] = np.maximum(heat_grid[k], np.clip((zs[k] - E_LOW) / (E_HIGH - E_LOW), 0, 1)
                                       * (classes[k] >= 0))
-        heat = _upsample(heat_grid, b, vol.shape)
+        # the heatmap is the block grid itself (Evidence.heatmap_scale), padded to cover the image
+        heat_grid = coarse_cover(heat_grid, (1, b, b), vol.shape)
         if image.pixels.ndim == 2:
-            heat, heat_grid, scale = heat[0], heat_grid[0], (b, b)
+            heat_grid, scale = heat_grid[0], (b, b)
         else:
             scale = (1, b, b)
         # below the alarm level a region is a mild deviation, and says so (wording follows the score)
@@ -586,7 +588,8 @@ class CTPhysicsDetector(Detector):
                     details[name] = {"min": round(float(v.min()), 3), "median": round(float(np.median(v)), 3),
                                      "max": round(float(v.max()), 3)}
             details["slice_z_max"] = round(slice_term, 2)
-        return Evidence(self.name, score, expl, heatmap=heat, regions=regions, details=details)
+        return Evidence(self.name, score, expl, heatmap=heat_grid, regions=regions, details=details,
+                        heatmap_scale=scale)
 
     @staticmethod
     def _explain(score, local, slice_term, hu_term, hu_notes, odd, n_dev, a) -> str:
@@ -606,15 +609,6 @@ class CTPhysicsDetector(Detector):
         else:
             what, how = "another noise texture than", "a patch from another scan or reconstruction kernel"
         return f"{max(n_dev, 1)} block(s) show {what} the surrounding tissue, as left by {how}."
-
-
-def _upsample(grid: np.ndarray, b: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Block grid to a pixel heatmap; slices without heat stay as untouched zero pages."""
-    out = np.zeros(shape, np.float32)
-    gz, gh, gw = grid.shape
-    for k in np.nonzero(grid.reshape(gz, -1).max(axis=1) > 0)[0]:
-        out[k, : gh * b, : gw * b] = np.repeat(np.repeat(grid[k], b, axis=0), b, axis=1)
-    return out
 
 
 if __name__ == "__main__":  # pragma: no cover - calibration helper: raw values on real CT

@@ -78,7 +78,7 @@ from scipy import ndimage
 from ..core import Evidence, Image
 from ._blocks import blocks, cluster_mass, immerkaer, jpeg_grid, local_mean
 from .ct_physics import padding_values
-from .base import Detector, logistic, print_raw_values, regions_from_heatmap, unvalidated_modality
+from .base import Detector, coarse_cover, logistic, print_raw_values, regions_from_heatmap, unvalidated_modality
 
 MIDPOINT, SCALE = 55.0, 6.0
 LOG_RATIO = 0.65     # less noise than the model: 1.9x below
@@ -207,9 +207,7 @@ class NoiseResidualDetector(Detector):
         scale = (1, b, b)
         if image.pixels.ndim == 2:
             heat_grid, scale = heat_grid[0], (b, b)
-        heat = np.zeros(image.pixels.shape, np.float32)
-        up = np.kron(heat_grid, np.ones(scale, np.float32))
-        heat[tuple(slice(0, s) for s in up.shape)] = up
+        heat_grid = coarse_cover(heat_grid, scale, image.pixels.shape)   # the heatmap is the block grid
         alarm = score >= ALARM
         regions = regions_from_heatmap(image, heat_grid, threshold=0.5, min_size=1, scale=scale,
                                        note="noise unlike the image's own noise model" if alarm else
@@ -225,7 +223,7 @@ class NoiseResidualDetector(Detector):
             kind = "less noise than" if sign < 0 else "more noise than"
             expl = (f"{n_dev} block(s) carry {kind} the image's noise model predicts, as left by "
                     f"{'in-painting, smoothing or synthesis' if sign < 0 else 'splicing or local rescaling'}.")
-        return Evidence(self.name, score, expl, heatmap=heat, regions=regions,
+        return Evidence(self.name, score, expl, heatmap=heat_grid, heatmap_scale=scale, regions=regions,
                         details={"raw": round(raw, 3), "block_px": b, "deviating_blocks": n_dev,
                                  "lossy_compression": lossy, **stats})
 
@@ -265,7 +263,8 @@ class NoiseResidualDetector(Detector):
         sigma = TRIM_GAIN * part.mean(axis=-1)
         log_sigma = np.log(np.maximum(sigma, quant))
         sat = ((pb <= lo) | (pb >= hi)).mean(axis=(2, 4))
-        flat = (pb.max(axis=(2, 4)) - pb.min(axis=(2, 4))) <= quant
+        value_range = pb.max(axis=(2, 4)) - pb.min(axis=(2, 4))   # once: it is a pass over the image
+        flat = value_range <= quant
         # near-black and near-white blocks (collimation, direct exposure, burned-in text) carry
         # clipped, quantised noise; the outermost ring of blocks holds borders and labels
         extreme = (mean < lo + 0.04 * span) | (mean > hi - 0.04 * span)
@@ -274,7 +273,7 @@ class NoiseResidualDetector(Detector):
         # burned-in graphics (labels, markers) are piecewise constant with sharp strokes: most
         # residuals exactly 0 and a large value range (an in-painted patch is smooth, not stroked)
         graphics = ((blocks(res, b) == 0).mean(axis=(2, 4)) > 0.6) & \
-            ((pb.max(axis=(2, 4)) - pb.min(axis=(2, 4))) > 0.25 * span)
+            (value_range > 0.25 * span)
         # ... or hold a step between two adjacent pixels of GRAPHIC_STEP of the range or more: the
         # optics and detector of a radiograph spread every edge over several pixels, a drawn stroke
         # (a lead marker's plate, a letter, an arrow) does not (in-painted patches stay under 0.25)
