@@ -116,3 +116,18 @@ def test_copy_move_work_image_is_the_windowed_then_scaled_one_to_a_gray_level(cr
     new = work_image(img, f)
     assert new.shape == old.shape and new.dtype == np.uint8
     assert int(np.abs(new.astype(int) - old).max()) <= 1 and np.mean(new != old) < 0.2
+
+
+def test_grey_levels_is_counted_once_per_image_and_again_when_it_changes():
+    from medforensics.detectors.noise_residual import grey_levels
+
+    rng = np.random.default_rng(3)
+    for a in (rng.integers(0, 3000, (300, 400)).astype(np.float32), rng.normal(0, 1, (300, 400)).astype(np.float32),
+              rng.integers(0, 3000, (300, 400)).astype(np.float32) * 0.5):
+        lo, hi = np.percentile(a, [1, 99])
+        want = np.unique(a[(a >= lo) & (a <= hi)]).size   # the definition, by a sort
+        assert grey_levels(a) == want and grey_levels(a) == want   # counted, then from the cache
+    a = np.repeat(np.arange(12, dtype=np.float32), 10_000).reshape(300, 400)
+    assert grey_levels(a) == 12
+    a[:150] = 0.0                                       # changed in place: counted again
+    assert grey_levels(a) == np.unique(a[(a >= np.percentile(a, 1)) & (a <= np.percentile(a, 99))]).size < 12
