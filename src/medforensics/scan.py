@@ -192,7 +192,9 @@ def scan_source(source: Source, detectors: Sequence[Detector] | None = None, con
     score. Warnings raised meanwhile (numpy, pydicom, ...) go to ``verdict.warnings``, not stderr."""
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        # "default": each warning once per place in the code (entering catch_warnings resets what
+        # was seen), so a warning raised in a loop is one entry, not millions
+        warnings.simplefilter("default")
         try:
             image = load_source(source)
         except Exception as e:  # noqa: BLE001 - one unreadable input must not stop the scan
