@@ -1,4 +1,6 @@
-"""A distributed scan engine on Dask distributed: ``scan --engine dask [--scheduler ADDRESS]``.
+"""Scan engines: the ordered, bounded window of submitted work that the local process pool and
+Dask share (:func:`in_input_order`), and the distributed engine on Dask distributed:
+``scan --engine dask [--scheduler ADDRESS]``.
 
 Work is split by **source** (:func:`medforensics.io.discover` groups DICOM instances into series,
 so one task is one series, one radiograph or one volume file). Each task ships the source (file
@@ -16,6 +18,7 @@ See docs/scale.md for running on a cluster (``dask scheduler`` / ``dask worker``
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import pickle
 import threading
@@ -39,6 +42,39 @@ if TYPE_CHECKING:  # pragma: no cover
 #: (the scheduler's ``distributed.scheduler.allowed-failures``, set on a local cluster; a
 #: separate scheduler uses its own configuration).
 ALLOWED_FAILURES = 3
+
+
+def worker_threads(workers: int) -> int:
+    """Torch threads per worker process when ``workers`` processes share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def in_input_order(jobs: Iterable[tuple[Source, Verdict | None]], submit: Callable[[Source], object],
+                   result: Callable[[Source, object], Verdict], limit: Callable[[], int],
+                   cancel: Callable[[list], None]) -> Iterator[Verdict]:
+    """The ordered, bounded window of both engines (the local process pool and Dask): yield one
+    verdict per ``(source, earlier)`` job in input order, ``earlier`` (a reused result) as it is,
+    otherwise ``result(source, submit(source))``. At most ``limit()`` submitted jobs wait at a
+    time, so memory stays flat on long runs and an interruption leaves little queued work;
+    closing the generator early hands the jobs still pending to ``cancel``.
+    """
+    window: deque[tuple[Source, object]] = deque()
+
+    def take() -> Verdict:
+        src, item = window.popleft()
+        return item if isinstance(item, Verdict) else result(src, item)
+
+    try:
+        for src, earlier in jobs:
+            window.append((src, earlier if earlier is not None else submit(src)))
+            while len(window) > limit() or (window and isinstance(window[0][1], Verdict)):
+                yield take()
+        while window:
+            yield take()
+    finally:
+        pending = [item for _, item in window if not isinstance(item, Verdict)]
+        if pending:
+            cancel(pending)
 
 
 @dataclass(frozen=True)
@@ -186,7 +222,7 @@ class DaskEngine:
         """The tasks' settings; on a local cluster torch gets its share of the cores as in the
         local process pool, on a cluster one thread per task thread (run one worker process per
         core, ``--nthreads 1``)."""
-        threads = max(1, (os.cpu_count() or 1) // self.workers) if self.local else 1
+        threads = worker_threads(self.workers) if self.local else 1
         return Settings(tuple(names) if names is not None else None, options, config, figures, debug, threads)
 
     def run(self, jobs: Iterable[tuple[Source, Verdict | None]], settings: Settings,
@@ -202,14 +238,21 @@ class DaskEngine:
         from distributed import KilledWorker
 
         run_id = uuid.uuid4().hex[:8]
-        window: deque[tuple[Source, object]] = deque()
+        numbers = itertools.count()
         limit, checked = max(4, 2 * self.threads()), time.monotonic()
 
-        def result(src: Source, item) -> Verdict:
-            if isinstance(item, Verdict):
-                return item
+        def submit(src: Source):
+            return client.submit(task, src, settings, pure=False, key=f"medforensics-scan-{run_id}-{next(numbers)}")
+
+        def current_limit() -> int:
+            nonlocal limit, checked
+            if time.monotonic() - checked > 2:  # workers may come and go (adaptive clusters)
+                limit, checked = max(4, 2 * self.threads()), time.monotonic()
+            return limit
+
+        def result(src: Source, future) -> Verdict:
             try:
-                return item.result()
+                return future.result()
             except KilledWorker as e:
                 return _given_up(src, e)
             except (AsyncCancelled, PoolCancelled, OSError) as e:  # the scheduler went away (a task's own errors are in its verdict)
@@ -217,23 +260,11 @@ class DaskEngine:
                     raise
                 raise ClusterLost(f"lost the Dask cluster ({type(e).__name__}: {one_line(e, 200)})") from None
 
-        try:
-            for i, (src, earlier) in enumerate(jobs):
-                if earlier is not None:
-                    window.append((src, earlier))
-                else:
-                    window.append((src, client.submit(task, src, settings, pure=False,
-                                                      key=f"medforensics-scan-{run_id}-{i}")))
-                if time.monotonic() - checked > 2:  # workers may come and go (adaptive clusters)
-                    limit, checked = max(4, 2 * self.threads()), time.monotonic()
-                while len(window) > limit or (window and isinstance(window[0][1], Verdict)):
-                    yield result(*window.popleft())
-            while window:
-                yield result(*window.popleft())
-        finally:
-            pending = [item for _, item in window if not isinstance(item, Verdict)]
-            if pending and self.client is not None:
+        def cancel(pending: list) -> None:
+            if self.client is not None:
                 self.client.cancel(pending)
+
+        yield from in_input_order(jobs, submit, result, current_limit, cancel)
 
 
 def _given_up(source: Source, e: BaseException) -> Verdict:

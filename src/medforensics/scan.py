@@ -25,25 +25,21 @@ b.dcm None [] ['...b.dcm: no pixel data (not an image: CT Image Storage)']
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import signal
 import time
 import warnings
-from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .core import Evidence, Image, Kind, MedForensicsError, Verdict, one_line
 from .detectors.base import Detector, DetectorOptions, load_detectors
+from .engine import DaskEngine, in_input_order, worker_threads
+from .engine import Settings as DaskSettings
 from .fusion import FusionConfig, fuse
 from .io import Source, discover, load_source
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import DaskEngine
-    from .engine import Settings as DaskSettings
 
 
 #: Why a detector that reads Hounsfield units does not assess a rendered CT image
@@ -180,7 +176,7 @@ def _warning_lines(path: str, caught: Sequence[warnings.WarningMessage], limit: 
     """Each distinct warning once, as ``path: Category: message`` (at most ``limit``)."""
     lines: list[str] = []
     for w in caught:
-        line = f"{path}: {w.category.__name__}: {one_line(w.message, 200) if isinstance(w.message, BaseException) else ' '.join(str(w.message).split())[:200]}"
+        line = f"{path}: {w.category.__name__}: {one_line(w.message, 200)}"  # message: the Warning raised
         if line not in lines:
             lines.append(line)
     return lines[:limit]
@@ -293,7 +289,7 @@ def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, conf
     names = list(detector_names) if detector_names is not None else None
     jobs = ((src, reuse(src) if reuse is not None else None) for src in sources)
     if engine != "local":
-        from .engine import ClusterLost, DaskEngine
+        from .engine import ClusterLost
 
         own = engine == "dask"
         dask_engine = DaskEngine(scheduler, workers) if own else engine
@@ -315,31 +311,18 @@ def scan(paths: Iterable[str], detector_names: Sequence[str] | None = None, conf
             detectors = detectors if detectors is not None else load_detectors(names, detector_options)
             yield scan_source(src, detectors, config, figures=figures, debug=debug)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                               initargs=(names, detector_options, config, figures, debug, threads))
-    # a bounded window of submitted sources, yielded in input order: memory stays flat on long
-    # runs, and an interruption leaves little queued work to cancel
-    window: deque[Verdict | Future] = deque()
+                               initargs=(names, detector_options, config, figures, debug, worker_threads(workers)))
     try:
-        for src, earlier in jobs:
-            window.append(earlier if earlier is not None else pool.submit(_work, src))
-            while len(window) > 2 * workers or (window and isinstance(window[0], Verdict)):
-                yield _result(window.popleft())
-        while window:
-            yield _result(window.popleft())
+        yield from in_input_order(jobs, lambda src: pool.submit(_work, src), _result, lambda: 2 * workers,
+                                  lambda pending: [f.cancel() for f in pending])
     finally:
-        for item in window:
-            if isinstance(item, Future):
-                item.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _result(item: Verdict | Future) -> Verdict:
-    if isinstance(item, Verdict):
-        return item
+def _result(source: Source, future: Future) -> Verdict:
     try:
-        return item.result()
+        return future.result()
     except BrokenProcessPool:
         raise ScanAborted("a worker process died (killed by the system, perhaps for lack of memory)") from None
 
@@ -406,8 +389,6 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
     scheduler is a :class:`~medforensics.core.MedForensicsError` that leaves no file behind.
     """
     if engine == "dask":
-        from .engine import DaskEngine
-
         with DaskEngine(scheduler, workers) as dask_engine:
             return run_scan(paths, json_out=json_out, report=report, detectors=detectors,
                             detector_options=detector_options, workers=workers, config=config, debug=debug,
