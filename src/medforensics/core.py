@@ -18,10 +18,13 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from enum import StrEnum
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -104,6 +107,26 @@ def one_line(e: BaseException, limit: int | None = None) -> str:
     """
     msg = " ".join(str(e).split()) or type(e).__name__
     return msg if limit is None or len(msg) <= limit else msg[:limit - 1] + "…"
+
+
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextmanager
+def ignoring_warnings(category: type[Warning] = Warning) -> Iterator[None]:
+    """Silence warnings of ``category`` inside the block (``warnings.catch_warnings`` with
+    ``simplefilter("ignore")``), one thread at a time: ``analyze`` runs a 2D image's detectors
+    in threads, and two ``catch_warnings`` blocks that overlap in different threads restore each
+    other's filters in the wrong order. (A warning that another thread raises meanwhile is not
+    recorded.)
+
+    >>> import warnings
+    >>> with ignoring_warnings(RuntimeWarning):
+    ...     warnings.warn("dropped", RuntimeWarning)
+    """
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", category)
+        yield
 
 
 @dataclass

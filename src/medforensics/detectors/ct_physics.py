@@ -84,13 +84,12 @@ noise between 40-px regions of real CT) — and a patch from a scan with similar
 from __future__ import annotations
 
 import sys
-import warnings
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from ..core import Evidence, Image
+from ..core import Evidence, Image, ignoring_warnings
 from ..noise import IMMERKAER_GAIN, IMMERKAER_KERNEL, mad_sigma
 from .base import Detector, coarse_cover, logistic, print_raw_values, regions_from_heatmap
 
@@ -412,8 +411,7 @@ def slice_consistency(a: dict) -> tuple[np.ndarray, dict]:
     if nz < 5:
         return zs, per_slice
     by_group: dict[str, np.ndarray] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with ignoring_warnings(RuntimeWarning):
         for gname, m in groups.items():
             count = m.reshape(nz, -1).sum(axis=1)
             for fname, X in (("L", L), ("T", T)):

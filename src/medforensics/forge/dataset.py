@@ -36,7 +36,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..core import Image, MedForensicsError
+from ..core import Image, MedForensicsError, ignoring_warnings
 from ..datapath import card_data_root
 from ..io import load_instance, load_raster, load_series
 from ..io.plan import new_folder
@@ -326,8 +325,7 @@ def build_dataset(data_root: str | Path, out: str | Path, config: DatasetConfig 
     for i, src in enumerate(sources):
         split = splits[src.patient_id]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignoring_warnings():
                 if src.kind == "ct-series":
                     _ct_series(w, src, split, config, rng)
                 else:

@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..core import Image, MedForensicsError
+from ..core import Image, MedForensicsError, ignoring_warnings
 from ..io import load_instance, load_series
 from ..io.plan import new_file, new_folder
 from .dataset import (SPLITS, DatasetConfig, RealSource, assign_splits, check_patient_disjoint,
@@ -301,8 +300,7 @@ def build_patches(data_root: str | Path, out: str | Path, config: DatasetConfig 
     for i, src in enumerate(series):
         split = splits[src.patient_id]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignoring_warnings():
                 if src.kind == "ct-series":
                     vol = load_series(src.files)
                     if min(vol.pixels.shape[1:]) < size:

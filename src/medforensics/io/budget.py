@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import re
 import struct
-import warnings
 import zlib
 from math import prod
 from pathlib import Path
 from typing import Sequence
 
-from ..core import MedForensicsError
+from ..core import MedForensicsError, ignoring_warnings
 
 #: 2 GiB: a 16-bit 2D image of up to about 110 megapixels (a 10,000 x 11,000 scan; a 4,000 x 5,000
 #: mammogram takes 0.4 GiB), an enhanced multi-frame CT of about 450 slices of 512 x 512, a
@@ -210,8 +209,7 @@ def check_deflated_dicom(path: Path | str, budget: int | str | None = None) -> N
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
     try:
-        with open(path, "rb") as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with open(path, "rb") as f, ignoring_warnings():
             read_preamble(f, True)
             meta = _read_file_meta_info(f)
             offset = f.tell()

@@ -9,7 +9,6 @@ always means dense.
 """
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-from ..core import Image, MedForensicsError, one_line
+from ..core import Image, MedForensicsError, ignoring_warnings, one_line
 from .budget import check_codestream, check_deflated_dicom, check_dicom, check_series, read_dicom
 
 #: Modalities whose instances with patient geometry form volumes.
@@ -32,8 +31,7 @@ def read_header(path: Path, budget: int | str | None = None) -> Dataset:
     or if it is of the deflated syntax and inflates beyond the decode ``budget`` (:mod:`.budget`)."""
     check_deflated_dicom(path, budget)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             return _converted(read_dicom(path, stop_before_pixels=True, force=_needs_force(path)))
     except InvalidDicomError as e:
         raise MedForensicsError(path, f"not a DICOM file ({e})") from None
@@ -71,8 +69,7 @@ def _needs_force(path: Path) -> bool:
 def looks_like_raw_dicom(path: Path) -> bool:
     """Whether a file without preamble still parses as a dataset with image or SOP attributes."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=[
                 "SOPClassUID", "Rows", "Modality"])
         return any(k in ds for k in ("SOPClassUID", "Rows", "Modality"))
@@ -86,16 +83,14 @@ def _decode(path: Path, budget: int | str | None = None) -> tuple[Dataset, np.nd
     take more memory than the decode ``budget`` are refused before decoding (:mod:`.budget`)."""
     check_deflated_dicom(path, budget)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             ds = _converted(read_dicom(path, force=_needs_force(path)))
     except InvalidDicomError as e:
         raise MedForensicsError(path, f"not a DICOM file ({e})") from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
         raise MedForensicsError(path, f"unreadable DICOM file: {_why(e)}") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        with warnings.catch_warnings():  # a damaged UID warns again when named
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():  # a damaged UID warns again when named
             sop = getattr(ds, "SOPClassUID", None)
             name = getattr(sop, "name", None) or sop or "unknown SOP class"
         if not str(name).isprintable() or len(str(name)) > 80:  # a damaged UID: never print its bytes
@@ -108,8 +103,7 @@ def _decode(path: Path, budget: int | str | None = None) -> tuple[Dataset, np.nd
     check_codestream(path, ds)
     err: BaseException | None = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             arr = ds.pixel_array
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise

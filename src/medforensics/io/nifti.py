@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..core import Image, MedForensicsError
+from ..core import Image, MedForensicsError, ignoring_warnings
 from .budget import WORK_NIFTI, check, check_gzip
 from .raster import file_digest
 
@@ -36,8 +35,7 @@ def _quiet():
     level = logger.level
     logger.setLevel(logging.CRITICAL + 1)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             yield
     finally:
         logger.setLevel(level)

@@ -80,7 +80,6 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,7 @@ from pydicom import uid as _uid
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from ..core import Image, MedForensicsError, one_line
+from ..core import Image, MedForensicsError, ignoring_warnings, one_line
 from .plan import new_file, new_folder
 
 __all__ = ["write_like", "write_image", "Written", "write_mask", "new_file", "physical_to_stored", "output_syntax",
@@ -237,8 +236,7 @@ def _encode(ds: Dataset, arr: np.ndarray, choice: SyntaxChoice) -> SyntaxChoice:
     ts = choice.output
     if ts.is_encapsulated:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignoring_warnings():
                 if ts in GDCM_SYNTAXES:
                     _drop_encapsulation(ds)
                     ds.PixelData = _gdcm_encapsulated(ds, arr, ts)

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core import MedForensicsError, one_line
+from ..core import MedForensicsError, ignoring_warnings, one_line
 from .keys import read_bytes
 
 __all__ = ["export", "verify_manifest", "read_c2pa", "ManifestCheck", "render_dicom", "apply_window",
@@ -525,14 +525,11 @@ def render_dicom(path: str | Path, *, window: tuple[float, float] | None = None,
 
 
 def _modality_values(path: Path) -> np.ndarray:
-    import warnings
-
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             ds = pydicom.dcmread(path)
             return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - the loader read it already; this is a last guard

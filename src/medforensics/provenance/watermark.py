@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import MedForensicsError
+from ..core import MedForensicsError, ignoring_warnings
 
 __all__ = ["embed", "check", "restore", "embed_file", "check_file", "restore_file", "declared", "read_key_file", "EmbedReport",
            "WatermarkCheck", "DIGEST_BITS", "LOSSLESS_SYNTAXES", "PRIVATE_CREATOR"]
@@ -635,8 +635,6 @@ LOSSLESS_SYNTAXES = {
 
 
 def _read(path: str | Path):
-    import warnings
-
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -644,8 +642,7 @@ def _read(path: str | Path):
     if not path.is_file():
         raise MedForensicsError(path, "no such file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError) as e:
         raise MedForensicsError.wrap(path, e, "not a readable DICOM file") from None
@@ -659,8 +656,7 @@ def _read(path: str | Path):
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise MedForensicsError(path, "colour images are not supported (SamplesPerPixel != 1)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - any decoder problem is one line about this file
         raise MedForensicsError.wrap(path, e, "pixel data cannot be decoded") from None
@@ -696,8 +692,6 @@ def _note(ds) -> Any:
 def _write(ds, arr: np.ndarray, dst: Path, src: Path) -> str:
     """Store ``arr`` as the pixel data of ``ds`` (same transfer syntax where it can be encoded
     losslessly, else Explicit VR Little Endian) and save to the new file ``dst``."""
-    import warnings
-
     from pydicom.uid import ExplicitVRLittleEndian
 
     from ..io.write import new_file
@@ -706,8 +700,7 @@ def _write(ds, arr: np.ndarray, dst: Path, src: Path) -> str:
     ts = ds.file_meta.TransferSyntaxUID
     if ts.is_compressed:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignoring_warnings():
                 ds.compress(ts, arr, generate_instance_uid=False)
                 back = ds.pixel_array
             if not np.array_equal(back.reshape(arr.shape), arr):

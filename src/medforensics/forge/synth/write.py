@@ -3,13 +3,12 @@ its ground truth in a JSON file beside it (:func:`write_synthetic`, :func:`write
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...core import MedForensicsError
+from ...core import MedForensicsError, ignoring_warnings
 from ...io.write import new_file
 from .dicom import _dicom_cr, _dicom_like
 from .finish import _resolve_references, _synthesize_indices
@@ -80,9 +79,8 @@ def write_synthetic(pixels: np.ndarray, out_path: str | Path, fmt: str = "png", 
             style = "cr"
         if style not in ("like", "cr"):
             raise MedForensicsError(out_path, f"unknown DICOM style {dicom_style!r} (use like or cr)")
-        with warnings.catch_warnings():
+        with ignoring_warnings(UserWarning):
             # a look-alike copies the real file's style, non-standard values included (SIIM: PatientAge '62')
-            warnings.simplefilter("ignore", UserWarning)
             ds = _dicom_like(arr, bits, reference.dicom, rng) if style == "like" else _dicom_cr(arr, bits, rng)
             ds.save_as(out_path, enforce_file_format=True)
         facts.update(dicom_style=style, sop_class=str(ds.SOPClassUID), bits_stored=int(ds.BitsStored),

@@ -13,7 +13,6 @@ import re
 import secrets
 import struct
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from ...config import LEDGER_KEY, settings
-from ...core import MedForensicsError, one_line
+from ...core import MedForensicsError, ignoring_warnings, one_line
 from .. import keys as _keys
 from ..merkle import (EMPTY_ROOT, consistency_ranges, fold, inclusion_ranges, leaf_hash, node_hash, range_nodes,
                       verify_consistency, verify_inclusion)
@@ -152,8 +151,7 @@ def _dicom_fingerprint(ds, where: str | None) -> Fingerprint:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise MedForensicsError(where, "no pixel data: the ledger logs images only")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged pixel data
         raise MedForensicsError(where, f"cannot decode pixel data: {one_line(e, 200)}") from None
@@ -201,8 +199,7 @@ def fingerprint(path_or_dataset: "str | Path | Any") -> Fingerprint:
         try:
             with open(path, "rb") as f:
                 has_preamble = f.read(132)[128:132] == b"DICM"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignoring_warnings():
                 ds = pydicom.dcmread(path, force=not has_preamble)
         except InvalidDicomError as e:
             raise MedForensicsError(path, f"not a DICOM file ({one_line(e, 200)})") from None
@@ -212,8 +209,7 @@ def fingerprint(path_or_dataset: "str | Path | Any") -> Fingerprint:
     if kind == "raster":
         from PIL import Image as PILImage, UnidentifiedImageError
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignoring_warnings():
                 with PILImage.open(path) as pil:
                     arr = np.asarray(pil)
         except UnidentifiedImageError:
