@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
 
 from ..core import Evidence, Image
 from .base import Detector, logistic
@@ -84,23 +82,16 @@ class ContainerDetector(Detector):
         details["c2pa"] = c2
         if c2.get("present"):
             self._c2pa_findings(c2, add, details)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with PILImage.open(path) as pil:
-                text = {str(k): str(v) for k, v in (getattr(pil, "text", None) or {}).items()} \
-                    if pil.format == "PNG" else {}
-                info = dict(pil.info)
-                try:
-                    exif = {k: str(v) for k, v in pil.getexif().items() if k in (305, 11, 315, 270)}
-                except Exception as e:  # noqa: BLE001 - Pillow raises KeyError & co. on a damaged TIFF/EXIF directory
-                    exif, details["exif_error"] = {}, f"unreadable EXIF/TIFF tags ({type(e).__name__}: {e})"[:200]
-                qtables = getattr(pil, "quantization", None) if pil.format == "JPEG" else None
+        # read by the loader once it had decoded the file (io.raster.container_metadata)
+        meta = image.meta.get("container") or {}
+        text, exif, qtables = meta.get("text") or {}, meta.get("exif") or {}, meta.get("quantization")
+        if meta.get("exif_error"):
+            details["exif_error"] = meta["exif_error"]
         details["text_chunks"] = {k: v[:200] for k, v in text.items() if k.lower() not in ("xml:com.adobe.xmp",)}
         details["exif_software"] = exif
         self._text_findings(text, exif, add)
-        xmp = _xmp_text(info, text)
-        if xmp:
-            self._xmp_findings(xmp, add)
+        if meta.get("xmp"):
+            self._xmp_findings(meta["xmp"], add)
         if image.format == "jpeg" and qtables:
             self._jpeg_findings(image, qtables, add, details)
 
@@ -273,11 +264,3 @@ def read_c2pa(path: Path) -> dict:
     from ..provenance.c2pa_manifest import read_c2pa as _read_c2pa
 
     return _read_c2pa(path)
-
-
-def _xmp_text(info: dict, text: dict) -> str:
-    for key in ("xmp", "XML:com.adobe.xmp"):
-        v = info.get(key) or text.get(key)
-        if v:
-            return v.decode("utf-8", "ignore") if isinstance(v, bytes) else str(v)
-    return ""

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage, UnidentifiedImageError
 
-from ..core import Image, MedForensicsError
+from ..core import Image, MedForensicsError, ignoring_warnings
 from .budget import WORK_RASTER_COLOUR, WORK_RASTER_GRAY, check
 
 FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
@@ -49,11 +48,48 @@ def _check_budget(path: Path, pil: PILImage.Image, budget: int | str | None) -> 
     check(path, {"height": height, "width": width}, itemsize, work, budget, note=f"Pillow mode {mode}")
 
 
+#: EXIF tags kept: Software, ProcessingSoftware, Make and ImageDescription (generators and editors name themselves there)
+EXIF_TAGS = (305, 11, 315, 270)
+
+
+def container_metadata(pil: PILImage.Image) -> dict:
+    """What an opened, decoded image file says beside its pixels, for the ``container`` detector:
+    ``text`` (PNG text chunks), ``xmp`` (the XMP packet, or ""), ``exif`` (the :data:`EXIF_TAGS`
+    as text), ``exif_error`` (when the EXIF directory is damaged) and ``quantization`` (a JPEG's
+    tables, else ``None``).
+
+    Read once the pixels are decoded: a PNG's text and EXIF chunks may follow them, and Pillow
+    decodes the whole image to reach them.
+
+    >>> from PIL import Image, PngImagePlugin
+    >>> import io
+    >>> info = PngImagePlugin.PngInfo(); info.add_text("parameters", "a chest x-ray, Steps: 20")
+    >>> buf = io.BytesIO(); Image.new("L", (8, 8)).save(buf, "PNG", pnginfo=info)
+    >>> container_metadata(Image.open(buf))["text"]
+    {'parameters': 'a chest x-ray, Steps: 20'}
+    """
+    out: dict = {"text": {}, "xmp": "", "exif": {}, "quantization": None}
+    if pil.format == "PNG":
+        out["text"] = {str(k): str(v) for k, v in (pil.text or {}).items()}
+    try:
+        out["exif"] = {k: str(v) for k, v in pil.getexif().items() if k in EXIF_TAGS}
+    except Exception as e:  # noqa: BLE001 - Pillow raises KeyError & co. on a damaged TIFF/EXIF directory
+        out["exif_error"] = f"unreadable EXIF/TIFF tags ({type(e).__name__}: {e})"[:200]
+    for v in (pil.info.get("xmp"), pil.info.get("XML:com.adobe.xmp"), out["text"].get("XML:com.adobe.xmp")):
+        if v:
+            out["xmp"] = v.decode("utf-8", "ignore") if isinstance(v, bytes) else str(v)
+            break
+    if pil.format == "JPEG":
+        out["quantization"] = getattr(pil, "quantization", None)
+    return out
+
+
 def load_raster(path: str | Path, budget: int | str | None = None) -> Image:
     """Load a PNG, JPEG or TIFF file as a 2D gray :class:`Image` (modality ``XR``).
 
     ``meta`` records ``bit_depth``, ``mode`` (the PIL mode), ``color`` (stored as colour),
-    ``color_differs`` (the channels are not all equal) and ``n_frames``; for a multi-page TIFF
+    ``color_differs`` (the channels are not all equal), ``n_frames`` and ``container`` (what the file says
+    beside its pixels: :func:`container_metadata`); for a multi-page TIFF
     the first page is used.
 
     ``budget``: the most memory loading may take (bytes or ``"512M"``; default
@@ -63,8 +99,7 @@ def load_raster(path: str | Path, budget: int | str | None = None) -> Image:
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():
             pil = PILImage.open(path)
             fmt = FORMATS.get(pil.format or "")
             if fmt is None:
@@ -72,6 +107,7 @@ def load_raster(path: str | Path, budget: int | str | None = None) -> Image:
             n_frames = int(getattr(pil, "n_frames", 1) or 1)
             mode = pil.mode
             _check_budget(path, pil, budget)
+            opened = pil
             if mode == "P" or mode == "PA":
                 pil = pil.convert("RGBA" if "transparency" in pil.info or mode == "PA" else "RGB")
             elif mode == "1":
@@ -79,6 +115,7 @@ def load_raster(path: str | Path, budget: int | str | None = None) -> Image:
             elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 pil = pil.convert("RGB")
             arr = np.asarray(pil)
+            container = container_metadata(opened)
     except MedForensicsError:
         raise
     except UnidentifiedImageError:
@@ -102,6 +139,7 @@ def load_raster(path: str | Path, budget: int | str | None = None) -> Image:
                  np.dtype("float32"): 32, np.dtype("bool"): 1}.get(arr.dtype, arr.dtype.itemsize * 8)
     if mode.startswith("I;16") or (mode == "I" and int(arr.max(initial=0)) < 65536):
         bit_depth = 16
-    meta = {"bit_depth": bit_depth, "mode": mode, "color": color, "color_differs": differs, "n_frames": n_frames}
+    meta = {"bit_depth": bit_depth, "mode": mode, "color": color, "color_differs": differs, "n_frames": n_frames,
+            "container": container}
     return Image(pixels=gray, spacing=(None, None), modality="XR", format=fmt, sources=[path],
                  uid=file_digest(path), meta=meta)
