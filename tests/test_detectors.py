@@ -65,7 +65,10 @@ def test_copy_move_quiet_on_real_and_finds_rotated_scaled_copy(cr):
     assert ev.score > 0.8
     assert any(overlaps(r, mask_box(mask)) for r in ev.regions)
     assert any(overlaps(r, (900, 500, 1100, 700)) for r in ev.regions)  # the source is marked too
-    assert ev.heatmap.shape == cr.pixels.shape
+    # kept coarse: cells of about the working scale's pixels, at full size where the copy lies
+    assert ev.heatmap_scale == (2, 2) and ev.heatmap.shape == tuple(-(-n // 2) for n in cr.pixels.shape)
+    full = ev.full_heatmap(cr.pixels.shape)
+    assert full.shape == cr.pixels.shape and full[np.asarray(mask) > 0.5].mean() > 0.25 and full.mean() < 0.02
 
 
 def test_copy_move_abstains_on_tiny_images():

@@ -105,7 +105,8 @@ def test_upsampled_region_flagged_in_place(shared_data):
     ev = phys.detect(_xr(fake))
     assert ev.score >= 0.5, ev.details
     assert ev.regions and _overlaps(ev.regions[0], box)
-    assert ev.heatmap.shape == a.shape and ev.heatmap[box[0]:box[2], box[1]:box[3]].mean() > ev.heatmap.mean()
+    heat = ev.full_heatmap(a.shape)   # kept coarse (Evidence.heatmap_scale), drawn at full size here
+    assert ev.heatmap.size < heat.size and heat[box[0]:box[2], box[1]:box[3]].mean() > heat.mean()
 
 
 def test_smooth_generated_texture_flagged_in_place(shared_data):

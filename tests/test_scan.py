@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,55 @@ def test_failing_detector_is_an_error_not_a_crash():
     assert region.bbox_voxel == (4, 20, 10, 30) and region.center_voxel == (6, 24)
     with pytest.raises(RuntimeError):
         analyze(Image.from_array(pix), [Boom()], debug=True)
+
+
+class Where(Detector):
+    """Records the thread it ran in, waits for its partner, then raises a warning and reports."""
+    name = "where"
+
+    def __init__(self, name: str, barrier: threading.Barrier | None = None):
+        self.name, self.barrier, self.threads = name, barrier, []
+
+    def detect(self, image):
+        self.threads.append(threading.current_thread().name)
+        if self.barrier is not None:
+            self.barrier.wait(timeout=10)   # only two detectors running at once get past this
+        warnings.warn(f"{self.name} saw something odd", UserWarning, stacklevel=1)
+        return Evidence(self.name, 0.1, "nothing")
+
+
+def test_a_2d_images_detectors_run_in_threads_and_warnings_stay_with_the_item():
+    pix = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    barrier = threading.Barrier(2)
+    a, b = Where("a", barrier), Where("b", barrier)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        v = analyze(Image.from_array(pix), [a, b], threads=2)
+    assert v.assessed == ["a", "b"] and not v.errors
+    assert a.threads[0].startswith("detector") and b.threads[0].startswith("detector")
+    # one thread: one after the other, in the calling thread; a volume: likewise
+    for image, threads in ((Image.from_array(pix), 1), (Image.from_array(np.stack([pix] * 3)), 2)):
+        c, d = Where("c"), Where("d")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analyze(image, [c, d], threads=threads)
+        assert c.threads == d.threads == [threading.current_thread().name]
+
+
+def test_threads_give_the_same_verdict_and_record_warnings(tmp_path):
+    from medforensics.detectors import load_detectors
+    from medforensics.io import discover
+    from medforensics.scan import scan_source
+
+    detectors = load_detectors() + [Where("noisy")]
+    (src,), _ = discover([get_testdata_file("RG1_UNCI.dcm")])
+    one = scan_source(src, detectors, threads=1)
+    two = scan_source(src, detectors, threads=2)
+    key = [(e.detector, e.score, e.explanation, [r.bbox_voxel for r in e.regions]) for e in one.evidence]
+    assert key == [(e.detector, e.score, e.explanation, [r.bbox_voxel for r in e.regions]) for e in two.evidence]
+    assert (one.label, one.score, one.assessed, one.not_assessed) == (two.label, two.score, two.assessed,
+                                                                     two.not_assessed)
+    assert any("noisy saw something odd" in w for w in two.warnings), two.warnings
 
 
 def _mixed_folder(tmp_path: Path) -> Path:

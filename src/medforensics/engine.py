@@ -45,7 +45,8 @@ ALLOWED_FAILURES = 3
 
 
 def worker_threads(workers: int) -> int:
-    """Torch threads per worker process when ``workers`` processes share this machine's cores."""
+    """Threads per worker process (torch's, and those that run a 2D image's detectors at once)
+    when ``workers`` processes share this machine's cores."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 

@@ -235,6 +235,27 @@ def coarse_cover(grid: np.ndarray, scale: tuple[int, ...], shape: tuple[int, ...
     return out
 
 
+def block_heatmap(grid: np.ndarray, block: int, shape: tuple[int, int], offset: tuple[int, int] = (0, 0)
+                  ) -> tuple[np.ndarray, tuple[int, int]]:
+    """A 2D grid of one value per ``block`` px square, its first block at pixel ``offset``, as a
+    coarse heatmap of an image of ``shape`` with its ``Evidence.heatmap_scale``: cells of
+    ``gcd(block, *offset)`` px, zero where the grid does not reach (instead of a full-size
+    float32 map: 16 MB for a 2,000 px radiograph).
+
+    >>> heat, scale = block_heatmap(np.ones((2, 2), np.float32), 32, (100, 100), offset=(8, 16))
+    >>> heat.shape, scale, int(heat.sum()) * scale[0] ** 2 == 4 * 32 * 32
+    ((13, 13), (8, 8), True)
+    """
+    g = math.gcd(int(block), *(int(o) for o in offset))
+    k = int(block) // g
+    heat = np.zeros(tuple(-(-int(n) // g) for n in shape), np.float32)
+    up = np.repeat(np.repeat(np.asarray(grid, np.float32), k, 0), k, 1)
+    oy, ox = offset[0] // g, offset[1] // g
+    h, w = max(0, min(up.shape[0], heat.shape[0] - oy)), max(0, min(up.shape[1], heat.shape[1] - ox))
+    heat[oy:oy + h, ox:ox + w] = up[:h, :w]
+    return heat, (g, g)
+
+
 def region_from_box(image: Image, bbox: tuple[int, ...], score: float = 1.0, note: str = "") -> Region:
     """A region for a known box (``[starts..., stops...]``), centred in the box."""
     n = len(bbox) // 2

@@ -15,7 +15,8 @@ Keypoint method of Amerini et al. (IEEE TIFS 2011), with OpenCV's SIFT:
 5. Raw statistic: the number of inliers of the best transform; score ``logistic(n, MIDPOINT,
    SCALE)``, set so that the real radiographs and CT slices in ../shared/data stay below 0.5.
 
-Heatmap: the convex hulls of the inlier keypoints at source and target (dilated by their scale).
+Heatmap: the convex hulls of the inlier keypoints at source and target (dilated by their scale), on
+cells of about the working scale's pixels (``Evidence.heatmap_scale``: 2 px for a 2,000 px radiograph).
 Images smaller than ``MIN_SIZE`` pixels on a side hold too few keypoints: the detector abstains.
 
 CT: the circular field of view is rotationally symmetric, so its edge matches itself under any
@@ -148,22 +149,22 @@ class CopyMoveDetector(Detector):
                 clones.append(clone)
                 keep = ~clone["mask"]
                 src, dst = src[keep], dst[keep]
-            heat = np.zeros(work.shape, np.float32)
-            for c in clones:
-                for idx in (c["src"], c["dst"]):
-                    hull = cv2.convexHull(pts[idx].astype(np.float32)).astype(np.int32)
-                    cv2.fillConvexPoly(heat, hull, 1.0)
-                    for i in idx:
-                        cv2.circle(heat, tuple(int(v) for v in pts[i]), int(max(3, sizes[i])), 1.0, -1)
-        else:
-            heat = np.zeros(work.shape, np.float32)
         n = max((c["n"] for c in clones), default=0)
         score = logistic(n, MIDPOINT, SCALE)
-        if score < 0.5 or not clones:
-            heat[:] = 0
-        heat_full = cv2.resize(heat, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-        regions: list[Region] = regions_from_heatmap(image, heat_full, threshold=0.5, note="copied region") \
-            if score >= 0.5 else []
+        # the heatmap's cells are about the working scale's pixels (2 px of a 2,000 px radiograph)
+        cell = max(1, round(1 / f))
+        heat = np.zeros((-(-img.shape[0] // cell), -(-img.shape[1] // cell)), np.float32)
+        if score >= 0.5:
+            to_cells = 1.0 / (f * cell)
+            for c in clones:
+                for idx in (c["src"], c["dst"]):
+                    hull = cv2.convexHull(pts[idx] * np.float32(to_cells)).astype(np.int32)
+                    cv2.fillConvexPoly(heat, hull, 1.0)
+                    for i in idx:
+                        cv2.circle(heat, tuple(int(v * to_cells) for v in pts[i]), int(max(3, sizes[i] * to_cells)),
+                                   1.0, -1)
+        regions: list[Region] = regions_from_heatmap(image, heat, threshold=0.5, scale=(cell, cell),
+                                                     note="copied region") if score >= 0.5 else []
         if clones and score >= 0.5:
             c = clones[0]
             expl = (f"{c['n']} keypoints of one region reappear elsewhere under one transform (shift "
@@ -173,7 +174,8 @@ class CopyMoveDetector(Detector):
         details = {"raw": n, "keypoints": len(kps) if desc is not None else 0, "work_scale": round(f, 4),
                    "clones": [{k: (round(float(v), 3) if k != "src" and k != "dst" and k != "mask" else None)
                                for k, v in c.items() if k not in ("src", "dst", "mask")} for c in clones]}
-        return Evidence(self.name, score, expl, heatmap=heat_full, regions=regions, details=details)
+        return Evidence(self.name, score, expl, heatmap=heat, heatmap_scale=(cell, cell), regions=regions,
+                        details=details)
 
     @staticmethod
     def _fov_mask(image: Image, shape: tuple[int, int]) -> np.ndarray | None:

@@ -70,6 +70,7 @@ those three 117 or more.
 from __future__ import annotations
 
 import sys
+import threading
 import zlib
 
 import cv2
@@ -125,6 +126,7 @@ def is_lossy(image: Image) -> bool:
 
 
 _LEVELS_CACHE: list = []   # [(key, count)] of the last image counted
+_LEVELS_LOCK = threading.Lock()
 
 
 def grey_levels(img: np.ndarray) -> int:
@@ -138,13 +140,13 @@ def grey_levels(img: np.ndarray) -> int:
     a = np.asarray(img)
     if a.ndim != 2 or a.size == 0:
         return 0
-    key = None
-    if a.flags.c_contiguous:
-        key = (id(img), a.shape, a.dtype.str, a.ctypes.data, zlib.crc32(memoryview(a).cast("B")))
+    if not a.flags.c_contiguous:
+        return _grey_levels(a)
+    key = (id(img), a.shape, a.dtype.str, a.ctypes.data, zlib.crc32(memoryview(a).cast("B")))
+    with _LEVELS_LOCK:   # detectors asking at once (in analyze's threads) wait for one count
         if _LEVELS_CACHE and _LEVELS_CACHE[0][0] == key:
             return _LEVELS_CACHE[0][1]
-    n = _grey_levels(a)
-    if key is not None:
+        n = _grey_levels(a)
         _LEVELS_CACHE[:] = [(key, n)]
     return n
 

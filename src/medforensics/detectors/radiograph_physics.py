@@ -62,7 +62,7 @@ import numpy as np
 from ..core import Evidence, Image
 from ..noise import IMMERKAER_GAIN, IMMERKAER_KERNEL, mad_sigma, robust_z
 from ._blocks import blocks, cluster_mass, immerkaer, local_mean
-from .base import Detector, logistic, print_raw_values, regions_from_heatmap
+from .base import Detector, block_heatmap, logistic, print_raw_values, regions_from_heatmap
 from .noise_residual import TRIM_GAIN, block_size
 from .spectral import (RADIOGRAPHS, RASTER_EXPORTS, _centre, _centre_offset, jpeg_grid,
                        trace_domain)
@@ -212,13 +212,10 @@ class RadiographPhysicsDetector(Detector):
         raw = max(glob, local)
         score = logistic(raw, MIDPOINT, SCALE)
         heat_grid = np.clip(dev / (2 * LOCAL_Z), 0, 1).astype(np.float32)
-        oy, ox = _centre_offset(image.pixels.shape, MAX_SIDE)
-        heat = np.zeros(image.pixels.shape, np.float32)
-        up = np.kron(heat_grid, np.ones((b, b), np.float32))
-        heat[oy:oy + up.shape[0], ox:ox + up.shape[1]] = up
+        heat, scale = block_heatmap(heat_grid, b, image.pixels.shape, _centre_offset(image.pixels.shape, MAX_SIDE))
         regions = []
         if local >= MIDPOINT:
-            regions = regions_from_heatmap(image, heat, threshold=0.5, min_size=1, scale=(1, 1),
+            regions = regions_from_heatmap(image, heat, threshold=0.5, min_size=1, scale=scale,
                                            note="noise unlike the image's noise-level function or correlated")
         details.update({"raw": round(float(raw), 3), "whiteness": round(W, 3), "global": round(glob, 3),
                         "local": round(float(local), 3), "deviating_blocks": n_dev, "jpeg_grid": bool(grid),
@@ -240,7 +237,7 @@ class RadiographPhysicsDetector(Detector):
         if score >= 0.5 and indicates == "processing":
             expl += (" In a raster export this is also what enlarging or sharpening the image for display does, "
                      "so it is reported as processing, not counted as synthesis.")
-        return Evidence(self.name, score, expl, heatmap=heat, regions=regions, details=details,
+        return Evidence(self.name, score, expl, heatmap=heat, heatmap_scale=scale, regions=regions, details=details,
                         indicates=indicates, confidence="low")
 
 

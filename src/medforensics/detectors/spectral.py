@@ -54,7 +54,7 @@ import sys
 import numpy as np
 
 from ..core import Evidence, Image
-from .base import Detector, logistic, print_raw_values, regions_from_heatmap
+from .base import Detector, block_heatmap, logistic, print_raw_values, regions_from_heatmap
 from ._blocks import GRID_RATIO, jpeg_grid  # noqa: F401 - jpeg_grid is part of this module's API
 from .noise_residual import MIN_LEVELS, grey_levels
 
@@ -232,13 +232,11 @@ class SpectralDetector(Detector):
         tile = _supported(self._tiles(a))
         raw = max(depth / DEPTH_UNIT, mean_depth / MEAN_UNIT, float(tile.max(initial=0.0)) / TILE_UNIT)
         score = logistic(raw, MIDPOINT, SCALE)
-        oy, ox = _centre_offset(image.pixels.shape, MAX_SIDE)
-        heat = np.zeros(image.pixels.shape, np.float32)
-        up = np.kron(np.clip(tile / (2 * MIDPOINT * TILE_UNIT), 0, 1), np.ones((TILE, TILE), np.float32))  # 0.5 at the midpoint
-        heat[oy:oy + up.shape[0], ox:ox + up.shape[1]] = up
+        heat, scale = block_heatmap(np.clip(tile / (2 * MIDPOINT * TILE_UNIT), 0, 1), TILE,   # 0.5 at the midpoint
+                                    image.pixels.shape, _centre_offset(image.pixels.shape, MAX_SIDE))
         regions = []
         if score >= 0.5 and tile.max(initial=0.0) >= TILE_UNIT:
-            regions = regions_from_heatmap(image, heat, threshold=0.5, min_size=TILE * TILE,
+            regions = regions_from_heatmap(image, heat, threshold=0.5, min_size=(TILE // scale[0]) ** 2, scale=scale,
                                            note="periodic up-sampling trace in the fine residual")
         whole = max(depth / DEPTH_UNIT, mean_depth / MEAN_UNIT) >= MIDPOINT
         local = float(tile.max(initial=0.0)) / TILE_UNIT >= MIDPOINT
@@ -259,8 +257,8 @@ class SpectralDetector(Detector):
             if indicates == "processing":
                 expl += (" In a raster export this is also what enlarging the image for display does, so it is "
                          "reported as processing, not counted as synthesis.")
-        return Evidence(self.name, score, expl, heatmap=heat, regions=regions, indicates=indicates,
-                        confidence="low",
+        return Evidence(self.name, score, expl, heatmap=heat, heatmap_scale=scale, regions=regions,
+                        indicates=indicates, confidence="low",
                         details={"raw": round(raw, 3), "depth": round(depth, 4),
                                  "depths": {k: round(v, 4) for k, v in deps.items()},
                                  "mean_pattern": [round(m2, 4), round(m4, 4)],
