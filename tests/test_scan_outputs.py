@@ -142,6 +142,40 @@ def test_results_are_renamed_into_place_only_when_complete(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_results_hold_no_records_in_memory_and_leave_no_temporary_file(tmp_path):
+    import tracemalloc
+
+    out = tmp_path / "scan.jsonl"
+    results = ResultsFile(out)
+    ev = [Evidence(f"d{k}", 0.1, "an explanation of some length " * 4, details={"raw": k}) for k in range(6)]
+    tracemalloc.start()
+    for i in range(20_000):   # about 2 kB a record: 40 MB if they were kept
+        results.write(Verdict(f"{i}.png", "image", None, 1, 0.1, "authentic", evidence=ev))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 5 * 2**20, peak
+    results.close()                       # interrupted: the partial file stays, the ordered copy goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.jsonl.partial"]
+    (tmp_path / ".scan.jsonl.ordered").write_text("stale\n")   # as a SIGKILL would leave it
+    resumed = ResultsFile(out, resume=True)
+    for i in range(3):
+        resumed.write(Verdict(f"{i}.png", "image", None, 1, 0.1, "authentic"), reused=True)
+    resumed.finish()
+    assert [r["path"] for r in read_records(out)] == ["0.png", "1.png", "2.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.jsonl"]
+
+
+def test_run_scan_keeps_counts_and_the_top_items_not_every_verdict(tmp_path):
+    from medforensics.scan import run_scan
+
+    files = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm")]
+    tally = run_scan(files, json_out=tmp_path / "s.jsonl", quiet=True, detectors=["dicom_header"])
+    assert tally.verdicts is None and tally.n == len(read_records(tmp_path / "s.jsonl")) == 3
+    assert sum(tally.labels.values()) == 3 and len(tally.ranked()) == 3
+    kept = run_scan(files, quiet=True, detectors=["dicom_header"], keep_verdicts=True)
+    assert [v.path for v in kept.verdicts] == [r["path"] for r in read_records(tmp_path / "s.jsonl")]
+
+
 def _radiographs(shared_data: Path, folder: Path, n: int) -> list[Path]:
     """``n`` chest radiographs (full-size NIH images, copied under new names)."""
     originals = sorted((shared_data / "xray" / "nih-cxr14").glob("*.png"))

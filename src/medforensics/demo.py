@@ -184,7 +184,7 @@ def run_demo(out_dir: Path | None = None, *, workers: int = 1, debug: bool = Fal
     trusted = {"provenance": {"trust": [str((root / "keys" / "ca.pem").resolve())]}}  # the demo signer's CA
     verdicts = run_scan([root / "originals", root / "manipulated"], json_out=root / "scan.jsonl",
                         report=root / "report.html", workers=workers, debug=debug, detector_options=trusted,
-                        title="medforensics demo: real sample images and manipulated copies")
+                        title="medforensics demo: real sample images and manipulated copies").verdicts
     by_path = {Path(v.path).name: v for v in verdicts}
     table = Table(title="manipulated copies: caught, and where")
     for col in ("file", "manipulation", "label", "score", "found by", "region on the change"):

@@ -33,7 +33,7 @@ import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from .core import Evidence, Image, Kind, MedForensicsError, Verdict, one_line
 from .detectors.base import Detector, DetectorOptions, load_detectors
@@ -41,6 +41,9 @@ from .engine import DaskEngine, in_input_order, worker_threads
 from .engine import Settings as DaskSettings
 from .fusion import FusionConfig, fuse
 from .io import Source, discover, load_source
+
+if TYPE_CHECKING:   # the summary module imports rich, which scanning without a terminal does not need
+    from .report.summary import Tally
 
 
 #: Why a detector that reads Hounsfield units does not assess a rendered CT image
@@ -405,11 +408,14 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
              workers: int = 1, config: FusionConfig = FusionConfig(), debug: bool = False, quiet: bool = False,
              title: str = "medforensics scan report", resume: bool = False, overwrite: bool = False,
              discover_options: dict | None = None, engine: "str | DaskEngine" = "local",
-             scheduler: str | None = None) -> list[Verdict]:
+             scheduler: str | None = None, keep_verdicts: bool = False) -> "Tally":
     """Scan ``paths`` as ``medforensics scan`` does: a progress bar, JSON lines to ``json_out``
     (see :mod:`medforensics.report.jsonl`: written to ``json_out.partial`` as items finish and
     renamed when complete), the summary table (unless ``quiet``) and the HTML ``report`` (a new
-    file, written whole or not at all); return the verdicts. ``resume=True`` reuses the results
+    file, written whole or not at all). Returns the scan's :class:`~medforensics.report.summary.Tally`
+    (counts per label, errors, the most suspicious items); it holds every verdict (``.verdicts``)
+    only with ``keep_verdicts=True`` or a ``report``, so that a scan of millions of items keeps
+    none of them in memory. ``resume=True`` reuses the results
     that ``json_out`` or its partial file already hold for unchanged sources. ``detector_options``
     are handed to the detectors' constructors (see :func:`medforensics.detectors.load_detectors`).
 
@@ -425,15 +431,15 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
             return run_scan(paths, json_out=json_out, report=report, detectors=detectors,
                             detector_options=detector_options, workers=workers, config=config, debug=debug,
                             quiet=quiet, title=title, resume=resume, overwrite=overwrite,
-                            discover_options=discover_options, engine=dask_engine)
+                            discover_options=discover_options, engine=dask_engine, keep_verdicts=keep_verdicts)
     from rich.console import Console
 
     from .progress import progress_bar
     from .report.jsonl import ResultsFile
-    from .report.summary import print_summary
+    from .report.summary import Tally, print_summary
 
     err = Console(stderr=True, highlight=False)
-    verdicts: list[Verdict] = []
+    tally = Tally(keep=keep_verdicts or report is not None)
     t0 = time.perf_counter()
     skipped_files: list = []
     total = [0]
@@ -462,7 +468,7 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
                           debug=debug, on_start=started, detector_options=detector_options,
                           reuse=reuse if resume else None, discover_options=discover_options,
                           engine=engine, scheduler=scheduler):
-                verdicts.append(v)
+                tally.add(v)
                 if results is not None:
                     results.write(v, reused=id(v) in reused)
                 for e in v.errors:
@@ -472,10 +478,10 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
         if results is not None:
             results.close()
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
-        where = (f"; the {len(verdicts)} finished are in {results.partial}: run the same command with --resume "
+        where = (f"; the {tally.n} finished are in {results.partial}: run the same command with --resume "
                  "to continue" if results is not None else "")
         signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else e.signum
-        raise ScanAborted(f"{reason} after {len(verdicts)} of {total[0]} item(s){where}"
+        raise ScanAborted(f"{reason} after {tally.n} of {total[0]} item(s){where}"
                           + ("; no report was written" if report is not None else ""), signum) from None
     except BaseException:
         if results is not None:
@@ -484,15 +490,15 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
     if results is not None:
         results.finish()
         if reused:
-            err.print(f"{len(reused)} result(s) reused from the earlier run, {len(verdicts) - len(reused)} scanned now")
+            err.print(f"{len(reused)} result(s) reused from the earlier run, {tally.n - len(reused)} scanned now")
     elapsed = time.perf_counter() - t0
     if not quiet:
-        print_summary(verdicts, elapsed, len(skipped_files))
+        print_summary(tally, elapsed, len(skipped_files))
     if report is not None:
         from .io.dicomweb import mask
         from .report.html import write_report
-        names = sorted({e.detector for v in verdicts for e in v.evidence})
-        write_report(verdicts, report, title=title, summary={
+        names = sorted({e.detector for v in tally.verdicts for e in v.evidence})
+        write_report(tally.verdicts, report, title=title, summary={
             "elapsed_s": round(elapsed, 2), "detectors": names, "skipped_files": len(skipped_files),
             "thresholds": {"suspicious": config.suspicious, "manipulated": config.manipulated,
                            "min_evidence": config.min_evidence},
@@ -500,4 +506,4 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
         err.print(f"report written to {report}")
     if json_out:
         err.print(f"JSON lines written to {json_out}")
-    return verdicts
+    return tally

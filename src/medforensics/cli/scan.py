@@ -84,7 +84,7 @@ def scan_cmd(
     cfg = _fusion_config(config, suspicious, manipulated)
     options = provenance_options(trust, ledger, watermark_key)
     try:
-        verdicts = run_scan(paths, json_out=json_out, report=report, detectors=names, detector_options=options,
+        tally = run_scan(paths, json_out=json_out, report=report, detectors=names, detector_options=options,
                             workers=workers, config=cfg, debug=debug, quiet=quiet, resume=resume,
                             overwrite=overwrite, discover_options=found, engine=engine, scheduler=scheduler)
     except ScanAborted as e:
@@ -92,9 +92,9 @@ def scan_cmd(
         raise typer.Exit(e.exit_status) from None
     if fail_on:
         bad = {"suspicious": {"suspicious", "manipulated", "synthetic"}, "manipulated": {"manipulated", "synthetic"}}[fail_on]
-        if any(v.label in bad for v in verdicts):
+        if tally.any_label(bad):
             raise typer.Exit(3)
-    if any(v.errors for v in verdicts):
+    if tally.with_errors:
         raise typer.Exit(1)
 
 

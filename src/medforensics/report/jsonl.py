@@ -1,8 +1,9 @@
 """The scan's JSON-lines file, written so that no run leaves it half-written and any run can resume.
 
 While a scan runs, its records go to ``OUT.partial`` beside ``OUT``, one line per item, flushed
-as each item finishes. When the scan completes, the lines are put in input order in a new file
-that is then renamed to ``OUT`` (one atomic step), and ``OUT.partial`` is removed: ``OUT``
+as each item finishes, and, in input order with the reused ones, to a hidden temporary file
+beside it (nothing is held in memory: a scan may have millions of items). When the scan
+completes, that file is renamed to ``OUT`` (one atomic step), and ``OUT.partial`` is removed: ``OUT``
 exists only complete. A scan that is interrupted (Ctrl-C, SIGTERM, a worker killed for memory,
 a power cut) leaves ``OUT.partial`` with every finished item; ``scan --resume`` reads it (and
 ``OUT``, when a complete earlier run should be extended) and analyses only what is missing.
@@ -81,7 +82,11 @@ class ResultsFile:
         self.partial = partial_path(self.out)
         self.resume = resume
         self._previous: dict[tuple[str, str], dict] = {}
-        self._records: dict[tuple[str, str], dict] = {}
+        self._count = 0
+        # this run's records in input order; one left by a killed run is stale (its partial file
+        # holds what it had finished)
+        self._ordered_path = self.out.with_name(f".{self.out.name}.ordered")
+        self._ordered: IO[str] | None = None
         if self.partial.exists() and not resume:
             if not overwrite:
                 raise FileExistsError(f"{self.partial}: holds the results of an interrupted scan; pass --resume "
@@ -99,6 +104,7 @@ class ResultsFile:
         for (path, _), record in self._previous.items():
             self._by_path.setdefault(path, []).append(record)
         self._file: IO[str] | None = None
+        self._ordered_path.unlink(missing_ok=True)
         # records already in the partial file are kept there; a line cut short by a crash is cut off
         if self.partial.exists():
             self._truncate_incomplete_line()
@@ -128,38 +134,49 @@ class ResultsFile:
         return Verdict.from_dict(matches[0])
 
     def write(self, verdict: Verdict, *, reused: bool = False) -> None:
-        """Record one item's result, in input order. A reused result is not written again: it is
-        already in ``out`` or the partial file, which stay until :meth:`finish`."""
-        record = verdict.to_dict()
-        self._records[_key(verdict.path, verdict.uid)] = record
+        """Record one item's result, in input order. A reused result is not written to the partial
+        file again: it is already in ``out`` or the partial file, which stay until :meth:`finish`."""
+        line = json.dumps(verdict.to_dict()) + "\n"
         if not reused:
             assert self._file is not None, "the results file is closed"
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(line)
             self._file.flush()
+        if self._ordered is None:
+            try:
+                self._ordered = open(self._ordered_path, "x", encoding="utf-8")
+            except OSError as e:
+                raise MedForensicsError.wrap(self._ordered_path, e, "cannot be written") from None
+        self._ordered.write(line)
+        self._count += 1
 
     def finish(self) -> None:
-        """The scan is complete: write this run's records, in the order they came, to a new file,
-        rename it to ``out`` (replacing it only when resuming) and remove the partial file."""
-        self.close()
-        tmp = self.out.with_name(f".{self.out.name}.{os.getpid()}.tmp")
-        with open(tmp, "x", encoding="utf-8") as f:
-            for record in self._records.values():
-                f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """The scan is complete: the records of this run, in the order they came, become ``out``
+        (replacing it only when resuming), and the partial file is removed."""
+        self.close(keep_ordered=True)
+        if self._ordered is None:   # no item at all: an empty file
+            self._ordered = open(self._ordered_path, "x", encoding="utf-8")
+        self._ordered.flush()
+        os.fsync(self._ordered.fileno())
+        self._ordered.close()
+        self._ordered = None
         try:
-            publish(tmp, self.out, replace=self.resume)
+            publish(self._ordered_path, self.out, replace=self.resume)
         except FileExistsError:
             raise MedForensicsError(self.out, f"appeared while the scan ran; the results are in {self.partial}") from None
         self.partial.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Close the partial file (it keeps every record written so far)."""
+    def close(self, *, keep_ordered: bool = False) -> None:
+        """Close the partial file (it keeps every record written so far); the ordered copy of an
+        unfinished run is removed."""
         if self._file is not None:
             self._file.close()
             self._file = None
+        if not keep_ordered and self._ordered is not None:
+            self._ordered.close()
+            self._ordered = None
+            self._ordered_path.unlink(missing_ok=True)
 
     @property
     def written(self) -> int:
         """Records of this run (reused ones included)."""
-        return len(self._records)
+        return self._count

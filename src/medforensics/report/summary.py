@@ -10,7 +10,11 @@
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
 
 from rich.console import Console
 from rich.table import Table
@@ -22,17 +26,71 @@ from .html import top_evidence
 LABEL_STYLE = {"authentic": "green", "suspicious": "yellow", "manipulated": "red", "synthetic": "magenta"}
 
 
-def print_summary(verdicts: list[Verdict], elapsed: float, n_skipped: int = 0, top: int = 20,
+@dataclass
+class Tally:
+    """What a scan's summary needs, gathered one verdict at a time, so that a scan of an archive
+    keeps the ``top`` most suspicious verdicts (errors first), not all of them; ``verdicts``
+    holds them all, in order, only when ``keep=True`` (the HTML report and the demo need them).
+
+    >>> from medforensics.core import Verdict
+    >>> t = Tally(top=1)
+    >>> for i, s in enumerate((0.1, 0.9, 0.3)):
+    ...     t.add(Verdict(f"{i}.dcm", "image", str(i), 1, s, "authentic" if s < 0.5 else "manipulated"))
+    >>> t.n, t.labels["authentic"], [v.path for v in t.ranked()], t.verdicts
+    (3, 2, ['1.dcm'], None)
+    """
+    top: int = 20
+    keep: bool = False
+    n: int = 0
+    labels: Counter = field(default_factory=Counter)
+    with_errors: int = 0
+    not_assessed: Counter = field(default_factory=Counter)
+    verdicts: list[Verdict] | None = None
+    _heap: list = field(default_factory=list, repr=False)
+    _seq: itertools.count = field(default_factory=itertools.count, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.keep and self.verdicts is None:
+            self.verdicts = []
+
+    def add(self, v: Verdict) -> None:
+        self.n += 1
+        self.labels[v.label or "error"] += 1
+        self.with_errors += bool(v.errors)
+        self.not_assessed.update(v.not_assessed.keys())
+        if self.verdicts is not None:
+            self.verdicts.append(v)
+        # a min-heap of the top: (score, -order) so that among equal scores the earlier item stays
+        entry = (v.score if v.score is not None else 2.0, -next(self._seq), v)
+        if len(self._heap) < self.top:
+            heapq.heappush(self._heap, entry)
+        elif entry[:2] > self._heap[0][:2]:
+            heapq.heapreplace(self._heap, entry)
+
+    def ranked(self) -> list[Verdict]:
+        """The kept verdicts, most suspicious first (an item that could not be read first of all)."""
+        return [e[2] for e in sorted(self._heap, key=lambda e: e[:2], reverse=True)]
+
+    def any_label(self, labels: Iterable[str]) -> bool:
+        return any(self.labels.get(k) for k in labels)
+
+
+def print_summary(verdicts: Iterable[Verdict] | Tally, elapsed: float, n_skipped: int = 0, top: int = 20,
                   console: Console | None = None) -> None:
-    """Print the ``top`` most suspicious items, what was not assessed, and the count per label."""
+    """Print the ``top`` most suspicious items, what was not assessed, and the count per label
+    (of verdicts, or of a :class:`Tally` gathered while scanning)."""
     console = console or Console(highlight=False)
-    counts = Counter(v.label or "error" for v in verdicts)
-    n_err = sum(1 for v in verdicts if v.errors)
-    table = Table(title=f"medforensics: {len(verdicts)} item(s) in {elapsed:.1f} s", show_lines=False)
+    if not isinstance(verdicts, Tally):
+        tally = Tally(top=top)
+        for v in verdicts:
+            tally.add(v)
+    else:
+        tally = verdicts
+    counts, n_err = tally.labels, tally.with_errors
+    table = Table(title=f"medforensics: {tally.n} item(s) in {elapsed:.1f} s", show_lines=False)
     for col in ("path", "kind", "modality", "score", "label", "strongest evidence"):
         table.add_column(col, overflow="fold")
-    ranked = sorted(verdicts, key=lambda v: -(v.score if v.score is not None else 2.0))
-    for v in ranked[:top]:
+    for v in tally.ranked()[:top]:
         label = v.label or "error"
         style = LABEL_STYLE.get(label, "red")
         ev = top_evidence(v)
@@ -44,9 +102,9 @@ def print_summary(verdicts: list[Verdict], elapsed: float, n_skipped: int = 0, t
         table.add_row(_short_path(v.path), v.kind, v.modality or "", "" if v.score is None else f"{v.score:.3f}",
                       f"[{style}]{label}[/{style}]", strongest)
     console.print(table)
-    if len(verdicts) > top:
-        console.print(f"({len(verdicts) - top} more item(s) in the JSON lines and the report)")
-    not_assessed = Counter(name for v in verdicts for name in v.not_assessed)
+    if tally.n > top:
+        console.print(f"({tally.n - top} more item(s) in the JSON lines and the report)")
+    not_assessed = tally.not_assessed
     if not_assessed:
         console.print("not assessed (outside the domain the detector was validated on, or too small): "
                       + ", ".join(f"{name} {n} item(s)" for name, n in sorted(not_assessed.items())))
