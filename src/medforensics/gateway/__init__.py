@@ -1,0 +1,1 @@
+"""The DICOM gateway: check every image on its way into the archive (see docs/gateway.md)."""
