@@ -1,7 +1,13 @@
-"""Shared fixtures: real data from ../shared/data (skipped with a clear message when absent)."""
+"""Shared fixtures: real data from ../shared/data (skipped with a clear message when absent), a real PostgreSQL."""
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -90,3 +96,46 @@ def run_cli(monkeypatch, capsys):
         o = capsys.readouterr()
         return CliResult(int(e.value.code or 0), o.out, o.err)
     return run
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """(socket folder, port) of a PostgreSQL server initialised in a temporary folder."""
+    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    found = shutil.which("initdb")
+    if not initdbs and not found:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin; "
+                    "install the postgresql package to run the PostgreSQL tests")
+    bindir = Path(initdbs[-1] if initdbs else found).parent
+    prefix: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="mf-ledger-pg-"))
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        import pwd
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(base)
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = base / "data"
+
+    def run(*cmd: str) -> None:
+        subprocess.run(prefix + list(cmd), check=True, capture_output=True, timeout=120)
+
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60", "-o",
+            f"-k {base} -p {port} -c listen_addresses='' -c fsync=off -c full_page_writes=off", "start")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {getattr(e, 'stderr', b'').decode(errors='replace')[-500:]}")
+    try:
+        yield base, port
+    finally:
+        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)

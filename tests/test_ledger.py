@@ -1,15 +1,11 @@
-"""The transparency log: fingerprints of real DICOM, SQLite and a real PostgreSQL (started here),
+"""The transparency log: fingerprints of real DICOM, SQLite and a real PostgreSQL (conftest starts it),
 signed heads, proofs, audit, proof bundles, the CLI and the HTTP API."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
-import socket
 import sqlite3
-import subprocess
-import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,51 +31,8 @@ def _fps(n: int, start: int = 0) -> list[Fingerprint]:
 
 
 # ---------------------------------------------------------------------------------------------
-# A real PostgreSQL, started for this session
+# A real PostgreSQL (the session's ``postgres`` fixture, in conftest.py)
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def postgres():
-    """(socket folder, port) of a PostgreSQL server initialised in a temporary folder."""
-    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    found = shutil.which("initdb")
-    if not initdbs and not found:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin; "
-                    "install the postgresql package to run the PostgreSQL tests")
-    bindir = Path(initdbs[-1] if initdbs else found).parent
-    prefix: list[str] = []
-    base = Path(tempfile.mkdtemp(prefix="mf-ledger-pg-"))
-    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
-        import pwd
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(base)
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = base / "data"
-
-    def run(*cmd: str) -> None:
-        subprocess.run(prefix + list(cmd), check=True, capture_output=True, timeout=120)
-
-    try:
-        run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60", "-o",
-            f"-k {base} -p {port} -c listen_addresses='' -c fsync=off -c full_page_writes=off", "start")
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {getattr(e, 'stderr', b'').decode(errors='replace')[-500:]}")
-    try:
-        yield base, port
-    finally:
-        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
-
 
 _db_counter = iter(range(10**6))
 

@@ -1,22 +1,21 @@
 """Where a ledger lives: SQLite (a path or ``sqlite:///path``) or PostgreSQL (``postgresql://...``)
-behind one small DB-API wrapper, :class:`_DB`, with the log's schema; SQL is written with ``?``
-placeholders. The log itself (:mod:`medforensics.provenance.ledger.log`) knows no dialect."""
+through :class:`medforensics.db.Database` (SQL with ``?`` placeholders); :class:`_DB` adds the
+log's checks on opening and its schema. The log itself (:mod:`medforensics.provenance.ledger.log`)
+knows no dialect."""
 from __future__ import annotations
 
-import re
-import sqlite3
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from ...config import LEDGER, settings
-from ...core import MedForensicsError, one_line
+from ...core import MedForensicsError
+from ...db import Database, display_location, is_postgresql, sqlite_path
 
 __all__ = ["ENV_LOG", "default_log"]
 
 #: Environment variable naming the default log (a path or a PostgreSQL URL); read by :mod:`medforensics.config`.
 ENV_LOG = LEDGER
 _PG_LOCK = 0x6D666C6564676572  # 'mfledger': the advisory lock that serialises appends in PostgreSQL
+_display = display_location
 
 
 def default_log() -> str | None:
@@ -24,92 +23,19 @@ def default_log() -> str | None:
     return settings().ledger
 
 
-def _display(location: str) -> str:
-    return re.sub(r"(postgres(?:ql)?://[^:/@]*):[^@]*@", r"\1:***@", location)
-
-
-class _DB:
-    """A connection to SQLite or PostgreSQL; SQL is written with ``?`` placeholders."""
+class _DB(Database):
+    """The connection to a log: a new one (``create``) must not exist yet, an old one must."""
 
     def __init__(self, location: str | Path, name: str, create: bool):
-        loc = str(location)
-        self.name = name
-        if loc.startswith(("postgresql://", "postgres://")):
-            self.dialect = "postgresql"
-            try:
-                import psycopg
-            except ImportError:
-                raise MedForensicsError(name, "PostgreSQL logs need psycopg 3 (pip install 'psycopg[binary]')") from None
-            self._errors: tuple = (psycopg.Error,)
-            try:
-                self.conn = psycopg.connect(loc, autocommit=True, connect_timeout=10)
-            except psycopg.Error as e:
-                raise MedForensicsError(name, f"cannot connect to PostgreSQL: {one_line(e, 200)}") from None
-        else:
-            self.dialect = "sqlite"
-            self._errors = (sqlite3.Error,)
-            path = Path(loc[len("sqlite:///"):] if loc.startswith("sqlite:///") else loc)
-            if create:
-                if path.exists():
-                    raise MedForensicsError(name, "already exists; a new log needs a new file")
-                if not path.parent.exists():
-                    raise MedForensicsError(name, f"folder {path.parent} does not exist")
-            elif not path.exists():
+        if not is_postgresql(location):
+            path = sqlite_path(location)
+            if create and path.exists():
+                raise MedForensicsError(name, "already exists; a new log needs a new file")
+            if not create and not path.exists():
                 raise MedForensicsError(name, "no such log; create it with 'medforensics ledger init'")
-            elif path.is_dir():
+            if path.is_dir():
                 raise MedForensicsError(name, "is a folder, not a log file")
-            try:
-                uri = f"file:{path.resolve()}?mode={'rwc' if create else 'rw'}"
-                self.conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None,
-                                            check_same_thread=False)
-                self.conn.execute("PRAGMA busy_timeout = 60000")
-                if create:
-                    self.conn.execute("PRAGMA journal_mode = WAL")
-                self.conn.execute("PRAGMA synchronous = NORMAL")
-            except sqlite3.Error as e:
-                raise MedForensicsError(name, f"cannot open the SQLite log: {one_line(e, 200)}") from None
-
-    @property
-    def errors(self) -> tuple:
-        return self._errors
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
-
-    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return list(self.conn.execute(self._sql(sql), tuple(params)).fetchall())
-
-    def stream(self, sql: str, params: Sequence = (), size: int = 10000) -> Iterator[tuple]:
-        cur = self.conn.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        while True:
-            rows = cur.fetchmany(size)
-            if not rows:
-                break
-            yield from rows
-
-    def execute(self, sql: str, params: Sequence = ()) -> None:
-        self.conn.execute(self._sql(sql), tuple(params))
-
-    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
-        if rows:
-            self.conn.cursor().executemany(self._sql(sql), rows)
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        """One serialised write transaction (BEGIN IMMEDIATE / an advisory transaction lock)."""
-        if self.dialect == "sqlite":
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-        else:
-            with self.conn.transaction():
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
-                yield
+        super().__init__(location, name, create=create, synchronous="NORMAL", lock_id=_PG_LOCK)
 
     def schema(self) -> list[str]:
         blob = "BLOB" if self.dialect == "sqlite" else "BYTEA"
@@ -140,17 +66,3 @@ class _DB:
             "CREATE TABLE IF NOT EXISTS ledger_writes (first_idx BIGINT PRIMARY KEY, count BIGINT NOT NULL, "
             "token_name TEXT NOT NULL, timestamp BIGINT NOT NULL)",
         ]
-
-    def has_table(self, table: str) -> bool:
-        """Whether the database holds ``table``."""
-        if self.dialect == "sqlite":
-            sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-        else:
-            sql = "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?"
-        return bool(self.query(sql, (table,)))
-
-    def close(self) -> None:
-        try:
-            self.conn.close()
-        except Exception:  # noqa: BLE001
-            pass
