@@ -57,6 +57,9 @@ class Orthanc:
     root: str
     process: subprocess.Popen
     log: Path
+    dicom_port: int = 0
+    folder: Path | None = None
+    aet: str = "ORTHANC"
 
     @property
     def dicomweb(self) -> str:
@@ -75,10 +78,28 @@ class Orthanc:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.read()
 
+    def json(self, path: str):
+        return json.loads(self.request("GET", path))
+
+    def sop_instance_uids(self) -> set[str]:
+        """The SOPInstanceUIDs of every instance Orthanc holds."""
+        return {self.json(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in self.json("/instances")}
+
+    def instance_files(self) -> dict[str, bytes]:
+        """Every stored instance's file, by SOPInstanceUID."""
+        out = {}
+        for i in self.json("/instances"):
+            out[self.json(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]] = self.request("GET", f"/instances/{i}/file")
+        return out
+
     def upload(self, files) -> None:
         """POST each DICOM file to ``/instances``."""
         for f in files:
             self.request("POST", "/instances", Path(f).read_bytes())
+
+    def restarted(self, timeout: float = 60.0) -> "Orthanc":
+        """Orthanc started again on the same ports and storage (after :meth:`stop`)."""
+        return start(self.folder, timeout, ports=(int(self.root.rsplit(":", 1)[1]), self.dicom_port))
 
     def stop(self) -> None:
         self.process.terminate()
@@ -89,11 +110,12 @@ class Orthanc:
             self.process.wait()
 
 
-def start(folder: Path, timeout: float = 60.0) -> Orthanc:
-    """Start Orthanc with its storage and configuration under ``folder``; raise RuntimeError
-    (with the end of its log) when it does not answer ``/system`` within ``timeout`` seconds."""
+def start(folder: Path, timeout: float = 60.0, *, ports: tuple[int, int] | None = None) -> Orthanc:
+    """Start Orthanc with its storage and configuration under ``folder`` (``ports``: HTTP and
+    DICOM ports to reuse, to restart a stopped one on its storage); raise RuntimeError (with the
+    end of its log) when it does not answer ``/system`` within ``timeout`` seconds."""
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = _free_port(), _free_port()
+    http_port, dicom_port = ports or (_free_port(), _free_port())
     config = {
         "Name": "medforensics-test",
         "StorageDirectory": str(folder / "db"),
@@ -110,9 +132,9 @@ def start(folder: Path, timeout: float = 60.0) -> Orthanc:
     cfg = folder / "orthanc.json"
     cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
     log = folder / "orthanc.log"
-    with open(log, "wb") as fh:
+    with open(log, "ab") as fh:
         proc = subprocess.Popen(["Orthanc", str(cfg)], stdout=fh, stderr=subprocess.STDOUT, cwd=folder)
-    server = Orthanc(f"http://127.0.0.1:{http_port}", proc, log)
+    server = Orthanc(f"http://127.0.0.1:{http_port}", proc, log, dicom_port, folder)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

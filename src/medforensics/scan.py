@@ -216,10 +216,12 @@ def _warning_lines(path: str, caught: Sequence[warnings.WarningMessage], limit: 
 
 def scan_source(source: Source, detectors: Sequence[Detector] | None = None, config: FusionConfig = FusionConfig(),
                 *, figures: bool = False, keep_heatmaps: bool = False, debug: bool = False,
-                threads: int | None = None) -> Verdict:
+                threads: int | None = None, then: Callable[[Verdict, Image], None] | None = None) -> Verdict:
     """Load one source and analyse it (``threads``: see :func:`analyze`); a load error becomes a
     verdict with ``errors`` and no score. Warnings raised meanwhile (numpy, pydicom, ...) go to
-    ``verdict.warnings``, not stderr."""
+    ``verdict.warnings``, not stderr. ``then(verdict, image)`` is called once the image is
+    analysed, while its pixels and heatmaps are still at hand (the gateway writes its DICOM
+    results there); its failure is an error of the item."""
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         # "default": each warning once per place in the code (entering catch_warnings resets what
@@ -242,6 +244,8 @@ def scan_source(source: Source, detectors: Sequence[Detector] | None = None, con
                 declared = _apply_declared_modality(image, detectors)
                 verdict = analyze(image, detectors, config, figures=figures, debug=debug, threads=threads)
                 verdict.warnings.extend(declared)
+                if then is not None:
+                    then(verdict, image)
             except Exception as e:  # noqa: BLE001 - e.g. drawing the figures: still this item's error only
                 if debug:
                     raise

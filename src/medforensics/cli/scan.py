@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -82,6 +82,8 @@ def scan_cmd(
     from ..scan import ScanAborted, run_scan
 
     cfg = _fusion_config(config, suspicious, manipulated)
+    from ..detectors.provenance import provenance_options
+
     options = provenance_options(trust, ledger, watermark_key)
     try:
         tally = run_scan(paths, json_out=json_out, report=report, detectors=names, detector_options=options,
@@ -96,27 +98,6 @@ def scan_cmd(
             raise typer.Exit(3)
     if tally.with_errors:
         raise typer.Exit(1)
-
-
-def provenance_options(trust: Optional[List[Path]], ledger: Optional[str],
-                       watermark_key: Optional[Path]) -> dict[str, dict[str, Any]]:
-    """The ``provenance`` detector's options from scan's ``--trust --ledger --watermark-key``,
-    checked first so that a typo is a usage error, not a finding."""
-    from ..provenance.keys import load_certificates
-    from ..provenance.watermark import read_key_file
-
-    options: dict[str, Any] = {}
-    if trust:
-        for p in trust:
-            load_certificates(p)
-        options["trust"] = [str(p.resolve()) for p in trust]
-    if ledger:
-        from ..provenance.ledger import Ledger
-        Ledger(ledger).close()
-        options["ledger"] = ledger
-    if watermark_key:
-        options["watermark_key"] = read_key_file(watermark_key)
-    return {"provenance": options} if options else {}
 
 
 def detectors_cmd() -> None:

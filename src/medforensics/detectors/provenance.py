@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -278,3 +279,25 @@ def _summary(f: _Findings) -> str:
             worst = max(counts, key=lambda s: (s not in ("trusted", "intact", "unchanged", "unknown"), counts[s]))
             parts.append(f"{what}:{worst}")
     return " ".join(parts) or "none"
+
+
+def provenance_options(trust: Sequence[str | Path] | None, ledger: str | None,
+                       watermark_key: str | Path | None) -> dict[str, dict[str, Any]]:
+    """The ``provenance`` detector's options (:func:`~medforensics.detectors.load_detectors`)
+    from trust anchors, a ledger and a watermark key (scan's ``--trust --ledger --watermark-key``,
+    the gateway's ``[provenance]``), each checked first so that a typo is an error, not a finding."""
+    from ..provenance.keys import load_certificates
+    from ..provenance.watermark import read_key_file
+
+    options: dict[str, Any] = {}
+    if trust:
+        for p in trust:
+            load_certificates(p)
+        options["trust"] = [str(Path(p).resolve()) for p in trust]
+    if ledger:
+        from ..provenance.ledger import Ledger
+        Ledger(ledger).close()
+        options["ledger"] = ledger
+    if watermark_key:
+        options["watermark_key"] = read_key_file(Path(watermark_key))
+    return {"provenance": options} if options else {}
