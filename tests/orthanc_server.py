@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -133,7 +134,10 @@ def start(folder: Path, timeout: float = 60.0, *, ports: tuple[int, int] | None 
     cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
     log = folder / "orthanc.log"
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(["Orthanc", str(cfg)], stdout=fh, stderr=subprocess.STDOUT, cwd=folder)
+        # TCP_NODELAY=1: DCMTK (Orthanc's DICOM stack) then turns off Nagle's algorithm; with it on,
+        # Orthanc stores about 20 instances/s on loopback instead of about 200 (delayed ACKs)
+        proc = subprocess.Popen(["Orthanc", str(cfg)], stdout=fh, stderr=subprocess.STDOUT, cwd=folder,
+                                env={**os.environ, "TCP_NODELAY": "1"})
     server = Orthanc(f"http://127.0.0.1:{http_port}", proc, log, dicom_port, folder)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

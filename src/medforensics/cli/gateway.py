@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -112,7 +113,7 @@ def list_cmd(config: Optional[Path] = _CONFIG, spool: Optional[Path] = _SPOOL, q
         q.close()
     if as_json:
         for r in rows:
-            out.print_json(json.dumps(_row(r)))
+            sys.stdout.write(json.dumps(_row(r)) + "\n")
         return
     table = Table(title=f"gateway: {len(rows)} series")
     for col in ("series", "state", "label", "score", "decision", "checked"):
@@ -137,7 +138,9 @@ def _decide(action: str, series: str, who: str, why: str, config, spool, queue) 
         q.decide(series, action, who=who, why=why)
     finally:
         q.close()
-    out.print(f"{series}: {action}d by {who}" + (" (forwarded by the running gateway)" if action == "release" else ""))
+    then = {"release": "the running gateway forwards it with its results",
+            "reject": "never forwarded; its files stay in the spool"}[action]
+    out.print(f"{series}: {action}{'d' if action.endswith('e') else 'ed'} by {who} ({then})")
 
 
 _WHO = typer.Option(..., "--who", help="Who decides (recorded in the audit log).")

@@ -69,8 +69,8 @@ class Archive:
         Archive(host='127.0.0.1', port=4242, ae_title='ORTHANC', retry_seconds=2.0, max_retry_seconds=60.0)
         """
         parts = text.split(":")
-        if len(parts) not in (2, 3) or not parts[1].isdigit():
-            raise MedForensicsError("--archive", f"{text!r}: expected HOST:PORT or HOST:PORT:AE_TITLE")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1].isdigit() or not 0 < int(parts[1]) < 65536:
+            raise MedForensicsError("--archive", f"{text!r}: expected HOST:PORT or HOST:PORT:AE_TITLE (a port 1-65535)")
         return cls(parts[0], int(parts[1]), *(parts[2:] or []))
 
 
@@ -132,18 +132,61 @@ class GatewayConfig:
 
     def check(self) -> "GatewayConfig":
         """Refuse settings that cannot work, with the setting named."""
+        _typed(self)
         if not 0 < self.port < 65536:
             raise MedForensicsError("port", f"{self.port} is not a TCP port")
-        if not 0 < len(self.ae_title.strip()) <= 16:
-            raise MedForensicsError("ae_title", f"{self.ae_title!r}: an AE title has 1 to 16 characters")
+        _ae_title("ae_title", self.ae_title)
+        for entry in self.allow:
+            ae, at, ip = entry.partition("@")
+            _ae_title("allow", ae)
+            if at and not ip.strip():
+                raise MedForensicsError("allow", f"{entry!r}: an address is expected after '@'")
+        if self.archive is not None:
+            _typed(self.archive, "archive.")
+            if not 0 < self.archive.port < 65536:
+                raise MedForensicsError("archive.port", f"{self.archive.port} is not a TCP port")
+            _ae_title("archive.ae_title", self.archive.ae_title)
+            if self.archive.retry_seconds <= 0 or self.archive.max_retry_seconds < self.archive.retry_seconds:
+                raise MedForensicsError("archive", "0 < retry_seconds <= max_retry_seconds is required")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise MedForensicsError("tls", "give both a certificate and its key, or neither")
         if self.idle_seconds < 0 or self.max_associations < 1 or self.workers < 1 or self.max_instance_mb <= 0:
             raise MedForensicsError("gateway", "idle_seconds >= 0, max_associations >= 1, workers >= 1 and "
                                     "max_instance_mb > 0 are required")
+        if self.max_pdu < 0:
+            raise MedForensicsError("max_pdu", f"{self.max_pdu}: a size in bytes, or 0 for no limit")
         if self.log and not self.sign_with:
             raise MedForensicsError("log", "logging series on the way in needs sign_with (a key and certificate)")
         return self
+
+
+def _ae_title(setting: str, value: str) -> None:
+    if not 0 < len(value.strip()) <= 16 or "\\" in value or any(ord(c) < 32 for c in value):
+        raise MedForensicsError(setting, f"{value!r}: an AE title has 1 to 16 characters, no backslash or control "
+                                "character")
+
+
+_NUMBERS = (int, float)
+
+
+def _typed(obj: object, prefix: str = "") -> None:
+    """Each setting of ``obj`` has the type its field declares (TOML ``true`` is not a port)."""
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        if value is None:
+            continue
+        if kind.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind.startswith("float"):
+            ok = isinstance(value, _NUMBERS) and not isinstance(value, bool)
+        elif kind.startswith("str"):
+            ok = isinstance(value, str)
+        elif kind.startswith("list[str]"):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            continue
+        if not ok:
+            raise MedForensicsError(prefix + f.name, f"{value!r} is not a {kind.split(' ')[0]}")
 
 
 _PATHS = {"spool", "policy", "tls_cert", "tls_key", "tls_ca", "watermark_key"}
@@ -171,6 +214,19 @@ def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:
         return GatewayConfig(**values).check()
     except TypeError as e:
         raise MedForensicsError(path or "gateway", str(e)) from None
+    except MedForensicsError as e:
+        if path is None:
+            raise
+        raise MedForensicsError(path, str(e)) from None   # the file, then the setting
+
+
+def _known_keys(path: Path, section: str, value: Any, known: set[str]) -> None:
+    if not isinstance(value, dict):
+        raise MedForensicsError(path, f"[{section}] must be a table")
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise MedForensicsError(path, f"unknown setting(s) in [{section}]: {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(known))})")
 
 
 def _flatten(raw: dict, path: Path) -> dict[str, Any]:
@@ -185,10 +241,12 @@ def _flatten(raw: dict, path: Path) -> dict[str, Any]:
             except TypeError as e:
                 raise MedForensicsError(path, f"[archive]: {e}") from None
         elif key == "tls":
+            _known_keys(path, "tls", value, {"cert", "key", "ca"})
             for k in ("cert", "key", "ca"):
                 if k in value:
                     out[f"tls_{k}"] = base / value[k]
         elif key == "provenance":
+            _known_keys(path, "provenance", value, {"trust", "ledger", "log", "watermark_key", "sign_with"})
             if "trust" in value:
                 out["trust"] = [base / p for p in value["trust"]]
             for k in ("ledger", "log"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import socket
 import ssl
 import threading
 import time
@@ -227,6 +228,12 @@ class Gateway:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
+        from pynetdicom import _config
+
+        # the forwarder sends each file's data set as stored (never decoded or transcoded): the
+        # accepted context must then match the file's own transfer syntax, which it requests. (A
+        # pynetdicom setting of the whole process: the gateway's process sends nothing else.)
+        _config.STORE_SEND_CHUNKED_DATASET = True
         recovered = self.queue.recover()
         if recovered["to_check"] or recovered["to_forward"] or recovered["quarantined"]:
             LOG.warning("resuming: %d series to check, %d to forward, %d held in quarantine",
@@ -242,7 +249,7 @@ class Gateway:
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo)]
+        handlers = [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo), (evt.EVT_CONN_OPEN, _no_delay)]
         try:
             self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers,
                                            ssl_context=self._ssl_context())
@@ -425,11 +432,8 @@ class Gateway:
 
     def _forward(self, series: str) -> None:
         from pydicom import dcmread
-        from pynetdicom import AE, _config
+        from pynetdicom import AE
 
-        # send each file's bytes as stored (no decoding, no transcoding): the accepted context
-        # must then match the file's own transfer syntax, which is what is requested below
-        _config.STORE_SEND_CHUNKED_DATASET = True
         record = self.queue.series(series)
         rows = self.queue.pending(series)
         if record is None or not rows:
@@ -455,6 +459,7 @@ class Gateway:
         assoc = ae.associate(arch.host, arch.port, ae_title=arch.ae_title)
         if not assoc.is_established:
             raise ArchiveUnavailable(f"{arch.ae_title} at {arch.host}:{arch.port} did not accept an association")
+        _no_delay(assoc)
         try:
             for sop, path, _, _ in extra + files:
                 try:
@@ -473,6 +478,18 @@ class Gateway:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+
+def _no_delay(event_or_assoc) -> None:
+    """Turn off Nagle's algorithm on an association's socket: with it on, each C-STORE waits for
+    the peer's delayed acknowledgement (about 20 instances/s on a fast network instead of hundreds)."""
+    assoc = getattr(event_or_assoc, "assoc", event_or_assoc)
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:   # not TCP (a test double), or already closed
+            pass
 
 
 class ArchiveUnavailable(Exception):

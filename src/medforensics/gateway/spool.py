@@ -1,7 +1,8 @@
 """Where received instances wait: one file per instance, durable before it is acknowledged.
 
-An instance is written as it arrived (the sender's transfer syntax and bytes, never decoded
-or transcoded) to a temporary name, flushed to disk (``fsync``), renamed into place and its
+An instance's data set is written as it arrived (the sender's transfer syntax and bytes, never
+decoded or transcoded; the file meta header, which does not cross the network, is the
+receiver's) to a temporary name, flushed to disk (``fsync``), renamed into place and its
 folder flushed too, so that after a power cut it is either wholly there or not at all:
 ``instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. UIDs are checked
 before they become file names. The gateway's results (SR, SEG) go to ``results/``.
