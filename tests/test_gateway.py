@@ -386,3 +386,42 @@ def test_people_release_and_reject_quarantined_series_with_an_audit_trail(orthan
         ("security", "reject", uid["drop"], "quarantined", "rejected")]
     assert all(e["at"] and e["why"] for e in entries)
     assert gw.cli("audit", "--export", str(export)).returncode != 0   # never over an existing file
+
+
+@needs_dcmtk
+def test_series_that_pass_are_signed_and_logged_on_the_way_in(orthanc, lidc_files, tmp_path):
+    """``sign_with`` and ``log``: the archive receives signed copies that verify against the
+    signer's CA, their fingerprints are in the transparency log, and the SR says so."""
+    from medforensics.provenance.keys import new_identity
+    from medforensics.provenance.ledger import Ledger, fingerprint
+    from medforensics.provenance.signature import verify_file
+
+    keys = new_identity("gateway door signer").save(tmp_path / "keys")
+    log = tmp_path / "ledger.sqlite"
+    r = subprocess.run([sys.executable, "-m", "medforensics", "ledger", "init", str(log)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    part = relabel(contiguous(lidc_files, 12, start=90), tmp_path / "sent", "signed at the door")
+    gw = GatewayProcess(tmp_path, orthanc, settings='detectors = ["dicom_header"]\n[provenance]\n'
+                        f'sign_with = ["{keys["key"]}", "{keys["cert"]}"]\nlog = "{log}"').start()
+    try:
+        send(part, gw.port)
+        wait_until(lambda: gw.counts()["forwarded"] == len(part), 180, f"all forwarded ({gw.tail()})")
+    finally:
+        gw.stop()
+    stored = _orthanc_instances(orthanc)
+    sops = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in part]
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+    with Ledger(log) as ledger:
+        for sop in sops:
+            f = arrived / f"{sop}.dcm"
+            f.write_bytes(orthanc.request("GET", f"/instances/{stored[sop]['id']}/file"))
+            check = verify_file(f, trust=[keys["ca"]])
+            assert check.ok and check.signatures[0].trust == "trusted", check.to_dict()
+            assert ledger.lookup(fingerprint(f)).status == "unchanged", f"{sop} is not in the log as it arrived"
+            # the pixels are the modality's: only the signature was added
+            assert pydicom.dcmread(f).PixelData == pydicom.dcmread(part[sops.index(sop)]).PixelData
+    study = pydicom.dcmread(part[0], stop_before_pixels=True).StudyInstanceUID
+    sr = next(t for t in stored.values() if t.get("Modality") == "SR" and t["StudyInstanceUID"] == study)
+    text = orthanc.request("GET", f"/instances/{sr['id']}/file").decode("latin-1")
+    assert "signed" in text and "transparency log" in text
