@@ -12,16 +12,15 @@ the data root), sent by DCMTK's ``storescu`` (the real one, found by its ``--ver
   ``--idle 86400`` (nothing is checked meanwhile), timed from the start to the end of
   ``storescu``; ``--repeat`` runs each, alternating, median reported. Twice: with DCMTK's
   defaults and with ``TCP_NODELAY=1`` in the environment of storescu and storescp (DCMTK then
-  disables Nagle's algorithm; pynetdicom does not read the variable). The gateway fsyncs every
-  instance and commits its queue row before acknowledging it; storescp does neither.
-* **End to end**: a real Orthanc (``tests/orthanc_server.py``, started here on free ports with
-  ``TCP_NODELAY=1``) and a gateway ``--archive 127.0.0.1:PORT:ORTHANC --idle 1 --workers N``
+  disables Nagle's algorithm; the gateway disables it on its own sockets either way). The gateway
+  fsyncs every instance and commits its queue row before acknowledging it; storescp does neither.
+* **End to end**: a real Orthanc (``tests/orthanc_server.py``: free ports, ``TCP_NODELAY=1``) and a gateway ``--archive 127.0.0.1:PORT:ORTHANC --idle 1 --workers N``
   with the default scan. The series is copied ``--copies`` times as different series (new
   Study/Series/SOP/FrameOfReference UIDs per copy, pixel data unchanged) and the copies are sent
   back to back (``TCP_NODELAY=1``); timed from the first instance sent until Orthanc holds every
-  instance and, separately, until the gateway's queue says every instance is forwarded. One
-  warm-up copy goes first (the fresh gateway spawns its worker process and loads the models); its
-  time is reported apart as the cold start. The policy here forwards every label with its
+  instance and, separately, until the gateway's queue says every instance is forwarded. Warm-up
+  copies go first, one per worker (the fresh gateway spawns its worker processes and each loads
+  the models); their time is reported apart as the cold start. The policy here forwards every label with its
   result, so that a false alarm cannot stall the measurement (the labels found are reported).
   Stages per series come from the queue's transitions. Orthanc's own rate (``storescu``, with
   ``TCP_NODELAY=1``, straight to it) shows the archive's limit.
@@ -290,14 +289,7 @@ def end_to_end(files: list[Path], copies: int, workers: int, repeat: int, work: 
     from medforensics.gateway.queue import Queue
 
     n = len(files)
-    before = os.environ.get("TCP_NODELAY")
-    os.environ["TCP_NODELAY"] = "1"        # Orthanc's DCMTK reads it from the environment it inherits
-    try:
-        server = orthanc_server.start(work / "orthanc")
-    finally:
-        os.environ.pop("TCP_NODELAY")
-        if before is not None:
-            os.environ["TCP_NODELAY"] = before
+    server = orthanc_server.start(work / "orthanc")   # with TCP_NODELAY=1: Nagle off in its DCMTK
     proc = None
     try:
         alone = []
@@ -315,28 +307,31 @@ def end_to_end(files: list[Path], copies: int, workers: int, repeat: int, work: 
         queue = Queue(spool / "queue.sqlite")
         try:
             log("  copying the series ...")
-            sent = [copy_series(files, work / f"copy-{i}") for i in range(copies + 1)]
-            warm, rest = sent[0], sent[1:]
+            sent = [copy_series(files, work / f"copy-{i}") for i in range(workers + copies)]
+            warm, rest = sent[:workers], sent[workers:]
             t0 = time.time()
-            storescu(warm[2], port, AET_GATEWAY, nodelay=True)
-            t_orthanc, t_queue = wait_forwarded(server, queue, proc, [warm[:2]], n, logfile, timeout)
-            cold = {"orthanc_s": t_orthanc - t0, "queue_s": t_queue - t0}
-            log(f"  warm-up series (cold gateway): {cold['orthanc_s']:.1f} s until Orthanc holds it")
+            for *_, paths in warm:     # back to back: each worker process is started while the others load
+                storescu(paths, port, AET_GATEWAY, nodelay=True)
+            t_orthanc, t_queue = wait_forwarded(server, queue, proc, [c[:2] for c in warm], workers * n, logfile,
+                                                timeout)
+            cold = {"series": workers, "orthanc_s": t_orthanc - t0, "queue_s": t_queue - t0}
+            log(f"  warm-up ({workers} series, cold gateway): {cold['orthanc_s']:.1f} s until Orthanc holds them")
             t0 = time.time()
             for *_, paths in rest:
                 storescu(paths, port, AET_GATEWAY, nodelay=True)
             t_sent = time.time()
-            t_orthanc, t_queue = wait_forwarded(server, queue, proc, [c[:2] for c in rest], (copies + 1) * n, logfile,
-                                                timeout)
+            t_orthanc, t_queue = wait_forwarded(server, queue, proc, [c[:2] for c in rest], (workers + copies) * n,
+                                                logfile, timeout)
             per_series = stages(queue, [c[:2] for c in rest])
-            warm_stages = stages(queue, [warm[:2]])
+            warm_stages = stages(queue, [c[:2] for c in warm])
         finally:
             queue.close()
         total = copies * n
         return {
             "orthanc_alone": {"seconds": alone, "instances_per_s": n / statistics.median(alone)},
             "workers": workers, "copies": copies, "idle_s": 1,
-            "cold_series": {**cold, **{k: warm_stages[0][k] for k in ("receive_s", "wait_and_check_s", "forward_s")}},
+            "cold": {**cold, "stages": warm_stages,
+                     "max_wait_and_check_s": max(r["wait_and_check_s"] for r in warm_stages)},
             "send_s": t_sent - t0, "orthanc_s": t_orthanc - t0, "queue_s": t_queue - t0,
             "instances_per_s_orthanc": total / (t_orthanc - t0), "instances_per_s_queue": total / (t_queue - t0),
             "stages": per_series,
@@ -361,12 +356,12 @@ def report(recv: dict, e2e: dict | None, n: int, repeat: int) -> None:
     print("| medforensics gateway (fsync per instance + committed queue row before each acknowledgement) | "
           + " | ".join(f"{recv[m]['instances_per_s']['gateway']:.1f}" for m in modes) + " |")
     print("| gateway / storescp | " + " | ".join(f"{recv[m]['ratio']:.2f}" for m in modes) + " |")
-    print("\nTCP_NODELAY=1 is set for storescu and storescp (DCMTK reads it); pynetdicom, inside the gateway, "
-          "does not read it. The gateway ran with no archive and --idle 86400, so only receiving and spooling "
-          "were measured.")
+    print("\nTCP_NODELAY=1 is set for storescu and storescp (DCMTK reads it); the gateway turns Nagle's algorithm "
+          "off on its own sockets in both columns. The gateway ran with no archive and --idle 86400, so only "
+          "receiving and spooling were measured.")
     if not e2e or "left_out" in e2e:
         return
-    c, k = e2e["cold_series"], e2e["copies"]
+    c, k = e2e["cold"], e2e["copies"]
     st = e2e["mean_stage_s"]
     print(f"\n### End to end into Orthanc (default scan, --idle 1, --workers {e2e['workers']}, "
           f"{k} different series of {n} instances sent back to back)\n")
@@ -381,10 +376,10 @@ def report(recv: dict, e2e: dict | None, n: int, repeat: int) -> None:
           f"{e2e['instances_per_s_queue']:.1f} instances/s |")
     print(f"| per series (mean): receive / wait and check / forward | {st['receive_s']:.1f} / "
           f"{st['wait_and_check_s']:.1f} / {st['forward_s']:.1f} s |")
-    print(f"| first series of a fresh gateway (cold: worker spawn, models): until Orthanc holds it | "
-          f"{c['orthanc_s']:.1f} s (wait and check {c['wait_and_check_s']:.1f} s) |")
+    print(f"| warm-up: {c['series']} series (one per worker) into a fresh gateway (cold: worker spawn, models), "
+          f"until Orthanc holds them | {c['orthanc_s']:.1f} s (wait and check up to {c['max_wait_and_check_s']:.1f} s) |")
     labels = sorted({r["label"] for r in e2e["stages"]})
-    print(f"\nThe clock starts after the warm-up series. \"Wait and check\" runs from a series' last instance "
+    print(f"\nThe clock starts after the warm-up. \"Wait and check\" runs from a series' last instance "
           f"received to its check recorded: the 1 s idle time, any wait for a busy worker, the scan, the SR/SEG. "
           f"\"Forward\" runs to the archive's last acknowledgement. Labels found: {', '.join(labels)} (the "
           f"benchmark's policy forwards every label with its result). Senders used TCP_NODELAY=1; Orthanc was "
@@ -395,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", type=Path, default=DEFAULT)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each receive measurement (median)")
-    ap.add_argument("--copies", type=int, default=3, help="different series sent end to end (after a warm-up one)")
+    ap.add_argument("--copies", type=int, default=3, help="different series sent end to end (after one warm-up series per worker)")
     ap.add_argument("--workers", type=int, default=1, help="the gateway's scan processes end to end")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the end-to-end forwarding")
     ap.add_argument("--no-end-to-end", action="store_true", help="measure receiving only")
@@ -417,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         recv = receive_rates(files, args.repeat, work)
         e2e = None
         if not args.no_end_to_end:
-            log(f"end to end: {args.copies} series after a warm-up one, {args.workers} worker(s)")
+            log(f"end to end: {args.copies} series after {args.workers} warm-up one(s), {args.workers} worker(s)")
             e2e = end_to_end(files, args.copies, args.workers, args.repeat, work, args.timeout)
     report(recv, e2e, len(files), args.repeat)
     omp = os.environ.get("OMP_NUM_THREADS")
