@@ -60,6 +60,20 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
     raise AssertionError(f"not within {timeout:.0f} s: {what}")
 
 
+_RUNNING: list["GatewayProcess"] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_gateway_left_running():
+    """A test that fails half-way must not leave its gateway running."""
+    yield
+    while _RUNNING:
+        gw = _RUNNING.pop()
+        if gw.proc is not None and gw.proc.poll() is None:
+            gw.proc.kill()
+            gw.proc.wait()
+
+
 class GatewayProcess:
     """``medforensics gateway run`` in its own process, on a free port."""
 
@@ -86,6 +100,7 @@ class GatewayProcess:
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "medforensics", "gateway", "run", "-c", str(self.config),
                                           "-v"], stdout=fh, stderr=subprocess.STDOUT, env=env)
+        _RUNNING.append(self)
         wait_until(self.echo, 60, f"the gateway answers C-ECHO (log: {self.tail()})", every=0.3)
         return self
 

@@ -786,3 +786,12 @@ def test_cli_run_with_bad_settings_is_one_line(run_cli, tmp_path):
                           "--archive")
     assert_one_line_error(run_cli("gateway", "run", "--config", good, "--port", "70000"), 1, "port")
     assert not (tmp_path / "spool").exists()          # refused before anything was made
+
+
+def test_an_error_message_keeps_its_square_brackets(tmp_path, run_cli):
+    """Rich would read "[labels]" in a message as markup and drop it."""
+    bad = tmp_path / "policy.toml"
+    bad.write_text('[labels]\nauthentic = "send"\n')
+    r = run_cli("gateway", "run", "--policy", bad, "--spool", tmp_path / "spool")
+    assert r.code == 1 and "policy [labels] authentic: 'send' is not one of" in r.err, r.err
+    assert not (tmp_path / "spool").exists()

@@ -438,6 +438,8 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
                             discover_options=discover_options, engine=dask_engine, keep_verdicts=keep_verdicts)
     from rich.console import Console
 
+    from rich.markup import escape
+
     from .progress import progress_bar
     from .report.jsonl import ResultsFile
     from .report.summary import Tally, print_summary
@@ -476,7 +478,7 @@ def run_scan(paths: Sequence[str | Path], *, json_out: str | Path | None = None,
                 if results is not None:
                     results.write(v, reused=id(v) in reused)
                 for e in v.errors:
-                    progress.console.print(f"[red]error[/red] {e}", soft_wrap=True, markup=True)
+                    progress.console.print(f"[red]error[/red] {escape(e)}", soft_wrap=True, markup=True)
                 progress.advance(task)
     except (KeyboardInterrupt, ScanAborted) as e:
         if results is not None:

@@ -66,8 +66,9 @@ def run_cmd(
                   idle_seconds=idle, workers=workers, sign_with=signer, log=log)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
-    if not verbose:
-        logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    # pynetdicom logs each failed connection to a down archive as two errors: the gateway says it
+    # once, with its retry time; -v shows pynetdicom's own log
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.CRITICAL)
     gw = Gateway(cfg)
     stopping: list[int] = []
 
@@ -79,14 +80,15 @@ def run_cmd(
         signal.signal(s, stop)
     gw.start()
     where = f"{cfg.archive.host}:{cfg.archive.port} ({cfg.archive.ae_title})" if cfg.archive else "no archive (hold all)"
-    err.print(f"gateway {cfg.ae_title} listening on {cfg.host}:{cfg.port}; spool {cfg.spool}; forwarding to {where}")
+    err.print(f"gateway {cfg.ae_title} listening on {cfg.host}:{cfg.port}; spool {cfg.spool}; forwarding to {where}",
+              soft_wrap=True)
     try:
         gw.wait()
     finally:
         gw.stop()
         s = gw.stats
         err.print(f"gateway stopped: {s.received} received, {s.refused} refused, {s.checked_series} check(s), "
-                  f"{s.forwarded} forwarded, {s.quarantined} quarantined")
+                  f"{s.forwarded} forwarded, {s.quarantined} quarantined", soft_wrap=True)
     if stopping and stopping[0] == signal.SIGINT:
         raise typer.Exit(130)
 
@@ -138,7 +140,7 @@ def _decide(action: str, series: str, who: str, why: str, config, spool, queue) 
         q.decide(series, action, who=who, why=why)
     finally:
         q.close()
-    then = {"release": "the running gateway forwards it with its results",
+    then = {"release": "a running gateway with an archive forwards it with its results",
             "reject": "never forwarded; its files stay in the spool"}[action]
     out.print(f"{series}: {action}{'d' if action.endswith('e') else 'ed'} by {who} ({then})")
 

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import UsageError, err, new_output, out
@@ -158,7 +159,7 @@ def _fingerprints(paths: List[str], label: str, options: Optional[dict] = None):
         task = progress.add_task("", total=len(files) + len(series))
 
         def report(error: str) -> None:
-            progress.console.print(f"[red]error[/red] {error}", soft_wrap=True, markup=True, highlight=False)
+            progress.console.print(f"[red]error[/red] {escape(str(error))}", soft_wrap=True, markup=True, highlight=False)
 
         for path, problem in files:
             fp, error = None, problem and f"{path}: {problem}"
@@ -377,7 +378,7 @@ def check_cmd(
                   f"{res.tree_size}, signed at {_iso(res.tree_head.timestamp)}")
         return
     for p in res.problems:
-        out.print(f"[red]invalid[/red]: {p}", soft_wrap=True)
+        out.print(f"[red]invalid[/red]: {escape(str(p))}", soft_wrap=True)
     raise typer.Exit(3)
 
 
@@ -415,7 +416,7 @@ def audit_cmd(log: Optional[str] = typer.Argument(None, help=_LOG_HELP)) -> None
                   f"root {rep.root_hash.hex()}")
         return
     for p in rep.problems:
-        out.print(f"[red]problem[/red]: {p}", soft_wrap=True)
+        out.print(f"[red]problem[/red]: {escape(str(p))}", soft_wrap=True)
     raise typer.Exit(3)
 
 

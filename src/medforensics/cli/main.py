@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from .. import __version__
 from ..core import SCHEMA_VERSION, MedForensicsError, one_line
@@ -59,12 +60,12 @@ def main() -> None:
     except (UsageError, FileExistsError) as e:
         if debug:
             raise
-        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
     except MedForensicsError as e:
         if debug:
             raise
-        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -78,7 +79,8 @@ def main() -> None:
             sys.exit(1)
         if debug:
             raise
-        err.print(f"[red]error:[/red] {type(e).__name__}: {one_line(e)} (run with --debug for details)", soft_wrap=True)
+        err.print(f"[red]error:[/red] {type(e).__name__}: {escape(one_line(e))} (run with --debug for details)",
+                  soft_wrap=True)
         sys.exit(1)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..fusion import FusionConfig
@@ -90,7 +91,7 @@ def scan_cmd(
                             workers=workers, config=cfg, debug=debug, quiet=quiet, resume=resume,
                             overwrite=overwrite, discover_options=found, engine=engine, scheduler=scheduler)
     except ScanAborted as e:
-        err.print(f"[red]scan stopped:[/red] {e}", soft_wrap=True)
+        err.print(f"[red]scan stopped:[/red] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(e.exit_status) from None
     if fail_on:
         bad = {"suspicious": {"suspicious", "manipulated", "synthetic"}, "manipulated": {"manipulated", "synthetic"}}[fail_on]

@@ -181,9 +181,15 @@ class Gateway:
         from .queue import Queue
 
         self.config = config
+        # everything that can be refused is checked before anything is created on disk
+        self.policy = load_policy(config.policy)
+        self._settings = self._scan_settings()
+        if config.sign_with:   # an unusable key, certificate or log now, not at the first series
+            from .provenance import Signer
+
+            Signer(*config.sign_with, log=config.log)
         self.spool = Spool(config.spool)
         self.queue = Queue(config.queue_location)
-        self.policy = load_policy(config.policy)
         self.stats = Stats()
         self._stop = threading.Event()
         self._expected: dict[str, int] = {}
@@ -192,12 +198,7 @@ class Gateway:
         self._threads: list[threading.Thread] = []
         self._server = None
         self._pool: ProcessPoolExecutor | None = None
-        self._settings = self._scan_settings()
         self._backoff: float | None = None
-        if config.sign_with:   # refuse an unusable key, certificate or log now, not at the first series
-            from .provenance import Signer
-
-            Signer(*config.sign_with, log=config.log)
 
     # ------------------------------------------------------------------ set-up
     def _scan_settings(self):
