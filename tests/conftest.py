@@ -139,3 +139,20 @@ def postgres():
         subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+_DATABASES = iter(range(10**6))
+
+
+def new_database(request, tmp_path: Path, dialect: str, stem: str) -> str:
+    """A location for a new database: a SQLite file in ``tmp_path``, or a fresh database named
+    ``STEM_N`` in the session's PostgreSQL (the ``postgres`` fixture)."""
+    if dialect == "sqlite":
+        return str(tmp_path / f"{stem}.sqlite")
+    import psycopg
+    base, port = request.getfixturevalue("postgres")
+    name = f"{stem}_{next(_DATABASES)}"
+    with psycopg.connect(f"postgresql://postgres@/postgres?host={base}&port={port}", autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://postgres@/{name}?host={base}&port={port}"
+

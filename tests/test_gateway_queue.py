@@ -17,24 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from conftest import new_database
 from medforensics.core import MedForensicsError
 from medforensics.gateway.queue import Queue
 
-_db_counter = iter(range(10**6))
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def queue_url(request, tmp_path) -> str:
     """A location for a new queue: a SQLite file, or a fresh database in the session's PostgreSQL."""
-    if request.param == "sqlite":
-        return str(tmp_path / "queue.sqlite")
-    import psycopg
-    base, port = request.getfixturevalue("postgres")
-    name = f"gateway_{next(_db_counter)}"
-    with psycopg.connect(f"postgresql://postgres@/postgres?host={base}&port={port}", autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    return f"postgresql://postgres@/{name}?host={base}&port={port}"
+    return new_database(request, tmp_path, request.param, "gateway")
 
 
 def raw(url: str, sql: str, params=()) -> list:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydicom.data import get_testdata_file
 
+from conftest import new_database
 from medforensics.core import MedForensicsError
 from medforensics.provenance.ledger import (BUNDLE_FORMAT, Fingerprint, Ledger, WriteLimits, check_bundle, fingerprint,
                                             generate_key, verify_consistency, verify_inclusion, verify_tree_head)
@@ -34,20 +35,10 @@ def _fps(n: int, start: int = 0) -> list[Fingerprint]:
 # A real PostgreSQL (the session's ``postgres`` fixture, in conftest.py)
 # ---------------------------------------------------------------------------------------------
 
-_db_counter = iter(range(10**6))
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def log_url(request, tmp_path) -> str:
     """A location for a new log: a SQLite file, or a fresh database in the session's PostgreSQL."""
-    if request.param == "sqlite":
-        return str(tmp_path / "log.db")
-    import psycopg
-    base, port = request.getfixturevalue("postgres")
-    name = f"ledger_{next(_db_counter)}"
-    with psycopg.connect(f"postgresql://postgres@/postgres?host={base}&port={port}", autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    return f"postgresql://postgres@/{name}?host={base}&port={port}"
+    return new_database(request, tmp_path, request.param, "ledger")
 
 
 def raw_execute(url: str, sql: str, params=()) -> None:

@@ -192,19 +192,23 @@ def _typed(obj: object, prefix: str = "") -> None:
 _PATHS = {"spool", "policy", "tls_cert", "tls_key", "tls_ca", "watermark_key"}
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """The tables of a TOML file; a file that cannot be read or parsed is one error naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MedForensicsError.wrap(path, e, "cannot be read") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise MedForensicsError(path, f"not valid TOML: {e}") from None
+
+
 def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:
     """The settings of the TOML file ``path`` (none: the defaults), with ``overrides`` (the
     command line's options; ``None`` leaves the file's value)."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise MedForensicsError.wrap(path, e, "cannot be read") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise MedForensicsError(path, f"not valid TOML: {e}") from None
-        values = _flatten(raw, path)
+        values = _flatten(read_toml(path), path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(GatewayConfig)}
     unknown = sorted(set(values) - known)

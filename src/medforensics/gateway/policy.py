@@ -27,11 +27,11 @@ A label or finding the file leaves out keeps the default below.
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core import LABELS, MedForensicsError, Verdict
+from .config import read_toml
 
 __all__ = ["ACTIONS", "DEFAULT_POLICY", "Policy", "load_policy"]
 
@@ -82,12 +82,7 @@ def load_policy(path: str | Path | None) -> Policy:
     if path is None:
         return DEFAULT_POLICY
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise MedForensicsError.wrap(path, e, "cannot be read") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise MedForensicsError(path, f"not valid TOML: {e}") from None
+    raw = read_toml(path)
     unknown = set(raw) - {"labels", "provenance"}
     if unknown:
         raise MedForensicsError(path, f"unknown section(s) {', '.join(sorted(unknown))}: [labels] and [provenance]")
