@@ -156,3 +156,19 @@ def new_database(request, tmp_path: Path, dialect: str, stem: str) -> str:
         c.execute(f"CREATE DATABASE {name}")
     return f"postgresql://postgres@/{name}?host={base}&port={port}"
 
+
+def raw_sql(url: str, sql: str, params=()) -> list:
+    """Run SQL (``?`` placeholders) on a SQLite file or a PostgreSQL URL behind the back of the
+    code under test (its own connection, autocommit); the rows it returns."""
+    if url.startswith("postgresql://"):
+        import psycopg
+        with psycopg.connect(url, autocommit=True) as c:
+            cur = c.execute(sql.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else []
+    import sqlite3
+    c = sqlite3.connect(url, isolation_level=None)
+    try:
+        return c.execute(sql, params).fetchall()
+    finally:
+        c.close()
+

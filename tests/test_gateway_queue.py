@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import new_database
+from conftest import new_database, raw_sql as raw
 from medforensics.core import MedForensicsError
 from medforensics.gateway.queue import Queue
 
@@ -28,20 +28,6 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def queue_url(request, tmp_path) -> str:
     """A location for a new queue: a SQLite file, or a fresh database in the session's PostgreSQL."""
     return new_database(request, tmp_path, request.param, "gateway")
-
-
-def raw(url: str, sql: str, params=()) -> list:
-    """Run SQL behind the queue's back (its own connection, autocommit)."""
-    if url.startswith("postgresql://"):
-        import psycopg
-        with psycopg.connect(url, autocommit=True) as c:
-            cur = c.execute(sql.replace("?", "%s"), params)
-            return cur.fetchall() if cur.description else []
-    c = sqlite3.connect(url, isolation_level=None)
-    try:
-        return c.execute(sql, params).fetchall()
-    finally:
-        c.close()
 
 
 def inst(sop: str, series: str = "1.2.3", study: str = "1.2", path: str | None = None, **kw) -> dict:

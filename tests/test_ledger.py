@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydicom.data import get_testdata_file
 
-from conftest import new_database
+from conftest import new_database, raw_sql as raw_execute
 from medforensics.core import MedForensicsError
 from medforensics.provenance.ledger import (BUNDLE_FORMAT, Fingerprint, Ledger, WriteLimits, check_bundle, fingerprint,
                                             generate_key, verify_consistency, verify_inclusion, verify_tree_head)
@@ -39,18 +39,6 @@ def _fps(n: int, start: int = 0) -> list[Fingerprint]:
 def log_url(request, tmp_path) -> str:
     """A location for a new log: a SQLite file, or a fresh database in the session's PostgreSQL."""
     return new_database(request, tmp_path, request.param, "ledger")
-
-
-def raw_execute(url: str, sql: str, params=()) -> None:
-    """Tamper with a log behind the ledger's back."""
-    if url.startswith("postgresql://"):
-        import psycopg
-        with psycopg.connect(url, autocommit=True) as c:
-            c.execute(sql.replace("?", "%s"), params)
-    else:
-        c = sqlite3.connect(url, isolation_level=None)
-        c.execute(sql, params)
-        c.close()
 
 
 # ---------------------------------------------------------------------------------------------
