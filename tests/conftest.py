@@ -172,3 +172,10 @@ def raw_sql(url: str, sql: str, params=()) -> list:
     finally:
         c.close()
 
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for servers the tests start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+

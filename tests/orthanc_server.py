@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from conftest import free_port
+
 USER, PASSWORD = "mf-test", "s3cret-test"
 
 
@@ -43,12 +45,6 @@ def missing() -> str | None:
     if plugin() is None:
         return "Orthanc's DICOMweb plugin is not installed (Debian package 'orthanc-dicomweb'; .ci/run installs it)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -116,7 +112,7 @@ def start(folder: Path, timeout: float = 60.0, *, ports: tuple[int, int] | None 
     DICOM ports to reuse, to restart a stopped one on its storage); raise RuntimeError (with the
     end of its log) when it does not answer ``/system`` within ``timeout`` seconds."""
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = ports or (_free_port(), _free_port())
+    http_port, dicom_port = ports or (free_port(), free_port())
     config = {
         "Name": "medforensics-test",
         "StorageDirectory": str(folder / "db"),

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 import orthanc_server
+from conftest import free_port
 
 pytestmark = pytest.mark.skipif(orthanc_server.missing() is not None, reason=str(orthanc_server.missing()))
 
@@ -42,12 +42,6 @@ def _dcmtk_storescu() -> str | None:
 
 STORESCU = _dcmtk_storescu()
 needs_dcmtk = pytest.mark.skipif(STORESCU is None, reason="DCMTK's storescu is not installed (Debian package dcmtk)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
@@ -81,7 +75,7 @@ class GatewayProcess:
                  settings: str = "", policy: str | None = None):
         self.folder = folder
         self.spool = folder / "spool"
-        self.port = _free_port()
+        self.port = free_port()
         self.config = folder / "gateway.toml"
         lines = [f'ae_title = "{AET}"', f"port = {self.port}", f'spool = "{self.spool}"', f"idle_seconds = {idle}",
                  settings]

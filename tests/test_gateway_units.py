@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import (CTImageStorage, ModalityWorklistInformationFind, MRImageStorage,
                                   Verification)
 
+from conftest import free_port
 from medforensics.core import MedForensicsError, Verdict
 from medforensics.gateway.config import Archive, GatewayConfig, load_config
 from medforensics.gateway.policy import DEFAULT_POLICY, load_policy
@@ -34,12 +34,6 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 CT = get_testdata_file("CT_small.dcm")   # 39 kB, explicit VR little endian
 MR = get_testdata_file("MR_small.dcm")   # 10 kB, explicit VR little endian
 SUCCESS, NOT_AUTHORISED, OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0x0124, 0xA700, 0xA900, 0xC210
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def files_under(folder: Path) -> set[Path]:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from pydicom.data import get_testdata_file
 
+from conftest import free_port
 from medforensics.core import MedForensicsError
 from medforensics.provenance.ledger import (TOKEN_PREFIX, Fingerprint, Ledger, WriteLimits, fingerprint, generate_key,
                                             parse_entry)
@@ -32,12 +33,6 @@ from medforensics.provenance.ledger import (TOKEN_PREFIX, Fingerprint, Ledger, W
 CT = Path(get_testdata_file("CT_small.dcm"))
 MR = Path(get_testdata_file("MR_small.dcm"))
 MAX_BODY, MAX_ENTRIES = 65536, 50
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entry(i: int, **change) -> dict:
@@ -59,7 +54,7 @@ def _new_log(folder: Path) -> Path:
 def _serve(log: Path, *extra: str, tls: ssl.SSLContext | None = None) -> tuple[subprocess.Popen, int]:
     """Start ``medforensics ledger serve LOG EXTRA...`` on a free loopback port and wait until it
     answers (over HTTPS with ``tls``, the client context that trusts its certificate)."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFORENSICS_LEDGER")}
     proc = subprocess.Popen([sys.executable, "-m", "medforensics", "ledger", "serve", str(log), "--port", str(port),
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -364,7 +359,7 @@ def test_writable_server_refuses_to_start_without_a_token(tmp_path):
     log = _new_log(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFORENSICS_LEDGER")}
     r = subprocess.run([sys.executable, "-m", "medforensics", "ledger", "serve", str(log), "--writable", "--port",
-                        str(_free_port())], capture_output=True, text=True, timeout=60, env=env)
+                        str(free_port())], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 1
     assert "no active write token" in r.stderr and "ledger token new" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
@@ -372,7 +367,7 @@ def test_writable_server_refuses_to_start_without_a_token(tmp_path):
         lg.new_token("old")
         lg.revoke_token("old")
     r = subprocess.run([sys.executable, "-m", "medforensics", "ledger", "serve", str(log), "--writable", "--port",
-                        str(_free_port())], capture_output=True, text=True, timeout=60, env=env)
+                        str(free_port())], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 1 and "no active write token" in r.stderr
 
 

@@ -74,7 +74,7 @@ def run_cmd(
 
     def stop(signum, _frame) -> None:
         stopping.append(signum)
-        gw._stop.set()
+        gw.request_stop()
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, stop)
@@ -129,9 +129,9 @@ def list_cmd(config: Optional[Path] = _CONFIG, spool: Optional[Path] = _SPOOL, q
 
 
 def _row(r) -> dict:
-    from dataclasses import asdict, is_dataclass
+    from dataclasses import asdict
 
-    return asdict(r) if is_dataclass(r) else dict(r)
+    return asdict(r)
 
 
 def _decide(action: str, series: str, who: str, why: str, config, spool, queue) -> None:

@@ -272,8 +272,12 @@ class Gateway:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self.queue.close()
 
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe in a signal handler); then call :meth:`stop`."""
+        self._stop.set()
+
     def wait(self) -> None:
-        """Block until :meth:`stop` is called (from a signal handler)."""
+        """Block until :meth:`request_stop` or :meth:`stop` is called."""
         while not self._stop.wait(0.5):
             pass
 
