@@ -1,0 +1,1 @@
+"""The review service: ``medforensics serve`` (docs/serve.md)."""
