@@ -37,8 +37,13 @@ variable                        meaning
 from __future__ import annotations
 
 import os
+import dataclasses
+import tomllib
 from dataclasses import dataclass, field
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping
+
+from .core import MedForensicsError
 
 DATA = "MEDFORENSICS_DATA"
 LEDGER = "MEDFORENSICS_LEDGER"
@@ -95,3 +100,50 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
                     trust=tuple(p for p in (get(TRUST) or "").split(os.pathsep) if p),
                     watermark_key=get(WATERMARK_KEY), progress=get(PROGRESS) == "1",
                     checkpoints={m: v for m, name in CHECKPOINTS.items() if (v := get(name))})
+
+
+# ------------------------------------------------------------------ settings files (TOML)
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML settings file (the gateway's, its policy, the review service's); a
+    file that cannot be read or parsed is one error naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MedForensicsError.wrap(path, e, "cannot be read") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise MedForensicsError(path, f"not valid TOML: {e}") from None
+
+
+_NUMBERS = (int, float)
+
+
+def check_types(obj: object, prefix: str = "") -> None:
+    """Each setting of the dataclass ``obj`` has the type its field declares (TOML ``true`` is
+    not a port); an error names the setting.
+
+    >>> @dataclass
+    ... class S:
+    ...     port: int = 1
+    >>> check_types(S(port=True))
+    Traceback (most recent call last):
+    medforensics.core.MedForensicsError: port: True is not a int
+    """
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        if value is None:
+            continue
+        if kind.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind.startswith("float"):
+            ok = isinstance(value, _NUMBERS) and not isinstance(value, bool)
+        elif kind.startswith("str"):
+            ok = isinstance(value, str)
+        elif kind.startswith("list[str]"):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif kind.startswith("bool"):
+            ok = isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            raise MedForensicsError(prefix + f.name, f"{value!r} is not a {kind.split(' ')[0]}")

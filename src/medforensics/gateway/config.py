@@ -41,11 +41,11 @@ relative to the file's folder.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import check_types, read_toml
 from ..core import MedForensicsError
 
 __all__ = ["Archive", "GatewayConfig", "load_config"]
@@ -132,7 +132,7 @@ class GatewayConfig:
 
     def check(self) -> "GatewayConfig":
         """Refuse settings that cannot work, with the setting named."""
-        _typed(self)
+        check_types(self)
         if not 0 < self.port < 65536:
             raise MedForensicsError("port", f"{self.port} is not a TCP port")
         _ae_title("ae_title", self.ae_title)
@@ -142,7 +142,7 @@ class GatewayConfig:
             if at and not ip.strip():
                 raise MedForensicsError("allow", f"{entry!r}: an address is expected after '@'")
         if self.archive is not None:
-            _typed(self.archive, "archive.")
+            check_types(self.archive, "archive.")
             if not 0 < self.archive.port < 65536:
                 raise MedForensicsError("archive.port", f"{self.archive.port} is not a TCP port")
             _ae_title("archive.ae_title", self.archive.ae_title)
@@ -166,40 +166,7 @@ def _ae_title(setting: str, value: str) -> None:
                                 "character")
 
 
-_NUMBERS = (int, float)
-
-
-def _typed(obj: object, prefix: str = "") -> None:
-    """Each setting of ``obj`` has the type its field declares (TOML ``true`` is not a port)."""
-    for f in dataclasses.fields(obj):
-        value, kind = getattr(obj, f.name), str(f.type)
-        if value is None:
-            continue
-        if kind.startswith("int"):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif kind.startswith("float"):
-            ok = isinstance(value, _NUMBERS) and not isinstance(value, bool)
-        elif kind.startswith("str"):
-            ok = isinstance(value, str)
-        elif kind.startswith("list[str]"):
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        else:
-            continue
-        if not ok:
-            raise MedForensicsError(prefix + f.name, f"{value!r} is not a {kind.split(' ')[0]}")
-
-
 _PATHS = {"spool", "policy", "tls_cert", "tls_key", "tls_ca", "watermark_key"}
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """The tables of a TOML file; a file that cannot be read or parsed is one error naming it."""
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise MedForensicsError.wrap(path, e, "cannot be read") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise MedForensicsError(path, f"not valid TOML: {e}") from None
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:
