@@ -15,12 +15,12 @@ from rich.markup import escape
 
 from .. import __version__
 from ..core import SCHEMA_VERSION, MedForensicsError, one_line
-from . import evaluate, export, forge, gateway, keys, ledger, scan, sign, train, watermark
+from . import evaluate, export, forge, gateway, keys, ledger, scan, serve, sign, train, watermark
 from .console import UsageError, err, out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Was this medical image generated or altered, where, and why.")
-for _module in (scan, forge, keys, sign, export, ledger, watermark, train, evaluate, gateway):
+for _module in (scan, forge, keys, sign, export, ledger, watermark, train, evaluate, gateway, serve):
     _module.register(app)
 
 
