@@ -17,10 +17,12 @@ import time
 import zlib
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from datetime import date
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -37,6 +39,11 @@ __all__ = ["create_app", "Service"]
 SESSION_COOKIE = "mf_session"
 CSRF_HEADER = "X-CSRF-Token"
 ALARM_LABELS = ("suspicious", "manipulated", "synthetic")
+#: Row ids in paths and queries (SQL integers), slice indices.
+Id = Annotated[int, PathParam(ge=1, le=2**53)]
+SliceIndex = Annotated[int, PathParam(ge=0, le=100_000)]
+LabelName = Literal["authentic", "suspicious", "manipulated", "synthetic"]
+ReviewState = Literal["unreviewed", "confirmed", "dismissed", "flagged", "released", "rejected"]
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -159,10 +166,10 @@ class QuizStartOut(BaseModel):
 
 
 class AnswerIn(BaseModel):
-    quiz_image: int
+    quiz_image: int = Field(ge=1, le=2**53)
     answer: Literal["real", "fake"]
-    x: Optional[float] = None
-    y: Optional[float] = None
+    x: Optional[float] = Field(default=None, ge=-1e6, le=1e6)
+    y: Optional[float] = Field(default=None, ge=-1e6, le=1e6)
 
 
 class AnswerOut(BaseModel):
@@ -282,7 +289,7 @@ class Service:
         self._resume_jobs()
         if s.demo and not any(j.kind == "demo" for j in self.store.jobs(limit=1000)):
             job = self.store.add_job("medforensics", "demo", message="the demo's images")
-            self.runner.submit(job.id, [self._demo_folder() / "originals", self._demo_folder() / "manipulated"])
+            self.submit(job.id, [self._demo_folder() / "originals", self._demo_folder() / "manipulated"])
         if s.quiz_per_kind and not self.store.quiz_images() and \
                 not any(j.kind == "quiz" for j in self.store.jobs(limit=1000)):
             self.build_quiz("medforensics", s.quiz_per_kind)
@@ -295,6 +302,12 @@ class Service:
         if self.runner is not None:
             self.runner.stop()
         self.store.close()
+
+    def submit(self, job_id: int, paths: list[Path], **kw: Any) -> None:
+        """Queue a job's files for scanning (without scan workers, ``run_jobs=False``, the job
+        stays queued)."""
+        if self.runner is not None:
+            self.runner.submit(job_id, paths, **kw)
 
     def _demo_folder(self) -> Path:
         return self.settings.data / "demo"
@@ -332,7 +345,7 @@ class Service:
                 self.store.add_quiz_image(spec.kind, item_id, box, seed)
                 self._quiz_items = None
 
-        self.runner.submit(job.id, [folder], source="quiz", on_item=register, specs=by_file)
+        self.submit(job.id, [folder], source="quiz", on_item=register, specs=by_file)
         return job
 
     # -- the gateway ----------------------------------------------------------------------------
@@ -353,7 +366,7 @@ class Service:
                             continue
                         files = [Path(i.path) for i in q.instances(uid)]
                         job = self.store.add_job("gateway", "gateway", total=1, message=f"series {uid}")
-                        self.runner.submit(job.id, files, source="gateway", gateway_series=uid)
+                        self.submit(job.id, files, source="gateway", gateway_series=uid)
                         seen.add(uid)
             except Exception as e:  # noqa: BLE001 - a gateway that is down or busy: try again later
                 LOG.warning("gateway queue: %s", one_line(e, 300))
@@ -513,16 +526,18 @@ def api_router() -> APIRouter:
     # -- work list ----------------------------------------------------------------------------------
     @r.get("/items", response_model=ItemsPage, tags=["items"])
     def items(request: Request, who: Principal = VIEWER,
-              label: list[str] = Query(default=[]), modality: list[str] = Query(default=[]),
-              review: list[str] = Query(default=[]), detector: Optional[str] = Query(default=None, max_length=100),
-              since: Optional[str] = Query(default=None, max_length=40), until: Optional[str] = Query(default=None, max_length=40),
+              label: list[LabelName] = Query(default=[]),
+              modality: list[str] = Query(default=[], max_length=20),
+              review: list[ReviewState] = Query(default=[]),
+              detector: Optional[str] = Query(default=None, pattern=r"^[A-Za-z0-9_.#-]{1,100}$"),
+              since: Optional[date] = None, until: Optional[date] = None,
               text: Optional[str] = Query(default=None, max_length=200),
-              source: Optional[Literal["scan", "gateway"]] = None, job: Optional[int] = None,
+              source: Optional[Literal["scan", "gateway"]] = None, job: Optional[int] = Query(default=None, ge=1, le=2**53),
               sort: Literal["suspicion", "newest", "oldest", "name"] = "suspicion",
               offset: int = Query(default=0, ge=0, le=10**9), limit: int = Query(default=100, ge=1, le=1000)) -> dict:
         total, rows = _service(request).store.list_items(
-            label=label or None, modality=modality or None, review=review or None, detector=detector, since=since,
-            until=until, text=text, source=source, job=job, sort=sort, offset=offset, limit=limit)
+            label=label or None, modality=modality or None, review=review or None, detector=detector,
+            since=since.isoformat() if since else None, until=until.isoformat() if until else None, text=text, source=source, job=job, sort=sort, offset=offset, limit=limit)
         return {"total": total, "offset": offset, "limit": limit, "items": [_item_row(x) for x in rows]}
 
     @r.get("/facets", response_model=FacetsOut, tags=["items"])
@@ -531,7 +546,7 @@ def api_router() -> APIRouter:
         return {k: list(f.get(k, [])) for k in FacetsOut.model_fields}
 
     @r.get("/items/{item_id}", response_model=ItemOut, tags=["items"])
-    def item(item_id: int, request: Request, who: Principal = VIEWER) -> dict:
+    def item(item_id: Id, request: Request, who: Principal = VIEWER) -> dict:
         svc = _service(request)
         it = svc.visible_item(item_id, who)
         view = it.record.get("view", {})
@@ -553,7 +568,7 @@ def api_router() -> APIRouter:
                 "gateway": gateway, "actions": _actions(it, who, gateway["state"] if gateway else None)}
 
     @r.get("/items/{item_id}/header", response_model=HeaderOut, tags=["items"])
-    def header(item_id: int, request: Request, who: Principal = VIEWER) -> dict:
+    def header(item_id: Id, request: Request, who: Principal = VIEWER) -> dict:
         from .render import header_rows
 
         svc = _service(request)
@@ -561,7 +576,7 @@ def api_router() -> APIRouter:
         return {"rows": [{k: str(v) for k, v in row.items()} for row in header_rows(_image_or_error(svc, it))]}
 
     @r.get("/items/{item_id}/slices/{k}.png", response_class=Response, responses=PNG, tags=["pixels"])
-    def slice_png(item_id: int, k: int, request: Request, who: Principal = VIEWER,
+    def slice_png(item_id: Id, k: SliceIndex, request: Request, who: Principal = VIEWER,
                   center: Optional[float] = Query(default=None, ge=-1e7, le=1e7),
                   width: Optional[float] = Query(default=None, gt=0, le=1e7)) -> Response:
         from .render import slice_png as render
@@ -577,7 +592,7 @@ def api_router() -> APIRouter:
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     @r.get("/items/{item_id}/overlays/{detector}/{k}.png", response_class=Response, responses=PNG, tags=["pixels"])
-    def overlay_png(item_id: int, detector: str, k: int, request: Request, who: Principal = VIEWER) -> Response:
+    def overlay_png(item_id: Id, detector: str, k: SliceIndex, request: Request, who: Principal = VIEWER) -> Response:
         from .render import overlay_png as render
 
         svc = _service(request)
@@ -594,7 +609,7 @@ def api_router() -> APIRouter:
 
     # -- decisions ----------------------------------------------------------------------------------
     @r.post("/items/{item_id}/decisions", response_model=AuditOut, tags=["decisions"])
-    def decide(item_id: int, body: DecisionIn, request: Request, who: Principal = REVIEWER) -> dict:
+    def decide(item_id: Id, body: DecisionIn, request: Request, who: Principal = REVIEWER) -> dict:
         svc = _service(request)
         it = svc.visible_item(item_id, who)
         gateway_state = None
@@ -616,7 +631,7 @@ def api_router() -> APIRouter:
         return {"jobs": [asdict(j) for j in _service(request).store.jobs(limit=50)]}
 
     @r.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
-    def job(job_id: int, request: Request, who: Principal = VIEWER) -> dict:
+    def job(job_id: Id, request: Request, who: Principal = VIEWER) -> dict:
         j = _service(request).store.job(job_id)
         if j is None:
             raise HTTPException(404, f"job {job_id}: no such job")
@@ -625,7 +640,8 @@ def api_router() -> APIRouter:
     @r.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"],
             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["files"],
-                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
+                "properties": {"files": {"type": "array", "minItems": 1,
+                                         "items": {"type": "string", "format": "binary"}}}}}}}})
     async def upload(request: Request, who: Principal = REVIEWER) -> dict:
         from .uploads import receive_upload
 
@@ -671,7 +687,7 @@ def api_router() -> APIRouter:
         return {"round": list(quiz_round(store.quiz_images(), store.answered(who.user), seed=seed))}
 
     @r.get("/quiz/images/{quiz_image}.png", response_class=Response, responses=PNG, tags=["quiz"])
-    def quiz_image(quiz_image: int, request: Request, who: Principal = VIEWER) -> Response:
+    def quiz_image(quiz_image: Id, request: Request, who: Principal = VIEWER) -> Response:
         from .render import slice_png as render
 
         svc = _service(request)
@@ -738,7 +754,7 @@ def api_router() -> APIRouter:
         return {**asdict(t), "token": token}
 
     @r.delete("/tokens/{token_id}", status_code=204, tags=["users"])
-    def revoke_token(token_id: int, request: Request, who: Principal = VIEWER) -> Response:
+    def revoke_token(token_id: Id, request: Request, who: Principal = VIEWER) -> Response:
         store = _service(request).store
         t = next((t for t in store.tokens(None) if t.id == token_id), None)
         if t is None or (t.user != who.user and who.role != "admin"):
@@ -794,7 +810,7 @@ def pages_router() -> APIRouter:
         r.add_api_route(path, page(template, role), methods=["GET"], response_class=HTMLResponse)
 
     @r.get("/items/{item_id}", response_class=HTMLResponse)
-    def viewer(item_id: int, request: Request) -> Response:
+    def viewer(item_id: Id, request: Request) -> Response:
         who = _principal(request)
         if who is None:
             return RedirectResponse(f"/login?next=/items/{item_id}", status_code=303)

@@ -123,7 +123,7 @@ async def receive_upload(request: Request, service, who: str):
             with open(dest, "xb") as out:
                 shutil.copyfileobj(f.file, out, 1024 * 1024)
         service.store.audit_append(who, "upload", f"job:{job.id}", "", f"{len(accepted)} file(s)")
-        service.runner.submit(job.id, [folder])
+        service.submit(job.id, [folder])
         return job
     finally:
         await form.close()
