@@ -216,3 +216,33 @@ def test_release_and_reject_are_refused_for_a_forwarded_series(gateway, items):
         assert r.status_code == 409 and "cannot" in r.json()["detail"], r.text
     with Queue(queue_file) as q:
         assert q.series(uids["clean"]).state == "forwarding" and q.audit(uids["clean"]) == []
+
+
+def test_a_series_checked_again_is_scanned_again_into_the_same_item(gateway, items, lidc_series_dir):
+    """Late instances: the gateway checks the series again; the service rescans all of it and
+    replaces its item's record (the work list keeps one item per series)."""
+    app, queue_file, uids = gateway
+    uid = uids["clean"]
+    late = sorted(lidc_series_dir.glob("*.dcm"),
+                  key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))[3 * SLICES]
+    ds = pydicom.dcmread(late)
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, f"{uid}.99"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = Path(app.state.service.settings.data).parent / "spool" / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    with Queue(queue_file) as q:
+        q.add_instance(sop_instance_uid=ds.SOPInstanceUID, series_instance_uid=uid,
+                       study_instance_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID,
+                       transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=str(out), calling_ae="CT1",
+                       peer="10.0.0.7", size=out.stat().st_size)
+        q.record_check(uid, "suspicious", 0.6, "quarantine", {"label": "suspicious"}, instances=[ds.SOPInstanceUID])
+    rita = sign_in(app, "rita")
+    t0, item = time.time(), None
+    while time.time() - t0 < 120:
+        item = rita.get(f"/api/items/{items['clean']['id']}").json()
+        if item["shape"] and item["shape"][0] == SLICES + 1:
+            break
+        time.sleep(0.5)
+    assert item["shape"][0] == SLICES + 1, item["shape"]
+    assert item["gateway"]["label"] == "suspicious"
+    assert rita.get("/api/items", params={"source": "gateway"}).json()["total"] == 3

@@ -287,11 +287,10 @@ class Service:
         self.runner = JobRunner(self.store, s.data, scan_settings, s.workers)
         self.runner.start()
         self._resume_jobs()
-        if s.demo and not any(j.kind == "demo" for j in self.store.jobs(limit=1000)):
+        if s.demo and not any(j.kind == "demo" and j.state == "done" for j in self.store.jobs(limit=1000)):
             job = self.store.add_job("medforensics", "demo", message="the demo's images")
             self.submit(job.id, [self._demo_folder() / "originals", self._demo_folder() / "manipulated"])
-        if s.quiz_per_kind and not self.store.quiz_images() and \
-                not any(j.kind == "quiz" for j in self.store.jobs(limit=1000)):
+        if s.quiz_per_kind and not self.store.quiz_images():
             self.build_quiz("medforensics", s.quiz_per_kind)
         if s.gateway_queue:
             self._gateway_thread = threading.Thread(target=self._gateway_loop, name="serve-gateway", daemon=True)
@@ -299,6 +298,8 @@ class Service:
 
     def stop(self) -> None:
         self._gateway_stop.set()
+        if self._gateway_thread is not None:
+            self._gateway_thread.join(timeout=30)
         if self.runner is not None:
             self.runner.stop()
         self.store.close()
@@ -321,12 +322,12 @@ class Service:
         make_samples(folder)
 
     def _resume_jobs(self) -> None:
-        """Jobs that a stopped service left queued or running are scanned again from the start
-        (their items so far are kept; the job then says how many it added in all)."""
+        """Jobs that a stopped service left queued or running are marked failed: an upload is to
+        be sent again; the demo, the quiz and the gateway's series are queued again below."""
         for job in self.store.jobs(limit=1000):
-            if job.state in ("queued", "running") and job.kind == "upload":
-                self.store.update_job(job.id, state="failed", message="the service stopped before it finished; "
-                                                                     "upload the files again")
+            if job.state in ("queued", "running"):
+                again = "upload the files again" if job.kind == "upload" else "queued again at this start"
+                self.store.update_job(job.id, state="failed", message=f"the service stopped before it finished; {again}")
 
     def build_quiz(self, who: str, per_kind: int, seed: int | None = None) -> Any:
         """Make a new set of quiz images and queue their scan; the images join the quiz as
@@ -355,19 +356,26 @@ class Service:
         return Queue(self.settings.gateway_queue)
 
     def _gateway_loop(self) -> None:
-        seen: set[str] = set()
+        """Every ``gateway_poll_seconds``: each series the gateway checked becomes an item,
+        scanned by the service itself (for its overlays); a series checked again (late
+        instances) is scanned again and its item's record replaced, its review state kept."""
+        checked: dict[str, str] = {}
         while not self._gateway_stop.is_set():
             try:
                 with self.gateway_queue() as q:
                     for series in q.list_series():
                         uid = series.series_instance_uid
-                        if uid in seen or self.store.item_by_gateway_series(uid) is not None:
-                            seen.add(uid)
+                        if checked.get(uid) == series.checked_at:
+                            continue
+                        item = self.store.item_by_gateway_series(uid)
+                        if item is not None and item.record.get("gateway_checked_at") == series.checked_at:
+                            checked[uid] = series.checked_at
                             continue
                         files = [Path(i.path) for i in q.instances(uid)]
                         job = self.store.add_job("gateway", "gateway", total=1, message=f"series {uid}")
-                        self.submit(job.id, files, source="gateway", gateway_series=uid)
-                        seen.add(uid)
+                        self.submit(job.id, files, source="gateway", gateway_series=uid,
+                                    gateway_checked_at=series.checked_at, replace_item=item.id if item else None)
+                        checked[uid] = series.checked_at
             except Exception as e:  # noqa: BLE001 - a gateway that is down or busy: try again later
                 LOG.warning("gateway queue: %s", one_line(e, 300))
             self._gateway_stop.wait(self.settings.gateway_poll_seconds)
@@ -621,8 +629,12 @@ def api_router() -> APIRouter:
             raise HTTPException(409, f"item {item_id}: cannot {body.action} it (allowed: "
                                      f"{', '.join(_actions(it, who, gateway_state)) or 'nothing'})")
         if body.action in ("release", "reject"):
-            with svc.gateway_queue() as q:
-                q.decide(it.gateway_series, body.action, who.user, body.note)
+            # the gateway's own action first; the service's trail records it once it happened
+            try:
+                with svc.gateway_queue() as q:
+                    q.decide(it.gateway_series, body.action, who.user, body.note)
+            except MedForensicsError as e:     # another reviewer was quicker
+                raise HTTPException(409, one_line(e, 300)) from None
         return _audit(svc.store.decide(item_id, body.action, who.user, body.note))
 
     # -- jobs ----------------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ class _Job:
     on_item: Callable[[int, Any], None] | None = None
     specs: dict[str, Any] | None = None
     gateway_series: str | None = None
+    gateway_checked_at: str | None = None
+    # the item whose record this job's single result replaces (a gateway series checked again)
+    replace_item: int | None = None
 
 
 class JobRunner:
@@ -106,9 +109,11 @@ class JobRunner:
 
     def submit(self, job_id: int, paths: Sequence[Path], *, source: str = "scan",
                on_item: Callable[[int, Any], None] | None = None, specs: dict[str, Any] | None = None,
-               gateway_series: str | None = None) -> None:
+               gateway_series: str | None = None, gateway_checked_at: str | None = None,
+               replace_item: int | None = None) -> None:
         """Queue ``paths`` (files and folders under the data folder) as job ``job_id``."""
-        self._queue.put(_Job(job_id, [Path(p) for p in paths], source, on_item, specs, gateway_series))
+        self._queue.put(_Job(job_id, [Path(p) for p in paths], source, on_item, specs, gateway_series,
+                             gateway_checked_at, replace_item))
 
     def idle(self) -> bool:
         return self._queue.empty() and not any(j.state in ("queued", "running") for j in self.store.jobs(limit=20))
@@ -164,6 +169,11 @@ class JobRunner:
             else Path(record["path"]).name
         if job.source == "quiz":
             name = "quiz image"
+        if job.gateway_checked_at:
+            record["gateway_checked_at"] = job.gateway_checked_at
+        if job.replace_item is not None:
+            self.store.replace_record(job.replace_item, record)
+            return
         item_id = self.store.add_item(job.job_id, path=record["path"], name=name, source=job.source, record=record,
                                       n_frames=n_frames, gateway_series=job.gateway_series)
         if job.on_item is not None:
