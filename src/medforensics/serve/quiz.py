@@ -22,10 +22,11 @@ authentic and fake images (both were resized identically, from images that were 
 the edit keeps its own traces at the scale it is seen and judged at (a forger who edits the
 image as delivered), and the truth box is the edit's mask measured in the quiz image's own
 pixels, with nothing changed outside it. Edits are placed at seeded random places inside the
-body: where :func:`medforensics.forge.edits.placement_mask` allows and brighter than the image's
-median (not the black background); a copy-move copies the most structured of a few such boxes.
-The in-painting is the plain biharmonic fill and the rescaled contrast is a marked change (35-55 %
-or 160-200 %), so that the detectors have something to show on the reveal page.
+body: where :func:`medforensics.forge.edits.placement_mask` allows, away from the dark
+background; a copy-move copies the most structured of a few such boxes, a splice takes the
+plainest of a few boxes of the donor (the other source of the same modality). The in-painting
+is the plain biharmonic fill and the rescaled contrast a marked cut (to 20-35 %), so that the
+detectors have something to show on the reveal page.
 
 Sources: the radiologists' 75 % is from the reader study of GPT-4o generated radiographs
 (Radiology, 2026): radiologists told real radiographs from generated ones 75 % of the time.
@@ -68,7 +69,7 @@ KIND_NAMES = {
     "copymove": "copy-move: a region of the same image copied elsewhere, turned, scaled and blended in",
     "splice": "splice: a region of another patient's image pasted in, its brightness and contrast matched",
     "inpaint": "in-painting: the content of a region removed and filled in from its surroundings",
-    "rescale": "rescaled region: the contrast of a region raised or cut about its mean",
+    "rescale": "rescaled region: the contrast of a region cut about its mean (a finding played down)",
 }
 
 #: Source images (pydicom test files shipped by pydicom and pydicom-data) and their modality.
@@ -89,6 +90,8 @@ CROP_RANGE = (0.75, 1.0)
 #: Width of an edit, as a fraction of the quiz image's width, per kind. A copy-move is larger:
 #: at 512 px a turned copy under ~100 px holds too few SIFT keypoints for ``copy_move`` to find.
 EDIT_RANGE = {"copymove": (0.16, 0.24), "splice": (0.10, 0.20), "inpaint": (0.10, 0.20), "rescale": (0.10, 0.20)}
+#: Share of the value range (1st-99th percentile) at the dark end that counts as background.
+DARK = 0.15
 #: CT is stored as HU + 1024 (RescaleIntercept -1024).
 CT_OFFSET = 1024.0
 #: Radiographs and MR are stored scaled so that the source's brightest value is this: shrinking
@@ -205,9 +208,13 @@ def _to_stored(arr: np.ndarray, modality: str) -> np.ndarray:
 
 
 def _body(arr: np.ndarray, modality: str) -> np.ndarray:
-    """Where an edit may go: the forge's placement mask, brighter than the image's median."""
+    """Where an edit may go: the forge's placement mask, without the dark background (the
+    darkest :data:`DARK` of the image's 1st-99th percentile range). Not "above the median":
+    that leaves out the lungs of a chest radiograph, and the whole leg of pydicom's RG3 (its
+    collimator shadow is brighter than the leg and covers a third of the image)."""
+    lo, hi = np.percentile(arr, [1, 99])
     smooth = cv2.blur(arr, (9, 9))
-    return placement_mask(arr, modality) & (smooth > float(np.median(arr)))
+    return placement_mask(arr, modality) & (smooth > lo + DARK * (hi - lo))
 
 
 def _corner(rng: np.random.Generator, cand: np.ndarray, h: int, w: int,
@@ -229,13 +236,15 @@ def _corner(rng: np.random.Generator, cand: np.ndarray, h: int, w: int,
     raise MedForensicsError("quiz", f"no room for a {h}x{w} edit in a {H}x{W} image")
 
 
-def _textured_corner(rng: np.random.Generator, arr: np.ndarray, cand: np.ndarray, h: int, w: int,
-                     tries: int = 8) -> tuple[int, int]:
-    """Of ``tries`` random corners in the body, the one whose box holds the most structure (a
-    forger copies something worth copying: a vessel, a rib, a lesion, not a flat patch)."""
+def _structured_corner(rng: np.random.Generator, arr: np.ndarray, cand: np.ndarray, h: int, w: int, *,
+                       most: bool, tries: int = 8) -> tuple[int, int]:
+    """Of ``tries`` random corners in the body, the one whose box holds the ``most`` (or least)
+    structure: a forger copies something worth copying (a vessel, a rib, a lesion), and splices
+    in plain tissue from another patient rather than a bone edge that fits nowhere."""
     grad = np.abs(cv2.Laplacian(cv2.GaussianBlur(arr, (0, 0), 1.5), cv2.CV_32F))
     corners = [_corner(rng, cand, h, w) for _ in range(tries)]
-    return max(corners, key=lambda rc: float(grad[rc[0]:rc[0] + h, rc[1]:rc[1] + w].mean()))
+    energy = [float(grad[r:r + h, c:c + w].mean()) for r, c in corners]
+    return corners[int(np.argmax(energy) if most else np.argmin(energy))]
 
 
 def _edit_size(rng: np.random.Generator, kind: str) -> tuple[int, int]:
@@ -254,21 +263,22 @@ def _edit(kind: str, rng: np.random.Generator, arr: np.ndarray, modality: str,
         angle = float(rng.uniform(3, 15) * rng.choice([-1, 1]))
         scale = float(rng.uniform(0.92, 1.1))
         feather = int(rng.integers(2, 7))
-        r, c = _textured_corner(rng, arr, cand, h, w)
+        r, c = _structured_corner(rng, arr, cand, h, w, most=True)
         th, tw = max(2, int(round(h * scale))), max(2, int(round(w * scale)))   # as copy_move sizes it
         to = _corner(rng, cand, th, tw, avoid=(r, c, r + h, c + w))
         return copy_move(arr, (r, c, r + h, c + w), to, angle=angle, scale=scale, feather=feather)
     if kind == "splice":
         other = donor()
-        r, c = _corner(rng, _body(other, modality), h, w)
+        r, c = _structured_corner(rng, other, _body(other, modality), h, w, most=False)
         to = _corner(rng, cand, h, w)
         return splice(arr, other, (r, c, r + h, c + w), to, match_mean=True, match_std=True,
                       feather=int(rng.integers(2, 7)))
     if kind == "inpaint":
         r, c = _corner(rng, cand, h, w)
         return inpaint_region(arr, (r, c, r + h, c + w), method="classic", noise=False, seed=rng)
-    # rescale: contrast cut to 35-55 % or raised to 160-200 % (a milder change hides in the noise)
-    factor = float(rng.uniform(0.35, 0.55) if rng.random() < 0.6 else rng.uniform(1.6, 2.0))
+    # rescale: contrast cut to 20-35 % (a finding played down); noise_residual finds a region's
+    # noise cut below about a third, not a milder cut, nor a raise (bone texture raises it too)
+    factor = float(rng.uniform(0.2, 0.35))
     r, c = _corner(rng, cand, h, w)
     return rescale_region(arr, (r, c, r + h, c + w), factor)
 
