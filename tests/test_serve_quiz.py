@@ -171,13 +171,15 @@ def test_summarise_maths():
     assert set(s["users"]) == {"ann", "bob"}
     assert (ann["n"], ann["correct"], ann["accuracy"]) == (8, 6, 0.75)
     assert (ann["sensitivity"], ann["specificity"], ann["hits"]) == (0.75, 0.75, 2)
-    assert ann["localised"] == pytest.approx(2 / 3)
+    assert ann["localised"] == 0.5
     assert ann["kinds"]["copymove"]["accuracy"] == 0.5 and ann["kinds"]["authentic"]["sensitivity"] is None
-    assert (bob["accuracy"], bob["sensitivity"], bob["specificity"], bob["localised"]) == (0.25, 0.0, 0.5, None)
+    assert (bob["accuracy"], bob["sensitivity"], bob["specificity"], bob["localised"]) == (0.25, 0.0, 0.5, 0.0)
     d = s["department"]
     assert (d["n"], d["correct"], d["users"]) == (12, 7, 2)
     assert d["accuracy"] == pytest.approx(7 / 12) and d["difference"] == pytest.approx(7 / 12 - 0.75)
     assert d["sensitivity"] == pytest.approx(3 / 6) and d["specificity"] == pytest.approx(4 / 6)
+    assert d["hits"] == 2 and d["localised"] == pytest.approx(2 / 6)
+    assert s["kinds"]["authentic"]["localised"] is None
     assert s["kinds"]["authentic"]["accuracy"] == pytest.approx(4 / 6) and s["kinds"]["splice"]["accuracy"] == 1.0
     empty = quiz.summarise([])
     assert empty["users"] == {} and empty["department"]["accuracy"] is None and empty["department"]["difference"] is None

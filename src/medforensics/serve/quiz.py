@@ -422,7 +422,7 @@ def _tally(rows: Iterable[Score]) -> dict[str, Any]:
             hits += s.hits
     return {"n": n, "correct": correct, "accuracy": _rate(correct, n),
             "sensitivity": _rate(fake_correct, fake_n), "specificity": _rate(real_correct, real_n),
-            "hits": hits, "localised": _rate(hits, fake_correct)}
+            "hits": hits, "localised": _rate(hits, fake_n)}
 
 
 def summarise(scores: Iterable[Score]) -> dict[str, Any]:
@@ -431,8 +431,8 @@ def summarise(scores: Iterable[Score]) -> dict[str, Any]:
 
     Every tally holds ``n``, ``correct``, ``accuracy`` (``None`` without answers),
     ``sensitivity`` (share of fakes called fake), ``specificity`` (share of authentic images
-    called real), ``hits`` (clicks inside the truth box) and ``localised`` (hits per fake
-    correctly called fake). The department's tally adds ``benchmark`` (:data:`STUDY_ACCURACY`),
+    called real), ``hits`` (clicks inside the truth box) and ``localised`` (the share of fakes
+    whose edit was clicked on). The department's tally adds ``benchmark`` (:data:`STUDY_ACCURACY`),
     ``difference`` (accuracy minus benchmark) and ``users`` (how many answered).
 
     >>> from types import SimpleNamespace as S
