@@ -125,6 +125,23 @@
     });
   }
 
+  // ------------------------------------------------------------------ the stage fills the window's height
+  function fitStage() {
+    const stage = $("#stage");
+    const top = stage.getBoundingClientRect().top + window.scrollY;
+    const h = Math.max(320, Math.floor(window.innerHeight - top - 12));
+    stage.style.height = `${h}px`;
+    const img = $("#slice-img");
+    if (stage.classList.contains("fit")) {      // the whole slice, as large as the pane allows
+      const scale = Math.min(stage.clientWidth / S.cols, h / S.rows);
+      img.style.width = `${Math.floor(S.cols * scale)}px`;
+      img.style.height = `${Math.floor(S.rows * scale)}px`;
+    } else {                                    // 1:1: one image pixel per screen pixel
+      img.style.width = `${S.cols}px`;
+      img.style.height = `${S.rows}px`;
+    }
+  }
+
   // ------------------------------------------------------------------ scrolling, zoom
   function setupScrolling() {
     let wheelSum = 0;
@@ -155,6 +172,7 @@
       stage.classList.toggle("actual", actual);
       $("#zoom-toggle").textContent = actual ? "Fit" : "1:1";
       $("#zoom-toggle").classList.toggle("pressed", actual);
+      fitStage();
       if (actual) centreOnBox();
     });
     $("#slice-img").addEventListener("error", async () => {
@@ -226,7 +244,7 @@
         el("td", {}, r.detector),
         el("td", {class: "num"}, r.score.toFixed(2)),
         el("td", {class: "num"}, r.slice !== null ? String(r.slice + 1) : "–"),
-        el("td", {class: "nowrap"}, `row ${r.row}, col ${r.col}`, el("div", {class: "muted"}, size)));
+        el("td", {class: "nowrap"}, `${r.row}, ${r.col}`, el("div", {class: "muted"}, size)));
       tr.addEventListener("click", () => selectRegion(i));
       return tr;
     }));
@@ -305,7 +323,10 @@
   }
 
   function renderHead(item) {
-    $("#item-name").textContent = item.name;
+    const parts = String(item.name).split("/");
+    $("#item-name").textContent = parts.pop() || item.name;
+    $("#item-name").title = item.name;
+    $("#item-path").textContent = parts.join("/");
     document.title = `${item.name} · medforensics review`;
     fill($("#item-label"), labelBadge(item.label));
     $("#item-score").textContent = item.score === null || item.score === undefined ? "" : `score ${item.score.toFixed(2)}`;
@@ -357,7 +378,7 @@
       const data = await api("GET", `/api/items/${S.id}/header`);
       const rows = data.rows || [];
       fill($("#header-body"), rows.length ? rows.map((r) => el("tr", {class: "header-row"},
-        el("td", {class: "mono nowrap"}, r.tag || ""), el("td", {}, r.keyword || ""), el("td", {class: "mono"}, r.vr || ""),
+        el("td", {class: "mono nowrap"}, r.tag || ""), el("td", {class: "nowrap"}, r.keyword || ""), el("td", {class: "mono"}, r.vr || ""),
         el("td", {class: "wrap-any"}, fmt(r.value)))) : el("tr", {}, el("td", {colspan: 4, class: "muted"}, "no header")));
       filterHeader();
     } catch (e) {
@@ -376,7 +397,11 @@
     setupWindowing();
     setupScrolling();
     setupOpacity();
-    $("#header-panel").addEventListener("toggle", () => { if ($("#header-panel").open) loadHeader(); });
+    $("#header-panel").addEventListener("toggle", () => {
+      if (!$("#header-panel").open) return;
+      loadHeader();
+      $("#header-panel").scrollIntoView({block: "start"});
+    });
     $("#header-filter").addEventListener("input", filterHeader);
     let item;
     try { item = await api("GET", `/api/items/${S.id}`); } catch (e) { return; }
@@ -394,6 +419,7 @@
     }
     $("#slice-range").max = String(S.n - 1);
     $("#slice-controls").classList.toggle("hidden", S.n <= 1);
+    $("#slice-label").classList.toggle("hidden", S.n <= 1);
     renderHead(item);
     renderOverlays(item);
     renderRegions(item);
@@ -405,6 +431,8 @@
     const k0 = first && first.slice !== null ? first.slice : Math.floor(S.n / 2);
     setWindow(c, w, {redraw: false});
     if (first) { S.selected = 0; $$(".region-row")[0].classList.add("selected"); }
+    fitStage();
+    window.addEventListener("resize", fitStage);
     show(k0);
     viewer().dataset.ready = "1";
   }

@@ -52,17 +52,22 @@
     }
   }
 
+  // a name is a path inside the service's folder: the file's own name first, its folder below
+  function baseName(name) { const parts = String(name).split("/"); return parts.pop() || name; }
+  function folderOf(name) { const parts = String(name).split("/"); parts.pop(); return parts.join("/"); }
+
   function row(item) {
     const href = `/items/${item.id}`;
     const tr = el("tr", {class: "item-row", "data-id": item.id, "data-testid": "item-row"},
       el("td", {class: "num"}, scoreCell(item.score)),
       el("td", {}, labelBadge(item.label)),
-      el("td", {class: "wrap-any"}, el("a", {class: "item-link", href}, item.name),
-         item.n_frames > 1 ? el("span", {class: "muted"}, ` · ${item.n_frames} slices`) : null),
+      el("td", {class: "name-cell", title: item.name}, el("a", {class: "item-link", href}, baseName(item.name)),
+         item.n_frames > 1 ? el("span", {class: "muted"}, ` · ${item.n_frames} slices`) : null,
+         folderOf(item.name) ? el("div", {class: "muted path"}, folderOf(item.name)) : null),
       el("td", {}, item.modality || "–"),
       el("td", {}, (item.detectors || []).map((d) => el("span", {class: "chip"}, d))),
       el("td", {}, stateChip(item.review_state), item.reviewer ? el("span", {class: "muted"}, ` ${item.reviewer}`) : null),
-      el("td", {class: "nowrap muted"}, when(item.created)));
+      el("td", {class: "nowrap muted", title: item.created}, when(item.created).replace(" UTC", "")));
     tr.addEventListener("click", (event) => {
       if (event.target.closest("a")) return;        // the link opens it itself (also in a new tab)
       if (event.ctrlKey || event.metaKey) window.open(href, "_blank"); else location.href = href;
