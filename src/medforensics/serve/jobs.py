@@ -104,8 +104,8 @@ class JobRunner:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:   # the item being scanned finishes; the rest are dropped
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, job_id: int, paths: Sequence[Path], *, source: str = "scan",
                on_item: Callable[[int, Any], None] | None = None, specs: dict[str, Any] | None = None,

@@ -354,6 +354,10 @@ class Store:
             "CREATE INDEX serve_items_label ON serve_items (label, suspicion DESC, id)",
             "CREATE INDEX serve_items_review ON serve_items (review_state, suspicion DESC, id)",
             "CREATE INDEX serve_items_modality ON serve_items (modality)",
+            # the work list's filter menus (facets): distinct values of work-list items, from the index alone
+            "CREATE INDEX serve_items_label_source ON serve_items (label, source)",
+            "CREATE INDEX serve_items_modality_source ON serve_items (modality, source)",
+            "CREATE INDEX serve_items_review_source ON serve_items (review_state, source)",
             "CREATE INDEX serve_items_job ON serve_items (job_id)",
             "CREATE TABLE serve_item_detectors (detector TEXT NOT NULL, item_id BIGINT NOT NULL, "
             "PRIMARY KEY (detector, item_id))",
