@@ -335,6 +335,8 @@ def test_upload_files_and_a_folder_from_the_page_with_the_jobs_panel(pages, serv
     folder = tmp_path / "picked" / "study-7"
     (folder / "series-1").mkdir(parents=True)
     shutil.copy(server.demo / "originals" / "ct_slice.dcm", folder / "series-1" / "slice.dcm")
+    # a file that says DICOM but holds no image: listed as an error, shown without a picture
+    (folder / "broken.dcm").write_bytes(bytes(128) + b"DICM" + b"\x02\x00\x10\x00UI\x04\x00abcd" + bytes(64))
     single = tmp_path / "mr.dcm"
     shutil.copy(server.demo / "originals" / "mr_slice.dcm", single)
     page.set_input_files("#upload-files", [str(single)])
@@ -345,10 +347,20 @@ def test_upload_files_and_a_folder_from_the_page_with_the_jobs_panel(pages, serv
     assert job_id not in jobs_before
     page.wait_for_selector(f".job[data-job='{job_id}'] .progress")
     _until(page, "id => document.querySelector(`.job[data-job='${id}']`).dataset.state === 'done'", job_id, timeout=JOB_TIMEOUT)
-    _until(page, "n => document.querySelector('#page-info').dataset.total === String(n)", before + 2)
-    names = sorted(i["name"] for i in server.items(job=job_id))
-    assert len(names) == 2 and any("study-7/series-1" in n for n in names), names
+    _until(page, "n => document.querySelector('#page-info').dataset.total === String(n)", before + 3)
+    items = server.items(job=job_id)
+    names = sorted(i["name"] for i in items)
+    assert len(names) == 3 and sum("study-7/series-1" in n for n in names) == 1, names
     assert server.api.get(f"/api/jobs/{job_id}").json()["who"] == "rita"
+    broken = next(i for i in items if i["name"].endswith("broken.dcm"))
+    assert broken["label"] is None
+    page.fill("#f-text", "broken.dcm")
+    _until(page, "() => document.querySelectorAll('tr.item-row').length === 1")
+    assert _rows(page)[0]["label"] == "error"
+    page.click("tr.item-row")
+    page.wait_for_selector("#viewer[data-ready='1']")
+    error = server.api.get(f"/api/items/{broken['id']}").json()["record"]["errors"][0]
+    assert error in page.text_content("#no-pixels") and page.locator("#slice-img").count() == 0
 
 
 def test_sign_out_and_a_lost_session_lead_to_the_login_page_and_back(pages, server):

@@ -197,6 +197,7 @@
       return img;
     }));
     const list = $("#overlay-list");
+    $("#overlay-opacity").parentElement.classList.toggle("hidden", !names.length);
     if (!names.length) { fill(list, el("span", {class: "muted"}, "no detector left a heatmap")); return; }
     fill(list, names.map((d) => {
       const box = el("input", {type: "checkbox", class: "overlay-toggle", "data-detector": d, checked: S.active.has(d)});
@@ -331,7 +332,7 @@
     fill($("#item-label"), labelBadge(item.label));
     $("#item-score").textContent = item.score === null || item.score === undefined ? "" : `score ${item.score.toFixed(2)}`;
     fill($("#item-review"), stateChip(item.review_state), item.reviewer ? el("span", {class: "muted"}, ` by ${item.reviewer}`) : null);
-    const meta = [item.modality, item.kind, S.n > 1 ? `${S.n} slices` : null, `${S.cols}×${S.rows}`].filter(Boolean);
+    const meta = [item.modality, item.kind, S.n > 1 ? `${S.n} slices` : null, S.rows > 1 ? `${S.cols}×${S.rows}` : null].filter(Boolean);
     $("#item-meta").textContent = meta.join(" · ");
   }
 
@@ -406,7 +407,21 @@
     let item;
     try { item = await api("GET", `/api/items/${S.id}`); } catch (e) { return; }
     S.item = item;
-    const shape = item.shape || [1, 1];
+    const shape = item.shape || [];
+    if (shape.length < 2) {                     // nothing to show: the file could not be read as an image
+      renderHead(item);
+      renderEvidence(item);
+      renderProvenance(item);
+      renderDecisions(item);
+      renderOverlays(item);
+      renderRegions(item);
+      $(".toolbar").classList.add("hidden");
+      $(".stage-hint").classList.add("hidden");
+      fill($("#stage"), el("p", {class: "no-pixels", id: "no-pixels"}, "No picture: ",
+        (item.record.errors || []).join("; ") || "the file holds no image the scan could read."));
+      viewer().dataset.ready = "1";
+      return;
+    }
     S.rows = shape[shape.length - 2];
     S.cols = shape[shape.length - 1];
     S.n = shape.length >= 3 ? shape[0] : 1;
