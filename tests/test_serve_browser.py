@@ -2,9 +2,11 @@
 review bootstrap`` then ``medforensics serve`` in a subprocess) driven by Debian's ``chromium``
 through Playwright's sync API.
 
-One server for the module: the demo's originals and manipulated copies are uploaded through
-``POST /api/jobs`` as a folder, and (when the shared data holds LIDC-IDRI-0001) the full CT series
-with a 14 mm nodule injected by ``forge.ct``. The flows: log in, the work list sorted by
+One server for the module, started as docs/serve.md's quick start does (``serve --demo``: the
+demo's originals and manipulated copies are scanned at the first start); the full
+LIDC-IDRI-0001 CT series with a 14 mm nodule injected by ``forge.ct`` is uploaded as a folder
+through ``POST /api/jobs`` (skipped without the shared data), and files and a folder through the
+page's upload form. The flows: log in, the work list sorted by
 suspicion and filtered, "three clicks" from the login page to the evidence of a manipulated
 image, scrolling a series (wheel and keys), overlays and opacity, regions, window/level, the
 header, a reviewer dismissing an alarm with a note (in the item's history and the audit page),
@@ -14,6 +16,7 @@ here (docs/serve.md shows them).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -80,7 +83,7 @@ class Server:
         config = self.root / "serve.toml"
         config.write_text("quiz_per_kind = 1\n")   # 4 fakes and 4 authentic images: enough for a round
         self.proc = subprocess.Popen([sys.executable, "-m", "medforensics", "serve", "--config", str(config),
-                                      "--data", str(self.data), "--port", str(self.port)],
+                                      "--data", str(self.data), "--port", str(self.port), "--demo"],
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=self.env())
         deadline = time.monotonic() + 60
         while True:
@@ -142,24 +145,21 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, browser):
-    """The service with three accounts and the demo's images scanned (uploaded as a folder)."""
-    from medforensics.demo import make_samples
-
+    """The service as the quick start of docs/serve.md runs it (``serve --demo``: the demo's
+    originals and manipulated copies scanned at the first start, and a quiz set), with a
+    reviewer and a viewer added through the API."""
     root = tmp_path_factory.mktemp("serve")
     srv = Server(root).start()
     try:
         for user, role in (("rita", "reviewer"), ("viktor", "viewer")):
             r = srv.api.post("/api/users", json={"user": user, "role": role, "password": PASSWORDS[user]})
             assert r.status_code == 201, r.text
-        demo = srv.demo = root / "demo"
-        srv.truth = make_samples(demo)
-        files = [(f"demo/{p.relative_to(demo).as_posix()}", p) for p in sorted(demo.rglob("*"))
-                 if p.is_file() and p.parent.name != "keys" and p.suffix in (".dcm", ".png")]
-        srv.demo_job = srv.upload(files)
-        # the quiz set is made and scanned at the first start
-        for job in srv.api.get("/api/jobs").json()["jobs"]:
-            if job["kind"] == "quiz":
-                srv.wait_job(job["id"])
+        jobs = srv.api.get("/api/jobs").json()["jobs"]
+        assert {"demo", "quiz"} <= {j["kind"] for j in jobs}, jobs
+        for job in jobs:
+            srv.wait_job(job["id"])
+        srv.demo = srv.data / "demo"
+        srv.truth = json.loads((srv.demo / "manipulated" / "ground_truth.json").read_text())
         yield srv
     finally:
         srv.stop()
