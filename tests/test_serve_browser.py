@@ -362,6 +362,18 @@ def test_upload_files_and_a_folder_from_the_page_with_the_jobs_panel(pages, serv
     error = server.api.get(f"/api/items/{broken['id']}").json()["record"]["errors"][0]
     assert error in page.text_content("#no-pixels") and page.locator("#slice-img").count() == 0
 
+    # a file that is no image is refused, and the page says why in one line
+    page.goto("/")
+    _wait_rows(page)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    pages.allowed.append(f"415 {server.url}/api/jobs")
+    page.set_input_files("#upload-files", [str(notes)])
+    page.click("#upload-submit")
+    page.wait_for_selector("#message:not(.hidden)")
+    assert "notes.txt" in page.text_content("#message") and page.text_content("#upload-status") == ""
+    assert {j["id"] for j in server.api.get("/api/jobs").json()["jobs"]} == jobs_before | {job_id}
+
 
 def test_sign_out_and_a_lost_session_lead_to_the_login_page_and_back(pages, server):
     target = server.items(label="manipulated")[0]
@@ -394,6 +406,8 @@ def test_ct_series_scrolls_with_wheel_and_keys_shows_overlays_and_regions(pages,
     n = ct_item["shape"][0]
     assert n == 133 and ct_item["overlays"], ct_item["overlays"]
     page = pages.login("rita", f"/items/{item_id}")
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
     page.wait_for_selector("#viewer[data-ready='1']")
     _loaded(page, "#slice-img")
     region = page.eval_on_selector(".region-row", "r => ({detector: r.dataset.detector, slice: Number(r.dataset.slice)})")
@@ -405,6 +419,14 @@ def test_ct_series_scrolls_with_wheel_and_keys_shows_overlays_and_regions(pages,
     _loaded(page, f".overlay-img[data-detector='{region['detector']}']")
     assert page.is_visible("#region-box")
     _screenshot(page, "viewer-ct-overlay.png")
+
+    # the neighbouring slices (and their overlays) are fetched ahead of the scrolling
+    deadline = time.monotonic() + 10
+    ahead = [f"/slices/{region['slice'] + d}.png" for d in (-2, -1, 1, 2)]
+    ahead += [f"/overlays/{region['detector']}/{region['slice'] + d}.png" for d in (-1, 1)]
+    while not all(any(a in u for u in requested) for a in ahead):
+        assert time.monotonic() < deadline, (ahead, requested)
+        page.wait_for_timeout(50)
 
     def at() -> tuple[str, str]:
         return page.text_content("#slice-label"), page.get_attribute("#slice-img", "src")

@@ -160,10 +160,21 @@
       else if (S.answered && (e.key === "n" || e.key === "Enter")) show(S.i + 1);
     });
     let data;
-    try { data = await api("POST", "/api/quiz/start"); } catch (e) { return; }
-    S.round = data.round || [];
-    if (!S.round.length) {
+    let scores;
+    try {
+      [data, scores] = await Promise.all([api("POST", "/api/quiz/start"), api("GET", "/api/quiz/scores")]);
+    } catch (e) { return; }
+    const round = data.round || [];
+    if (!round.length) {
       finish("There are no quiz images yet: they are made when the service starts; try again in a minute.");
+      return;
+    }
+    // the round lists the images not yet answered first; each image is answered once
+    const answered = (scores.mine || []).reduce((sum, s) => sum + s.n, 0);
+    S.round = round.slice(0, Math.max(0, round.length - answered));
+    if (!S.round.length) {
+      finish(`You have answered all ${round.length} images of the quiz.`);
+      $("#quiz").dataset.ready = "1";
       return;
     }
     show(0);

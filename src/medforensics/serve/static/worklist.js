@@ -128,6 +128,32 @@
     if (running.size) pollTimer = setTimeout(loadJobs, 2000);
   }
 
+  /** POST the form to /api/jobs with upload progress (fetch has none); errors as MF.api's. */
+  function send(form, progress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", "/api/jobs");
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.setRequestHeader("X-CSRF-Token", MF.csrfToken());
+      xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) progress(e.loaded, e.total); });
+      xhr.addEventListener("load", () => {
+        let data = null;
+        try { data = JSON.parse(xhr.responseText); } catch (e) { data = xhr.responseText; }
+        if (xhr.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); }
+        if (xhr.status >= 200 && xhr.status < 300) { resolve(data); return; }
+        const text = data && data.detail ? (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail))
+          : `${xhr.status} ${xhr.statusText || "error"}`;
+        MF.message(text);
+        reject(Object.assign(new Error(text), {status: xhr.status}));
+      });
+      xhr.addEventListener("error", () => {
+        MF.message("the upload did not reach the service");
+        reject(new Error("network error"));
+      });
+      xhr.send(form);
+    });
+  }
+
   async function upload(event) {
     event.preventDefault();
     const form = new FormData();
@@ -139,7 +165,9 @@
     button.disabled = true;
     $("#upload-status").textContent = `uploading ${n} file${n > 1 ? "s" : ""}…`;
     try {
-      const job = await api("POST", "/api/jobs", form);
+      const job = await send(form, (sent, total) => {
+        $("#upload-status").textContent = `uploading ${n} file${n > 1 ? "s" : ""}: ${Math.round(100 * sent / total)} %`;
+      });
       $("#upload-status").textContent = `job #${job.id} started`;
       event.target.reset();
       activeJobs.add(job.id);
