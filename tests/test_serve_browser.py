@@ -633,3 +633,47 @@ def _screenshot(page, name: str) -> None:
     shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
     assert shot.size == (VIEWPORT["width"], VIEWPORT["height"])
     shot.quantize(256, method=Image.Quantize.FASTOCTREE).save(DOCS / name, optimize=True)
+
+
+# ------------------------------------------------------------------------- paging (last: it adds many items)
+def test_work_list_pages_of_100_with_only_one_page_in_the_page(pages, server):
+    """250 more items (copies of the demo's records, added to the service's database from here):
+    the page holds 100 rows, Next and Previous move by 100 in suspicion order, the address keeps
+    the offset."""
+    from medforensics.serve.store import Store
+
+    demo = [i for i in server.items() if i["score"] is not None][:5]
+    with Store(server.data / "serve.sqlite") as store:
+        sources = [store.item(i["id"]) for i in demo]
+        job = store.add_job("admin", "upload", total=250, message="copies for paging")
+        for k in range(250):
+            src = sources[k % len(sources)]
+            record = {**src.record, "score": round(src.record["score"] * (0.5 + k / 500), 4)}
+            store.add_item(job.id, path=src.path, name=f"copies/{k:03d}-{Path(src.name).name}", source="scan",
+                           record=record, n_frames=src.n_frames)
+        store.update_job(job.id, state="done", done=250)
+    total = len(server.items(limit=1000))
+    assert total > 250
+    page = pages.login("rita")
+    _wait_rows(page)
+    assert page.locator("tr.item-row").count() == 100
+    assert page.text_content("#page-info") == f"1–100 of {total:,} items" and page.is_disabled("#page-prev")
+    first = _rows(page)
+    page.click("#page-next")
+    _until(page, "() => document.querySelector('#page-info').textContent.startsWith('101–')")
+    second = _rows(page)
+    assert len(second) == 100 and not {r["id"] for r in first} & {r["id"] for r in second}
+    assert float(second[0]["score"]) <= float(first[-1]["score"])
+    assert [r["id"] for r in second] == [i["id"] for i in server.items(offset=100, limit=100)]
+    assert "offset=100" in page.url
+    page.reload()                                                # the address brings back the page
+    _wait_rows(page)
+    assert page.text_content("#page-info").startswith("101–")
+    while not page.is_disabled("#page-next"):
+        before = page.text_content("#page-info")
+        page.click("#page-next")
+        _until(page, "t => document.querySelector('#page-info').textContent !== t", before)
+    last = page.locator("tr.item-row").count()
+    assert page.text_content("#page-info") == f"{total - last + 1:,}–{total:,} of {total:,} items"
+    page.click("#page-prev")
+    _until(page, "n => document.querySelector('#page-info').textContent.startsWith(`${n}–`)", str(total - last - 99))
