@@ -35,6 +35,16 @@
          el("div", {class: "legend"}, `dashed line: the study's ${pct(benchmark)}`));
   }
 
+  /** "fakes called fake: x % (n); authentic images called real: y % (m)" for ``rows``. */
+  function split(rows) {
+    const fakes = tally(rows.filter((r) => r.kind !== "authentic"));
+    const real = tally(rows.filter((r) => r.kind === "authentic"));
+    const parts = [];
+    if (fakes.n) parts.push(`fakes called fake: ${pct(fakes.accuracy)} of ${fakes.n}, ${fakes.hits} marked inside the change`);
+    if (real.n) parts.push(`authentic images called real: ${pct(real.accuracy)} of ${real.n}`);
+    return parts.join(" · ");
+  }
+
   function verdictLine(node, who, t, benchmark) {
     if (!t.n) { node.textContent = `${who} answered no quiz image yet.`; node.className = "verdict"; return; }
     const diff = t.accuracy - benchmark;
@@ -49,7 +59,7 @@
       return el("tr", {class: "score-row", "data-kind": withUser ? rows[0].kind : key},
         withUser ? el("td", {}, rows[0].user) : null, el("td", {}, withUser ? rows[0].kind : key),
         el("td", {class: "num"}, t.n), el("td", {class: "num"}, t.correct), el("td", {class: "num"}, pct(t.accuracy)),
-        el("td", {class: "num"}, t.hits));
+        el("td", {class: "num"}, rows[0].kind === "authentic" ? "–" : t.hits));
     }));
   }
 
@@ -61,6 +71,7 @@
     const mine = data.mine || [];
     const kinds = byKey(mine, "kind");
     verdictLine($("#mine-overall"), "You", tally(mine), benchmark);
+    $("#mine-split").textContent = split(mine);
     chart($("#accuracy-chart"), kinds.map(([k, rows]) => [k, tally(rows)]), tally(mine), benchmark);
     rowsTable($("#scores-mine tbody"), kinds, false);
     const panel = $("#everyone-panel");
@@ -69,6 +80,7 @@
       const users = byKey(everyone, "user");
       verdictLine($("#department-overall"), `The department (${users.length} user${users.length === 1 ? "" : "s"})`,
                   tally(everyone), benchmark);
+      $("#department-split").textContent = split(everyone);
       chart($("#department-chart"), users.map(([u, rows]) => [u, tally(rows)]), tally(everyone), benchmark);
       const pairs = byKey(everyone.map((r) => ({...r, pair: `${r.user}\u0000${r.kind}`})), "pair");
       rowsTable($("#scores-everyone tbody"), pairs, true);
