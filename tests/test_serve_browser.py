@@ -548,10 +548,14 @@ def test_a_reviewer_dismisses_an_alarm_with_a_note_and_it_is_audited(pages, serv
 
 
 def test_a_viewer_sees_evidence_but_no_decision_buttons(pages, server):
-    target = server.items(label="manipulated")[0]
+    # the demo's signed and watermarked CT slice changed after signing: both proofs say so
+    target = next(i for i in server.items(label="manipulated") if i["name"].endswith("ct_signed_tampered.dcm"))
     page = pages.login("viktor", f"/items/{target['id']}")
     page.wait_for_selector("#viewer[data-ready='1']")
     assert page.locator(".evidence-item").count() > 0
+    assert page.text_content("#provenance dd[data-key=signature]") == "broken"
+    assert page.text_content("#provenance dd[data-key=watermark]") == "tampered"
+    assert page.is_visible(".evidence-item.alarm[data-detector=provenance]")
     assert page.locator("#decision-panel").count() == 0 and page.locator("button[data-action]").count() == 0
     assert page.locator(".topbar nav a[data-page=audit]").count() == 0
     page.goto("/")
