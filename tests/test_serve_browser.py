@@ -452,6 +452,11 @@ def test_ct_series_scrolls_with_wheel_and_keys_shows_overlays_and_regions(pages,
     assert at()[0] == f"slice {n} / {n}"
     page.fill("#slice-range", "0")
     assert at()[0] == f"slice 1 / {n}" and "/slices/0.png" in at()[1]
+    page.focus("#slice-range")                                   # keys on the slider run the same way
+    page.keyboard.press("ArrowDown")
+    assert at()[0] == f"slice 2 / {n}"
+    page.keyboard.press("ArrowUp")
+    assert at()[0] == f"slice 1 / {n}"
     _loaded(page, "#slice-img")
     assert page.is_hidden("#region-box")                      # the nodule is not on the first slice
 

@@ -158,7 +158,11 @@
     }, {passive: false});
     document.addEventListener("keydown", (e) => {
       const t = e.target;
-      if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
+      // keys typed into a field stay there; on the slice slider and checkboxes they scroll the series
+      // (the slider's own arrows would run the other way: ArrowDown is the next slice everywhere)
+      const typing = t && (t.isContentEditable || t.tagName === "TEXTAREA" || t.tagName === "SELECT" ||
+        (t.tagName === "INPUT" && t.type !== "checkbox" && t.id !== "slice-range"));
+      if (typing) return;
       if (e.altKey || e.ctrlKey || e.metaKey) return;
       const page = Math.max(1, Math.round(S.n / 10));
       const moves = {ArrowDown: 1, ArrowUp: -1, PageDown: page, PageUp: -page, Home: -S.n, End: S.n};
