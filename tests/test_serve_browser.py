@@ -75,13 +75,13 @@ class Server:
     def env(self) -> dict:
         return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-    def start(self) -> "Server":
+    def start(self, settings: str = "") -> "Server":
         pw = self.root / "admin-password"
         pw.write_text(PASSWORDS["admin"] + "\n")
         r = self.cli("review", "bootstrap", "--data", str(self.data), "--user", "admin", "--password-file", str(pw))
         assert r.returncode == 0, r.stdout + r.stderr
         config = self.root / "serve.toml"
-        config.write_text("quiz_per_kind = 1\n")   # 4 fakes and 4 authentic images: enough for a round
+        config.write_text("quiz_per_kind = 1\n" + settings)   # 4 fakes and 4 authentic images: enough for a round
         self.proc = subprocess.Popen([sys.executable, "-m", "medforensics", "serve", "--config", str(config),
                                       "--data", str(self.data), "--port", str(self.port), "--demo"],
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=self.env())
@@ -143,13 +143,49 @@ class Server:
                 self.proc.wait(10)
 
 
+def _gateway_queue(root: Path) -> tuple[Path, str] | None:
+    """A real gateway queue holding one quarantined series (six LIDC-IDRI-0001 slices, spooled
+    and recorded as the gateway does, then checked as manipulated): (queue file, series UID), or
+    None without the shared data."""
+    import pydicom
+
+    from medforensics.datapath import data_root
+    from medforensics.gateway.queue import Queue
+
+    found = next((data_root() / "ct" / "lidc-idri" / "LIDC-IDRI-0001").rglob("*.dcm"), None) \
+        if (data_root() / "ct" / "lidc-idri" / "LIDC-IDRI-0001").is_dir() else None
+    if found is None:
+        return None
+    files = sorted(found.parent.glob("*.dcm"), key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
+    spool = root / "spool"
+    spool.mkdir()
+    queue_file = root / "gateway-queue.sqlite"
+    sops = []
+    with Queue(queue_file) as q:
+        for f in files[60:66]:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            out = spool / f"{ds.SOPInstanceUID}.dcm"
+            shutil.copyfile(f, out)
+            assert q.add_instance(sop_instance_uid=ds.SOPInstanceUID, series_instance_uid=ds.SeriesInstanceUID,
+                                  study_instance_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID,
+                                  transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=str(out), calling_ae="CT1",
+                                  peer="10.0.0.7", size=out.stat().st_size)
+            sops.append(ds.SOPInstanceUID)
+        uid = str(ds.SeriesInstanceUID)
+        s = q.record_check(uid, "manipulated", 0.91, "quarantine", {"label": "manipulated"}, instances=sops)
+        assert s.state == "quarantined"
+    return queue_file, uid
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, browser):
     """The service as the quick start of docs/serve.md runs it (``serve --demo``: the demo's
     originals and manipulated copies scanned at the first start, and a quiz set), with a
     reviewer and a viewer added through the API."""
     root = tmp_path_factory.mktemp("serve")
-    srv = Server(root).start()
+    srv = Server(root)
+    srv.gateway = _gateway_queue(root)
+    srv.start(f'gateway_queue = "{srv.gateway[0].as_posix()}"\ngateway_poll_seconds = 0.5\n' if srv.gateway else "")
     try:
         for user, role in (("rita", "reviewer"), ("viktor", "viewer")):
             r = srv.api.post("/api/users", json={"user": user, "role": role, "password": PASSWORDS[user]})
@@ -158,6 +194,13 @@ def server(tmp_path_factory, browser):
         assert {"demo", "quiz"} <= {j["kind"] for j in jobs}, jobs
         for job in jobs:
             srv.wait_job(job["id"])
+        if srv.gateway:                        # the quarantined series is picked up and scanned
+            deadline = time.monotonic() + JOB_TIMEOUT
+            while not srv.items(source="gateway"):
+                assert time.monotonic() < deadline, f"the gateway's series never reached the work list: {srv.tail()}"
+                time.sleep(0.3)
+            for job in srv.api.get("/api/jobs").json()["jobs"]:
+                srv.wait_job(job["id"])
         srv.demo = srv.data / "demo"
         srv.truth = json.loads((srv.demo / "manipulated" / "ground_truth.json").read_text())
         yield srv
@@ -550,6 +593,33 @@ def test_a_reviewer_dismisses_an_alarm_with_a_note_and_it_is_audited(pages, serv
     page.goto("/")
     _wait_rows(page)
     _screenshot(page, "worklist.png")
+
+
+def test_a_reviewer_rejects_a_quarantined_gateway_series(pages, server):
+    """A series the gateway holds: the viewer shows its gateway state and offers Release and
+    Reject; a rejection with a note reaches the gateway's queue and the item's history."""
+    if server.gateway is None:
+        pytest.skip("LIDC-IDRI-0001 is not in the shared data: no gateway series")
+    from medforensics.gateway.queue import Queue
+
+    queue_file, uid = server.gateway
+    (item,) = server.items(source="gateway")
+    page = pages.login("rita", f"/items/{item['id']}")
+    page.wait_for_selector("#viewer[data-ready='1']")
+    assert uid in page.text_content("#provenance dd[data-key=gateway]")
+    assert "quarantined" in page.text_content("#provenance dd[data-key=gateway]")
+    assert {"release", "reject"} <= set(page.eval_on_selector_all("#decision-buttons button", "bs => bs.map(b => b.dataset.action)"))
+    assert page.text_content("button[data-action=reject]") == "Reject"
+    note = "a test series sent to the wrong archive"
+    page.fill("#decision-note", note)
+    page.click("button[data-action=reject]")
+    page.wait_for_selector("#decision-history li.decision[data-action=reject]")
+    assert note in page.text_content("#decision-history")
+    assert page.get_attribute("#item-review .state", "data-state") == "rejected"
+    assert page.locator("button[data-action=release]").count() == 0       # decided: nothing left to release
+    assert "rejected" in page.text_content("#provenance dd[data-key=gateway]")
+    with Queue(queue_file) as q:
+        assert q.series(uid).state == "rejected"
 
 
 def test_a_viewer_sees_evidence_but_no_decision_buttons(pages, server):

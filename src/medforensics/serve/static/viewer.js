@@ -379,6 +379,7 @@
       const item = await api("GET", `/api/items/${S.id}`);
       S.item = item;
       renderHead(item);
+      renderProvenance(item);                 // a gateway series' state changes with release/reject
       renderDecisions(item);
     } catch (e) {
       for (const b of $$("#decision-buttons button")) b.disabled = false;
