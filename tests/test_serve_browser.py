@@ -3,16 +3,20 @@ review bootstrap`` then ``medforensics serve`` in a subprocess) driven by Debian
 through Playwright's sync API.
 
 One server for the module, started as docs/serve.md's quick start does (``serve --demo``: the
-demo's originals and manipulated copies are scanned at the first start); the full
-LIDC-IDRI-0001 CT series with a 14 mm nodule injected by ``forge.ct`` is uploaded as a folder
-through ``POST /api/jobs`` (skipped without the shared data), and files and a folder through the
-page's upload form. The flows: log in, the work list sorted by
-suspicion and filtered, "three clicks" from the login page to the evidence of a manipulated
-image, scrolling a series (wheel and keys), overlays and opacity, regions, window/level, the
-header, a reviewer dismissing an alarm with a note (in the item's history and the audit page),
-a viewer without decision buttons, a quiz answer with its reveal and the results page. Every
-page is checked for script errors and CSP violations. The screenshots in docs/serve/ are taken
-here (docs/serve.md shows them).
+demo's originals and manipulated copies are scanned at the first start). With the shared data's
+LIDC-IDRI-0001 series (else those tests skip): the full series with a 14 mm nodule injected by
+``forge.ct`` is uploaded as a folder through ``POST /api/jobs``, and six of its slices wait in a
+real gateway queue as a quarantined series that the service picks up.
+
+The flows: three clicks from the login page to a manipulated image's evidence; the work list
+sorted by suspicion, filtered (in the address), paged by 100; uploads of files and a folder from
+the page with the jobs panel, and a refused file; sign-out and a lost session; a CT series
+scrolled by wheel, keys and slider with neighbours fetched ahead, overlays and opacity, a region
+boxed over the nodule, window/level, 1:1, the header; a reviewer dismissing an alarm with a note
+(history, work list, audit page) and rejecting a quarantined gateway series; a viewer without
+decision buttons; an admin verifying the audit trail and making a token shown once; a quiz round
+with its reveal and the results page. Every page is checked for script errors, CSP violations
+and failed requests. The screenshots in docs/serve/ are taken here (docs/serve.md shows them).
 """
 from __future__ import annotations
 
