@@ -484,12 +484,21 @@ def _actions(item, who: Principal, gateway_state: str | None) -> list[str]:
 
 
 def _provenance(record: dict) -> dict:
-    out: dict[str, Any] = {"status": record.get("provenance", "unknown")}
+    """The item's proofs of origin: the verdict's summary (``signature:valid watermark:tampered``)
+    as one field per proof, and the signers the provenance detector named.
+
+    >>> _provenance({"provenance": "signature:broken watermark:tampered"})
+    {'status': 'signature:broken watermark:tampered', 'signature': 'broken', 'watermark': 'tampered'}
+    """
+    status = record.get("provenance", "unknown")
+    out: dict[str, Any] = {"status": status}
+    for word in str(status).split():
+        what, _, state = word.partition(":")
+        if state:
+            out[what] = state
     for ev in record.get("evidence", []):
-        prov = (ev.get("details") or {}).get("provenance")
-        if isinstance(prov, dict):
-            for key, value in prov.items():
-                out.setdefault(key, value)
+        if ev.get("detector") == "provenance" and (ev.get("details") or {}).get("signers"):
+            out["signers"] = ev["details"]["signers"]
     return out
 
 
