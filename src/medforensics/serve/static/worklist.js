@@ -1,5 +1,6 @@
 // Work list: one page of items (100) sorted by suspicion, filters from /api/facets kept in the
-// page's URL, the jobs panel (polled every 2 s while a job is queued or running), uploads.
+// page's URL, the jobs panel (polled every 2 s while a job is queued or running, else every
+// 15 s), uploads.
 "use strict";
 
 (() => {
@@ -11,6 +12,7 @@
   let request = 0;        // the newest list request; older answers are dropped
   let pollTimer = null;
   let activeJobs = new Set();
+  let seenJobs = null;      // the job ids of the last look (null before the first)
 
   function control(name) { return document.getElementById(`f-${name}`); }
 
@@ -119,13 +121,18 @@
       if (e.status !== 401) pollTimer = setTimeout(loadJobs, 5000);
       return;
     }
-    const jobs = (data.jobs || []).slice(0, 10);
+    const all = data.jobs || [];
+    const jobs = all.slice(0, 10);
     fill($("#jobs-list"), jobs.length ? jobs.map(jobLine) : el("p", {class: "muted"}, "no jobs yet"));
-    const running = new Set(jobs.filter((j) => j.state === "queued" || j.state === "running").map((j) => j.id));
-    const finished = [...activeJobs].some((id) => !running.has(id));
+    const running = new Set(all.filter((j) => j.state === "queued" || j.state === "running").map((j) => j.id));
+    // a job that ended since the last look (or began and ended in between: someone else's
+    // upload, the gateway's pickup) brings new items
+    const ended = [...activeJobs].some((id) => !running.has(id)) ||
+      (seenJobs !== null && all.some((j) => !seenJobs.has(j.id) && !running.has(j.id)));
     activeJobs = running;
-    if (finished) { await loadFacets().catch(() => {}); await loadItems().catch(() => {}); }
-    if (running.size) pollTimer = setTimeout(loadJobs, 2000);
+    seenJobs = new Set(all.map((j) => j.id));
+    if (ended) { await loadFacets().catch(() => {}); await loadItems().catch(() => {}); }
+    pollTimer = setTimeout(loadJobs, running.size ? 2000 : 15000);
   }
 
   /** POST the form to /api/jobs with upload progress (fetch has none); errors as MF.api's. */
