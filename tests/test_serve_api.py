@@ -148,6 +148,9 @@ def test_every_route_refuses_requests_without_a_session(service):
         checked += 1
     assert checked >= 30
     assert anonymous.get("/login").status_code == 200
+    # the login page brings the browser back to the page with its filters
+    assert anonymous.get("/?label=manipulated&sort=newest").headers["location"] == \
+        "/login?next=/%3Flabel%3Dmanipulated%26sort%3Dnewest"
 
 
 def test_roles_are_enforced(service, uploaded):
@@ -242,6 +245,14 @@ def test_upload_refusals(service):
                                       ("files", ("a.png", png_bytes(1), "image/png"))])
     assert r.status_code == 400 and "twice" in r.json()["detail"]
     assert rita.post("/api/jobs", data={"x": "1"}).status_code == 400
+    # an unreadable image is an item with its error, naming the file without the data folder
+    r = rita.post("/api/jobs", files=[("files", ("broken/bad.dcm", dicom_bytes()[:1000], "application/dicom"))])
+    assert r.status_code == 201
+    wait_job(rita, r.json()["id"])
+    bad = rita.get("/api/items", params={"job": r.json()["id"]}).json()["items"]
+    assert len(bad) == 1 and bad[0]["label"] is None
+    errors = rita.get(f"/api/items/{bad[0]['id']}").json()["record"]["errors"]
+    assert errors and str(data.resolve()) not in errors[0] and "bad.dcm" in errors[0]
 
 
 def test_no_patient_data_in_the_logs(service, caplog):

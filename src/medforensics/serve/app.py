@@ -805,6 +805,14 @@ PAGES = {"/": ("worklist.html", "viewer"), "/quiz": ("quiz.html", "viewer"),
          "/admin": ("admin.html", "admin")}
 
 
+def _login_url(request: Request) -> str:
+    """The login page, asked to come back to this page with its query (filters) afterwards."""
+    from urllib.parse import quote
+
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return f"/login?next={quote(here, safe='/')}"
+
+
 def _templates() -> Environment:
     return Environment(loader=PackageLoader("medforensics.serve", "templates"), autoescape=select_autoescape(["html"]))
 
@@ -820,9 +828,10 @@ def pages_router() -> APIRouter:
         def view(request: Request) -> Response:
             who = _principal(request)
             if who is None:
-                return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+                return RedirectResponse(_login_url(request), status_code=303)
             if not auth.allowed(who.role, role):
-                return HTMLResponse(f"<p>This page needs the {role} role.</p>", status_code=403)
+                return HTMLResponse(f'<p>This page needs the {role} role. <a href="/">Back to the work list</a></p>',
+                                    status_code=403)
             return render(template, user=who.user, role=who.role, csrf=who.csrf or "", page=template[:-5])
 
         return view
@@ -834,7 +843,7 @@ def pages_router() -> APIRouter:
     def viewer(item_id: Id, request: Request) -> Response:
         who = _principal(request)
         if who is None:
-            return RedirectResponse(f"/login?next=/items/{item_id}", status_code=303)
+            return RedirectResponse(_login_url(request), status_code=303)
         return render("viewer.html", user=who.user, role=who.role, csrf=who.csrf or "", page="viewer", item_id=item_id)
 
     @r.get("/login", response_class=HTMLResponse)

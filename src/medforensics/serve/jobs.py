@@ -163,6 +163,10 @@ class JobRunner:
         view = record.setdefault("view", {})
         view["files"] = [_relative(self.data, f) for f in view.get("files", [])]
         record["path"] = _relative(self.data, record["path"])
+        # messages name files as the work list does, without where the service keeps its data
+        root = f"{self.data.resolve()}/"
+        for key in ("errors", "warnings"):
+            record[key] = [m.replace(root, "") for m in record.get(key, [])]
         shape = view.get("shape") or []
         n_frames = int(shape[0]) if len(shape) == 3 else 1
         name = _relative(self.data / "uploads", record["path"]) if record["path"].startswith("uploads/") \
