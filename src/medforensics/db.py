@@ -28,7 +28,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .core import MedForensicsError, one_line
 
@@ -197,6 +197,42 @@ class Database:
         else:
             sql = "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?"
         return bool(self.query(sql, (table,)))
+
+    # -- schemas ---------------------------------------------------------------------------------
+    def append_only(self, tables: Sequence[str], function: str) -> list[str]:
+        """Statements that make ``tables`` refuse UPDATE and DELETE in the database itself, not
+        only in the code (SQLite triggers; in PostgreSQL triggers calling the plpgsql
+        ``function``, created by the first statement)."""
+        if self.dialect == "sqlite":
+            return [f"CREATE TRIGGER {t}_{op.lower()} BEFORE {op} ON {t} "
+                    f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END"
+                    for t in tables for op in ("UPDATE", "DELETE")]
+        return [f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+                "$f$ BEGIN RAISE EXCEPTION 'the table is append-only'; END $f$",
+                *(f"CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t} "
+                  f"FOR EACH ROW EXECUTE FUNCTION {function}()" for t in tables)]
+
+    def open_schema(self, meta: str, version: str, statements: Callable[[], list[str]], *, what: str,
+                    created: str, create: bool = True) -> None:
+        """Check that this database holds the tables of ``what`` (an application: "gateway
+        queue", "review store") at schema ``version``, read from its table ``meta`` (name,
+        value); in a database without them run ``statements()`` and record the version and the
+        ``created`` time, unless ``create`` is false. A SQLite file holding other tables is
+        refused: each application keeps its own file (PostgreSQL databases may be shared)."""
+        with self.guard(f"opening the {what}"), self.write():
+            if not self.has_table(meta):
+                if not create:
+                    raise MedForensicsError(self.name, f"holds no {what}")
+                if self.dialect == "sqlite" and self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1"):
+                    raise MedForensicsError(self.name, f"holds other tables and no {what}; give the {what} its own file")
+                for stmt in statements():
+                    self.execute(stmt)
+                self.executemany(f"INSERT INTO {meta} (name, value) VALUES (?, ?)",
+                                 [("schema_version", version), ("created", created)])
+            found = self.query(f"SELECT value FROM {meta} WHERE name = 'schema_version'")
+        if not found or found[0][0] != version:
+            raise MedForensicsError(self.name, f"unsupported {what} schema version "
+                                    f"{found[0][0] if found else None!r} (this medforensics reads {version})")
 
     def close(self) -> None:
         """Close the connection (again: nothing)."""

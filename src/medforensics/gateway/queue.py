@@ -211,32 +211,11 @@ class Queue:
             "CREATE INDEX gateway_audit_series ON gateway_audit (series_instance_uid, id)",
         ]
         # the audit log and the transitions are append-only in the database itself, not only here
-        if self._db.dialect == "sqlite":
-            stmts += [f"CREATE TRIGGER {t}_{op.lower()} BEFORE {op} ON {t} "
-                      f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END"
-                      for t in ("gateway_audit", "gateway_transitions") for op in ("UPDATE", "DELETE")]
-        else:
-            stmts.append("CREATE OR REPLACE FUNCTION gateway_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-                         "$f$ BEGIN RAISE EXCEPTION 'the table is append-only'; END $f$")
-            stmts += [f"CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t} "
-                      "FOR EACH ROW EXECUTE FUNCTION gateway_append_only()"
-                      for t in ("gateway_audit", "gateway_transitions")]
+        stmts += self._db.append_only(("gateway_audit", "gateway_transitions"), "gateway_append_only")
         return stmts
 
     def _open_schema(self) -> None:
-        db = self._db
-        with self._tx("opening the queue"):
-            if not db.has_table("gateway_meta"):
-                if db.dialect == "sqlite" and db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1"):
-                    raise MedForensicsError(self.name, "holds other tables and no gateway queue; give the queue its own file")
-                for stmt in self._schema():
-                    db.execute(stmt)
-                db.executemany("INSERT INTO gateway_meta (name, value) VALUES (?, ?)",
-                               [("schema_version", SCHEMA_VERSION), ("created", self._now())])
-            version = db.query("SELECT value FROM gateway_meta WHERE name = 'schema_version'")
-        if not version or version[0][0] != SCHEMA_VERSION:
-            raise MedForensicsError(self.name, f"unsupported gateway queue schema version "
-                                    f"{version[0][0] if version else None!r} (this medforensics reads {SCHEMA_VERSION})")
+        self._db.open_schema("gateway_meta", SCHEMA_VERSION, self._schema, what="gateway queue", created=self._now())
 
     def _now(self) -> str:
         return utc_iso(self._clock())

@@ -374,34 +374,12 @@ class Store:
             "kind TEXT NOT NULL, answer TEXT NOT NULL, correct INTEGER NOT NULL, hit INTEGER, at TEXT NOT NULL)",
             "CREATE INDEX serve_quiz_answers_user ON serve_quiz_answers (user_name, kind)",
         ]
-        append_only = ("serve_audit", "serve_audit_nodes")
-        if not pg:
-            stmts += [f"CREATE TRIGGER {t}_{op.lower()} BEFORE {op} ON {t} "
-                      f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END"
-                      for t in append_only for op in ("UPDATE", "DELETE")]
-        else:
-            stmts.append("CREATE OR REPLACE FUNCTION serve_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-                         "$f$ BEGIN RAISE EXCEPTION 'the table is append-only'; END $f$")
-            stmts += [f"CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t} "
-                      "FOR EACH ROW EXECUTE FUNCTION serve_append_only()" for t in append_only]
+        stmts += self._db.append_only(("serve_audit", "serve_audit_nodes"), "serve_append_only")
         return stmts
 
     def _open_schema(self, create: bool) -> None:
-        db = self._db
-        with self._tx("opening the review store"):
-            if not db.has_table("serve_meta"):
-                if not create:
-                    raise MedForensicsError(self.name, "holds no review store")
-                if db.dialect == "sqlite" and db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1"):
-                    raise MedForensicsError(self.name, "holds other tables and no review store; give the store its own file")
-                for stmt in self._schema():
-                    db.execute(stmt)
-                db.executemany("INSERT INTO serve_meta (name, value) VALUES (?, ?)",
-                               [("schema_version", SCHEMA_VERSION), ("created", self._now())])
-            version = db.query("SELECT value FROM serve_meta WHERE name = 'schema_version'")
-        if not version or version[0][0] != SCHEMA_VERSION:
-            raise MedForensicsError(self.name, f"unsupported review store schema version "
-                                    f"{version[0][0] if version else None!r} (this medforensics reads {SCHEMA_VERSION})")
+        self._db.open_schema("serve_meta", SCHEMA_VERSION, self._schema, what="review store", created=self._now(),
+                             create=create)
 
     def _now(self) -> str:
         return utc_z(self._clock())
