@@ -30,6 +30,8 @@ from pydantic import BaseModel, Field
 
 from ..core import MedForensicsError, one_line
 from . import auth
+# the store's records are the API's answers as they are (FastAPI describes dataclasses too)
+from .store import AuditEntry, Job, Score
 from .settings import ServeSettings
 
 LOG = logging.getLogger("medforensics.serve")
@@ -99,26 +101,13 @@ class FacetsOut(BaseModel):
     review_states: list[str]
 
 
-class AuditOut(BaseModel):
-    seq: int
-    at: str
-    who: str
-    action: str
-    target: str
-    before: str
-    after: str
-    note: str
-    leaf_hash: str
-    root: str
-
-
 class ItemOut(ItemRowOut):
     record: dict[str, Any]
     shape: list[int]
     window: list[float]
     overlays: list[str]
     provenance: dict[str, Any]
-    decisions: list[AuditOut]
+    decisions: list[AuditEntry]
     gateway: Optional[dict[str, Any]] = None
     actions: list[str]
 
@@ -132,26 +121,14 @@ class DecisionIn(BaseModel):
     note: str = Field(min_length=1, max_length=2000)
 
 
-class JobOut(BaseModel):
-    id: int
-    who: str
-    kind: str
-    state: str
-    total: int
-    done: int
-    message: str
-    created: str
-    updated: str
-
-
 class JobsOut(BaseModel):
-    jobs: list[JobOut]
+    jobs: list[Job]
 
 
 class AuditPage(BaseModel):
     size: int
     root: str
-    entries: list[AuditOut]
+    entries: list[AuditEntry]
 
 
 class VerifyOut(BaseModel):
@@ -180,17 +157,9 @@ class AnswerOut(BaseModel):
     item_id: int
 
 
-class ScoreOut(BaseModel):
-    user: str
-    kind: str
-    n: int
-    correct: int
-    hits: int
-
-
 class ScoresOut(BaseModel):
-    mine: list[ScoreOut]
-    everyone: Optional[list[ScoreOut]] = None
+    mine: list[Score]
+    everyone: Optional[list[Score]] = None
     benchmark: float
     summary: dict[str, Any]
 
@@ -625,7 +594,7 @@ def api_router() -> APIRouter:
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     # -- decisions ----------------------------------------------------------------------------------
-    @r.post("/items/{item_id}/decisions", response_model=AuditOut, tags=["decisions"])
+    @r.post("/items/{item_id}/decisions", response_model=AuditEntry, tags=["decisions"])
     def decide(item_id: Id, body: DecisionIn, request: Request, who: Principal = REVIEWER) -> dict:
         svc = _service(request)
         it = svc.visible_item(item_id, who)
@@ -651,14 +620,14 @@ def api_router() -> APIRouter:
     def jobs(request: Request, who: Principal = VIEWER) -> dict:
         return {"jobs": [asdict(j) for j in _service(request).store.jobs(limit=50)]}
 
-    @r.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
+    @r.get("/jobs/{job_id}", response_model=Job, tags=["jobs"])
     def job(job_id: Id, request: Request, who: Principal = VIEWER) -> dict:
         j = _service(request).store.job(job_id)
         if j is None:
             raise HTTPException(404, f"job {job_id}: no such job")
         return asdict(j)
 
-    @r.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"],
+    @r.post("/jobs", response_model=Job, status_code=201, tags=["jobs"],
             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["files"],
                 "properties": {"files": {"type": "array", "minItems": 1,
