@@ -179,3 +179,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+
+
+def serve_session(app, user: str, password: str):
+    """A client of the review service ``app`` (FastAPI's TestClient), signed in as ``user``, that
+    sends the session's CSRF token with every call."""
+    from fastapi.testclient import TestClient
+
+    from medforensics.serve.app import CSRF_HEADER
+
+    client = TestClient(app, base_url="http://127.0.0.1")
+    r = client.post("/api/session", json={"user": user, "password": password})
+    assert r.status_code == 200, r.text
+    client.headers[CSRF_HEADER] = r.json()["csrf"]
+    return client

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from conftest import serve_session
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
@@ -42,11 +43,7 @@ def service(tmp_path_factory):
 
 
 def sign_in(app, name: str) -> TestClient:
-    client = TestClient(app, base_url="http://127.0.0.1")
-    r = client.post("/api/session", json={"user": name, "password": PASSWORDS[name]})
-    assert r.status_code == 200, r.text
-    client.headers[CSRF_HEADER] = r.json()["csrf"]
-    return client
+    return serve_session(app, name, PASSWORDS[name])
 
 
 def dicom_bytes(patient: str = PATIENT) -> bytes:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import serve_session
 from fastapi.testclient import TestClient
 
 from medforensics.gateway.queue import Queue
-from medforensics.serve.app import CSRF_HEADER, create_app
+from medforensics.serve.app import create_app
 from medforensics.serve.auth import hash_password
 from medforensics.serve.settings import ServeSettings
 from medforensics.serve.store import Store
@@ -91,11 +92,7 @@ def gateway(tmp_path_factory, lidc_series_dir):
 
 
 def sign_in(app, name: str) -> TestClient:
-    client = TestClient(app, base_url="http://127.0.0.1")
-    r = client.post("/api/session", json={"user": name, "password": PASSWORDS[name]})
-    assert r.status_code == 200, r.text
-    client.headers[CSRF_HEADER] = r.json()["csrf"]
-    return client
+    return serve_session(app, name, PASSWORDS[name])
 
 
 @pytest.fixture(scope="module")
