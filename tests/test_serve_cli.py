@@ -4,6 +4,7 @@ on PostgreSQL through a URL."""
 from __future__ import annotations
 
 import io
+import socket
 import time
 
 import pydicom
@@ -68,6 +69,12 @@ def test_audit_export_and_verify(run_cli, tmp_path):
 def test_serve_refuses_to_start_without_accounts_or_with_bad_settings(run_cli, tmp_path):
     r = run_cli("serve", "--data", str(tmp_path / "empty"), "--port", "1")
     assert r.returncode == 2 and "review bootstrap" in r.stderr and "Traceback" not in r.stderr
+    assert run_cli("review", "bootstrap", "--data", str(tmp_path / "ok")).returncode == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run_cli("serve", "--data", str(tmp_path / "ok"), "--port", str(busy.getsockname()[1]))
+    assert r.returncode == 2 and "cannot listen there" in r.stderr
     bad = tmp_path / "serve.toml"
     bad.write_text('port = "eighty"\n')
     r = run_cli("serve", "--config", str(bad))

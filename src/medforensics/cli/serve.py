@@ -86,6 +86,7 @@ def serve_cmd(
         if store.count_users() == 0:
             raise UsageError(f"{settings.database_location}: no accounts yet; create the first admin with "
                              f"'medforensics review bootstrap --data {settings.data}'")
+    _port_free(settings.host, settings.port)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
     app = create_app(settings)
     scheme = "https" if settings.secure_cookies() else "http"
@@ -95,6 +96,18 @@ def serve_cmd(
         err.print("[yellow]note:[/yellow] session cookies are Secure: serve it behind a TLS proxy "
                   "(or set cookie_secure = \"false\" on a trusted network)")
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse, in one line, an address the service could not listen on (before starting anything)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as e:
+        raise UsageError(f"{host}:{port}: cannot listen there ({e.strerror or e}); choose another --port or --host") from None
 
 
 @review_app.command("bootstrap")
