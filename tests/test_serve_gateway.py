@@ -220,6 +220,8 @@ def test_a_series_checked_again_is_scanned_again_into_the_same_item(gateway, ite
     replaces its item's record (the work list keeps one item per series)."""
     app, queue_file, uids = gateway
     uid = uids["clean"]
+    rita = sign_in(app, "rita")
+    assert rita.get(f"/api/items/{items['clean']['id']}/slices/{SLICES}.png").status_code == 404   # 6 slices, cached
     late = sorted(lidc_series_dir.glob("*.dcm"),
                   key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))[3 * SLICES]
     ds = pydicom.dcmread(late)
@@ -233,7 +235,6 @@ def test_a_series_checked_again_is_scanned_again_into_the_same_item(gateway, ite
                        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=str(out), calling_ae="CT1",
                        peer="10.0.0.7", size=out.stat().st_size)
         q.record_check(uid, "suspicious", 0.6, "quarantine", {"label": "suspicious"}, instances=[ds.SOPInstanceUID])
-    rita = sign_in(app, "rita")
     t0, item = time.time(), None
     while time.time() - t0 < 120:
         item = rita.get(f"/api/items/{items['clean']['id']}").json()
@@ -243,3 +244,5 @@ def test_a_series_checked_again_is_scanned_again_into_the_same_item(gateway, ite
     assert item["shape"][0] == SLICES + 1, item["shape"]
     assert item["gateway"]["label"] == "suspicious"
     assert rita.get("/api/items", params={"source": "gateway"}).json()["total"] == 3
+    # the cached pixels of the first scan are not served for the new one
+    assert rita.get(f"/api/items/{items['clean']['id']}/slices/{SLICES}.png").status_code == 200
