@@ -370,7 +370,7 @@ class Service:
     def image(self, item) -> Any:
         from .jobs import load_item_image
 
-        return self.pixels.get(_version(item), lambda: load_item_image(self.settings.data, item.record))
+        return self.pixels.get(_cache_key(item), lambda: load_item_image(self.settings.data, item.record))
 
     def item_heatmaps(self, item) -> dict:
         from .render import load_heatmaps
@@ -378,10 +378,10 @@ class Service:
         name = item.record.get("view", {}).get("heatmaps")
         if not name:
             return {}
-        return self.heatmaps.get(_version(item), lambda: load_heatmaps(self.settings.data / "results" / name))
+        return self.heatmaps.get(_cache_key(item), lambda: load_heatmaps(self.settings.data / "results" / name))
 
 
-def _version(item) -> tuple:
+def _cache_key(item) -> tuple:
     """What the caches know an item by: its id and its scan (a gateway series scanned again gets
     new files and a new heatmap file, so its pixels are read again)."""
     view = item.record.get("view", {})
