@@ -93,6 +93,9 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_hashes_passwords(service):
     cookie = r.headers["set-cookie"]
     assert f"{SESSION_COOKIE}=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     assert "Secure" not in cookie          # served on loopback over HTTP ("auto")
+    behind_tls = TestClient(app, base_url="http://127.0.0.1", headers={"X-Forwarded-Proto": "https"})
+    r = behind_tls.post("/api/session", json={"user": "vic", "password": PASSWORDS["vic"]})
+    assert r.status_code == 200 and "Secure" in r.headers["set-cookie"]   # a TLS proxy in front
     with Store(data / "serve.sqlite") as store:
         assert store.user("vic").password_hash.startswith("$argon2id$")
     r = TestClient(app, base_url="http://127.0.0.1").post("/api/session", json={"user": "vic", "password": "nope"})

@@ -500,8 +500,13 @@ def api_router() -> APIRouter:
         csrf = secrets.token_urlsafe(24)
         hours = svc.settings.session_hours
         svc.store.add_session(h, user.name, csrf, time.time() + hours * 3600)
+        # Secure as configured, and whenever the browser came over HTTPS (directly, or through a
+        # TLS proxy in front of a service on loopback that says so); a cookie may always be Secure
+        https = request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+        secure = svc.settings.cookie_secure == "true" or (svc.settings.cookie_secure == "auto" and
+                                                          (svc.settings.secure_cookies() or https))
         response.set_cookie(SESSION_COOKIE, token, max_age=int(hours * 3600), httponly=True, samesite="strict",
-                            secure=svc.settings.secure_cookies(), path="/")
+                            secure=secure, path="/")
         return {"user": user.name, "role": user.role, "csrf": csrf}
 
     @r.delete("/session", status_code=204, tags=["session"])
