@@ -360,3 +360,50 @@ def test_openapi_schema_is_served_to_signed_in_users(service):
     schema = sign_in(app, "vic").get("/openapi.json").json()
     assert "/api/items" in schema["paths"] and "/api/items/{item_id}/slices/{k}.png" in schema["paths"]
     assert schema["components"]["schemas"]["ItemRowOut"]["required"]
+
+
+def test_admins_change_roles_and_disable_accounts(service):
+    app, _, _ = service
+    admin = sign_in(app, "admin")
+    assert admin.post("/api/users", json={"user": "temp", "role": "viewer", "password": "temp-password-1"}).status_code == 201
+    PASSWORDS["temp"] = "temp-password-1"
+    temp = sign_in(app, "temp")
+    token = temp.post("/api/tokens", json={"name": "t"}).json()["token"]
+    script = TestClient(app, base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {token}"})
+    assert temp.get("/api/audit").status_code == 403
+    r = admin.put("/api/users/temp", json={"role": "reviewer"})
+    assert r.status_code == 200 and r.json()["role"] == "reviewer"
+    assert temp.get("/api/audit").status_code == 200                # the new role holds at once
+    r = admin.put("/api/users/temp", json={"disabled": True})
+    assert r.status_code == 200 and r.json()["disabled"] is True
+    assert temp.get("/api/me").status_code == 401 and script.get("/api/me").status_code == 401
+    assert TestClient(app, base_url="http://127.0.0.1").post(
+        "/api/session", json={"user": "temp", "password": "temp-password-1"}).status_code == 401
+    assert admin.put("/api/users/temp", json={"disabled": False}).json()["disabled"] is False
+    assert script.get("/api/me").status_code == 200
+    # no admin locks themselves out; unknown users; only admins
+    assert admin.put("/api/users/admin", json={"role": "viewer"}).status_code == 409
+    assert admin.put("/api/users/admin", json={"disabled": True}).status_code == 409
+    assert admin.put("/api/users/nobody", json={"role": "viewer"}).status_code == 404
+    assert sign_in(app, "rita").put("/api/users/temp", json={"role": "admin"}).status_code == 403
+    actions = [e["action"] for e in admin.get("/api/audit", params={"limit": 1000}).json()["entries"]
+               if e["target"] == "user:temp"]
+    assert actions == ["add-user", "set-role", "disable-user", "enable-user"]
+
+
+def test_users_change_their_own_password(service):
+    app, _, _ = service
+    admin = sign_in(app, "admin")
+    admin.post("/api/users", json={"user": "pat", "role": "viewer", "password": "pat-password-1"})
+    PASSWORDS["pat"] = "pat-password-1"
+    pat, other = sign_in(app, "pat"), sign_in(app, "pat")
+    assert pat.post("/api/me/password", json={"current": "wrong-one", "new": "pat-password-2"}).status_code == 403
+    assert pat.post("/api/me/password", json={"current": "pat-password-1", "new": "short"}).status_code == 422
+    r = pat.post("/api/me/password", json={"current": "pat-password-1", "new": "pat-password-2"})
+    assert r.status_code == 204
+    assert pat.get("/api/me").status_code == 401 and other.get("/api/me").status_code == 401   # every session ends
+    c = TestClient(app, base_url="http://127.0.0.1")
+    app.state.service.limiter.clear()     # the tests share one address
+    assert c.post("/api/session", json={"user": "pat", "password": "pat-password-1"}).status_code == 401
+    assert c.post("/api/session", json={"user": "pat", "password": "pat-password-2"}).status_code == 200
+    app.state.service.limiter.clear()

@@ -672,6 +672,47 @@ def test_admin_verifies_the_audit_trail_and_makes_a_token_shown_once(pages, serv
     assert httpx.get(f"{server.url}/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
+def test_admin_changes_a_role_and_disables_an_account_and_users_change_their_password(pages, server):
+    import httpx
+
+    PASSWORDS["carla"] = "carla-password-1234"
+    assert server.api.post("/api/users", json={"user": "carla", "role": "viewer",
+                                               "password": PASSWORDS["carla"]}).status_code == 201
+    carla = httpx.Client(base_url=server.url)
+    assert carla.post("/api/session", json={"user": "carla", "password": PASSWORDS["carla"]}).status_code == 200
+    csrf = carla.get("/api/me").json()["csrf"]
+    token = carla.post("/api/tokens", json={"name": "carla's script"}, headers={"X-CSRF-Token": csrf}).json()["token"]
+    script = {"Authorization": f"Bearer {token}"}
+
+    def carla_now() -> dict:
+        return next(u for u in server.api.get("/api/users").json()["users"] if u["user"] == "carla")
+
+    page = pages.login("admin", "/admin")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.is_disabled("select.user-role[data-user=admin]")           # no admin demotes themselves
+    page.select_option("select.user-role[data-user=carla]", "reviewer")
+    _until(page, "() => document.querySelector('#message').textContent.includes('carla: reviewer')")
+    assert carla_now()["role"] == "reviewer"
+    page.click("button.user-disable[data-user=carla]")
+    page.wait_for_selector("button.user-enable[data-user=carla]")
+    assert carla_now()["disabled"] is True
+    assert httpx.get(f"{server.url}/api/me", headers=script).status_code == 401   # tokens stop at once
+    page.click("button.user-enable[data-user=carla]")
+    page.wait_for_selector("button.user-disable[data-user=carla]")
+    assert httpx.get(f"{server.url}/api/me", headers=script).json()["role"] == "reviewer"
+
+    own = pages.login("carla", "/account")
+    own.wait_for_selector("body[data-ready='1']")
+    assert own.is_visible(".token-row:has-text(\"carla's script\")")     # her own tokens
+    own.fill("#password-current", PASSWORDS["carla"])
+    own.fill("#password-new", "carla-new-password-99")
+    own.click("#password-change")
+    own.wait_for_url(re.compile(re.escape(server.url) + r"/login\?next=/account$"))
+    r = httpx.post(f"{server.url}/api/session", json={"user": "carla", "password": "carla-new-password-99"})
+    assert r.status_code == 200
+    PASSWORDS["carla"] = "carla-new-password-99"
+
+
 # ------------------------------------------------------------------------- the quiz
 def test_quiz_answer_reveal_and_results(pages, server):
     page = pages.login("rita", "/quiz")

@@ -45,6 +45,13 @@ def test_accounts_and_password_files(run_cli, tmp_path):
     assert r.returncode == 0 and "password (shown once)" in r.stdout
     assert run_cli("review", "add-user", "rita", "--data", str(data)).returncode == 2
     assert run_cli("review", "add-user", "x", "--role", "god", "--data", str(data)).returncode == 2
+    r = run_cli("review", "set-password", "rita", "--data", str(data))
+    assert r.returncode == 0 and "sessions have ended" in r.stdout
+    new = r.stdout.split("password (shown once):")[1].split()[0]
+    with Store(data / "serve.sqlite") as store:
+        assert verify_password(store.user("rita").password_hash, new)
+        assert store.audit()[-1].action == "set-password"
+    assert run_cli("review", "set-password", "nobody", "--data", str(data)).returncode == 2
     listed = run_cli("review", "users", "--data", str(data)).stdout
     assert "admin" in listed and "rita" in listed and "reviewer" in listed
 

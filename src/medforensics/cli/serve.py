@@ -160,6 +160,30 @@ def add_user_cmd(
         out.print(f"password (shown once): {password}")
 
 
+@review_app.command("set-password")
+def set_password_cmd(
+    user: str = typer.Argument(..., help="The account."),
+    password_file: Optional[Path] = typer.Option(None, "--password-file", help="File whose first line is the "
+                                                 "password (default: a new random one, printed once)."),
+    config: Optional[Path] = _CONFIG,
+    data: Optional[Path] = _DATA,
+    database: Optional[str] = _DATABASE,
+) -> None:
+    """Give an account a new password and end its sessions (e.g. the only admin forgot theirs)."""
+    from ..serve.auth import hash_password
+
+    with _store(config, data, database) as store:
+        if store.user(user) is None:
+            raise UsageError(f"user {user!r}: no such account")
+        password, made = _password(password_file, user)
+        store.set_password_hash(user, hash_password(password))
+        store.drop_sessions(user)
+        store.audit_append("medforensics", "set-password", f"user:{user}", "", "")
+    out.print(f"new password for {user!r}; their sessions have ended")
+    if made:
+        out.print(f"password (shown once): {password}")
+
+
 @review_app.command("users")
 def users_cmd(config: Optional[Path] = _CONFIG, data: Optional[Path] = _DATA,
               database: Optional[str] = _DATABASE) -> None:

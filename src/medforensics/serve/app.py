@@ -181,6 +181,16 @@ class UsersOut(BaseModel):
     users: list[UserOut]
 
 
+class UserChange(BaseModel):
+    role: Optional[Literal["viewer", "reviewer", "admin"]] = None
+    disabled: Optional[bool] = None
+
+
+class PasswordChange(BaseModel):
+    current: str = Field(min_length=1, max_length=1024)
+    new: str = Field(min_length=auth.MIN_PASSWORD, max_length=1024)
+
+
 class TokenIn(BaseModel):
     name: str = Field(min_length=1, max_length=100)
 
@@ -742,6 +752,48 @@ def api_router() -> APIRouter:
         store.audit_append(who.user, "add-user", f"user:{u.name}", "", u.role)
         return {"user": u.name, "role": u.role, "created": u.created, "disabled": u.disabled}
 
+    @r.put("/users/{name}", response_model=UserOut, tags=["users"])
+    def change_user(name: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9._@-]{1,64}$")], body: UserChange,
+                    request: Request, who: Principal = ADMIN) -> dict:
+        store = _service(request).store
+        u = store.user(name)
+        if u is None:
+            raise HTTPException(404, f"user {name!r}: no such user")
+        if name == who.user and (body.disabled or (body.role and body.role != "admin")):
+            raise HTTPException(409, "an admin cannot disable or demote themselves (ask another admin)")
+        if body.role is not None and body.role != u.role:
+            store.set_role(name, body.role)
+            store.audit_append(who.user, "set-role", f"user:{name}", u.role, body.role)
+        if body.disabled is not None and body.disabled != u.disabled:
+            store.set_disabled(name, body.disabled)   # a disabled user's sessions end, their tokens stop
+            store.audit_append(who.user, "disable-user" if body.disabled else "enable-user", f"user:{name}",
+                               "disabled" if u.disabled else "active", "disabled" if body.disabled else "active")
+        u = store.user(name)
+        return {"user": u.name, "role": u.role, "created": u.created, "disabled": u.disabled}
+
+    @r.post("/me/password", status_code=204, tags=["session"])
+    def change_password(body: PasswordChange, request: Request, who: Principal = VIEWER) -> Response:
+        svc = _service(request)
+        address = request.client.host if request.client else "-"
+        keys = (f"user:{who.user.lower()}", f"ip:{address}")
+        wait = svc.limiter.retry_after(*keys)
+        if wait:
+            raise HTTPException(429, f"too many failed attempts; try again in {wait} s", headers={"Retry-After": str(wait)})
+        user = svc.store.user(who.user)
+        if not auth.verify_password(user.password_hash, body.current):
+            svc.limiter.failed(*keys)
+            raise HTTPException(403, "the current password is wrong")
+        try:
+            auth.check_password(body.new, who.user)
+        except MedForensicsError as e:
+            raise HTTPException(400, str(e)) from None
+        svc.store.set_password_hash(who.user, auth.hash_password(body.new))
+        svc.store.drop_sessions(who.user)            # every session signs in again, this one too
+        svc.store.audit_append(who.user, "change-password", f"user:{who.user}", "", "")
+        response = Response(status_code=204)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
     @r.get("/tokens", response_model=TokensOut, tags=["users"])
     def tokens(request: Request, who: Principal = VIEWER) -> dict:
         store = _service(request).store
@@ -781,7 +833,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------- pages
-PAGES = {"/": ("worklist.html", "viewer"), "/quiz": ("quiz.html", "viewer"),
+PAGES = {"/": ("worklist.html", "viewer"), "/quiz": ("quiz.html", "viewer"), "/account": ("account.html", "viewer"),
          "/quiz/results": ("quiz_results.html", "viewer"), "/audit": ("audit.html", "reviewer"),
          "/admin": ("admin.html", "admin")}
 

@@ -1,4 +1,4 @@
-// Admin: users (list, create) and API tokens (create -- shown once --, revoke).
+// Admin: users (list, create, change role, disable/enable) and everyone's API tokens (tokens.js).
 "use strict";
 
 (() => {
@@ -6,28 +6,27 @@
 
   async function loadUsers() {
     const data = await api("GET", "/api/users");
+    const me = document.body.dataset.user;
+    const roleSelect = (u) => {
+      const select = el("select", {class: "user-role", "data-user": u.user, disabled: u.user === me ? "" : null},
+        ...["viewer", "reviewer", "admin"].map((r) => el("option", {value: r, selected: r === u.role ? "" : null}, r)));
+      select.addEventListener("change", () => change(u.user, {role: select.value}));
+      return select;
+    };
     fill($("#users-table tbody"), data.users.map((u) => el("tr", {class: "user-row", "data-user": u.user},
-      el("td", {}, u.user), el("td", {}, el("span", {class: "role-badge"}, u.role)), el("td", {class: "nowrap"}, when(u.created)),
-      el("td", {}, u.disabled ? "disabled" : "active"))));
+      el("td", {}, u.user), el("td", {}, roleSelect(u)), el("td", {class: "nowrap"}, when(u.created)),
+      el("td", {}, u.disabled ? "disabled" : "active"),
+      el("td", {}, u.user === me ? null : el("button", {type: "button", class: u.disabled ? "user-enable" : "danger user-disable",
+                                                        "data-user": u.user, onclick: () => change(u.user, {disabled: !u.disabled})},
+                                             u.disabled ? "Enable" : "Disable")))));
   }
 
-  async function loadTokens() {
-    const data = await api("GET", "/api/tokens");
-    const row = (t) => el("tr", {class: "token-row", "data-id": t.id},
-      el("td", {class: "num"}, t.id), el("td", {}, t.user), el("td", {}, t.name), el("td", {class: "nowrap"}, when(t.created)),
-      el("td", {}, t.revoked ? "revoked" : "active"),
-      el("td", {}, t.revoked ? null : el("button", {type: "button", class: "danger revoke-token", "data-id": t.id,
-                                                   onclick: () => revoke(t.id)}, "Revoke")));
-    fill($("#tokens-table tbody"), data.tokens.length ? data.tokens.map(row)
-      : el("tr", {}, el("td", {colspan: 6, class: "muted"}, "no tokens")));
-  }
-
-  async function revoke(id) {
+  async function change(user, body) {
     try {
-      await api("DELETE", `/api/tokens/${id}`);
-      message(`token ${id} revoked`, "ok");
-      await loadTokens();
+      const u = await api("PUT", `/api/users/${encodeURIComponent(user)}`, body);
+      message(`${u.user}: ${u.role}, ${u.disabled ? "disabled" : "active"}`, "ok");
     } catch (e) { /* shown */ }
+    await loadUsers();
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -41,16 +40,6 @@
         await loadUsers();
       } catch (err) { /* shown */ }
     });
-    $("#token-form").addEventListener("submit", async (e) => {
-      e.preventDefault();
-      try {
-        const t = await api("POST", "/api/tokens", {name: $("#token-name").value.trim()});
-        $("#token-value").textContent = t.token;
-        $("#token-new").classList.remove("hidden");
-        e.target.reset();
-        await loadTokens();
-      } catch (err) { /* shown */ }
-    });
-    Promise.all([loadUsers(), loadTokens()]).then(() => { document.body.dataset.ready = "1"; }).catch(() => {});
+    Promise.all([loadUsers(), MF.tokens()]).then(() => { document.body.dataset.ready = "1"; }).catch(() => {});
   });
 })();
