@@ -8,6 +8,7 @@ the login rate limit, and no patient data in the logs.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 
@@ -245,6 +246,9 @@ def test_upload_refusals(service):
                                       ("files", ("a.png", png_bytes(1), "image/png"))])
     assert r.status_code == 400 and "twice" in r.json()["detail"]
     assert rita.post("/api/jobs", data={"x": "1"}).status_code == 400
+    r = rita.post("/api/jobs", files=[("files", ("a", png_bytes(), "image/png")),
+                                      ("files", ("a/b.png", png_bytes(1), "image/png"))])
+    assert r.status_code == 400 and "both as a file and as a folder" in r.json()["detail"]
     # an unreadable image is an item with its error, naming the file without the data folder
     r = rita.post("/api/jobs", files=[("files", ("broken/bad.dcm", dicom_bytes()[:1000], "application/dicom"))])
     assert r.status_code == 201
@@ -289,6 +293,12 @@ def test_decisions_go_to_a_verifiable_audit_trail(service, uploaded, tmp_path):
     export = tmp_path / "audit.jsonl"
     export.write_bytes(admin.get("/api/audit/export").content)
     assert verify_export(export) == []
+    head = json.loads(export.read_text().splitlines()[-1])
+    check = admin.get("/api/audit/verify", params={"head": f"{head['tree_size']}:{head['root']}"}).json()
+    assert check["ok"] is True
+    check = admin.get("/api/audit/verify", params={"head": f"{head['tree_size']}:{'0' * 64}"}).json()
+    assert check["ok"] is False and "no longer hash" in check["problems"][0]
+    assert admin.get("/api/audit/verify", params={"head": "1"}).status_code == 422
     lines = export.read_text().splitlines()
     edited = tmp_path / "edited.jsonl"
     edited.write_text("\n".join([lines[0].replace("rita", "mallory") if "rita" in lines[0] else
@@ -349,9 +359,14 @@ def test_quiz_hides_the_answer_until_answered_and_keeps_scores(service):
     assert reveal["hit"] is (True if box else None)
     assert vic.get(f"/api/items/{reveal['item_id']}").status_code == 200
     assert vic.post("/api/quiz/answers", json={"quiz_image": first.id, "answer": "real"}).status_code == 409
+    from concurrent.futures import ThreadPoolExecutor      # answers sent at once count once
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: vic.post("/api/quiz/answers", json={"quiz_image": ids[1], "answer": "real"})
+                              .status_code, range(6)))
+    assert sorted(codes) == [200] + [409] * 5, codes
     scores = vic.get("/api/quiz/scores").json()
     assert scores["benchmark"] == 0.75 and scores["everyone"] is None
-    assert sum(s["n"] for s in scores["mine"]) == 1 and scores["mine"][0]["kind"] == first.kind
+    assert sum(s["n"] for s in scores["mine"]) == 2 and first.kind in {s["kind"] for s in scores["mine"]}
     assert sign_in(app, "admin").get("/api/quiz/scores").json()["everyone"] is not None
 
 
@@ -407,3 +422,32 @@ def test_users_change_their_own_password(service):
     assert c.post("/api/session", json={"user": "pat", "password": "pat-password-1"}).status_code == 401
     assert c.post("/api/session", json={"user": "pat", "password": "pat-password-2"}).status_code == 200
     app.state.service.limiter.clear()
+
+
+def test_sign_in_attempts_are_counted_before_they_are_checked(service):
+    """A burst of parallel wrong passwords: no more than the limit get to be checked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app, _, _ = service
+    app.state.service.limiter.clear()
+    c = TestClient(app, base_url="http://127.0.0.1")
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda _: c.post("/api/session", json={"user": "admin", "password": "guess-guess"})
+                              .status_code, range(12)))
+    assert codes.count(401) == 3 and codes.count(429) == 9, codes
+    app.state.service.limiter.clear()
+
+
+def test_bodies_are_bounded_and_never_echoed(service):
+    app, _, _ = service
+    anonymous = TestClient(app, base_url="http://127.0.0.1")
+    r = anonymous.post("/api/users", content=b'{"user": "' + b"x" * 200_000 + b'"}',
+                       headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and len(r.content) < 200
+    chunks = (b"y" * 10_000 for _ in range(20))        # no Content-Length: counted as it streams
+    assert anonymous.post("/api/session", content=chunks, headers={"Content-Type": "application/json"}).status_code == 413
+    admin = sign_in(app, "admin")
+    r = admin.post("/api/me/password", json={"current": "admin-password-1", "new": "s3cret"})
+    assert r.status_code == 422 and "s3cret" not in r.text and r.json()["detail"][0]["loc"] == ["body", "new"]
+    page = admin.get("/")
+    assert page.headers["cache-control"] == "no-store"          # pages hold the CSRF token

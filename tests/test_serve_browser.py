@@ -452,6 +452,19 @@ def test_sign_out_and_a_lost_session_lead_to_the_login_page_and_back(pages, serv
     assert "/login" in page.url and page.text_content("#message").strip()
 
 
+def test_login_never_sends_the_browser_to_another_site(pages, server):
+    """``next`` is kept only when it is a page of this site, as the browser resolves it (tabs and
+    newlines are dropped from URLs: "/\t/evil" would be "//evil")."""
+    for bad in ("//evil.example/", "/%09/evil.example/", "/%0A/evil.example/", "/%5C/evil.example/",
+                "https://evil.example/", "javascript:alert(1)", "/login"):
+        page = pages.new()
+        page.goto(f"/login?next={bad}")
+        page.fill("#login-user", "viktor")
+        page.fill("#login-password", PASSWORDS["viktor"])
+        page.click("#login-submit")
+        page.wait_for_url(re.compile(re.escape(server.url) + r"/$"))
+
+
 # ------------------------------------------------------------------------- the viewer on a CT series
 def test_ct_series_scrolls_with_wheel_and_keys_shows_overlays_and_regions(pages, server, ct_item):
     item_id = ct_item["id"]

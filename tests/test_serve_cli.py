@@ -138,3 +138,28 @@ def test_the_service_keeps_its_state_in_postgresql(postgres, tmp_path):
                                            ("10.1.2.3", True), ("review.example.org", True)])
 def test_cookies_are_secure_off_loopback(host, expected):
     assert ServeSettings(host=host).secure_cookies() is expected
+
+
+def test_an_earlier_export_catches_entries_cut_from_the_end(run_cli, tmp_path):
+    """Someone who can write the database drops the triggers and deletes the newest entries (and
+    their subtree hashes): the stored hashes still agree, an earlier export's tree head does not."""
+    from conftest import raw_sql
+
+    data = tmp_path / "review"
+    assert run_cli("review", "bootstrap", "--data", str(data)).returncode == 0
+    for name in ("u1", "u2", "u3"):
+        assert run_cli("review", "add-user", name, "--data", str(data)).returncode == 0
+    kept = tmp_path / "kept.jsonl"
+    assert run_cli("review", "audit-export", str(kept), "--data", str(data)).returncode == 0     # 4 entries
+    assert run_cli("review", "add-user", "u4", "--data", str(data)).returncode == 0
+    r = run_cli("review", "audit-verify", "--against", str(kept), "--data", str(data))
+    assert r.returncode == 0 and "intact" in r.stdout
+    db = str(data / "serve.sqlite")
+    for name, in raw_sql(db, "SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        raw_sql(db, f"DROP TRIGGER {name}")
+    raw_sql(db, "DELETE FROM serve_audit WHERE seq >= 4")
+    raw_sql(db, "DELETE FROM serve_audit_nodes WHERE idx * (1 << level) + (1 << level) > 3")
+    assert run_cli("review", "audit-verify", "--data", str(data)).returncode == 0      # what hashes alone miss
+    r = run_cli("review", "audit-verify", "--against", str(kept), "--data", str(data))
+    assert r.returncode == 1 and "entries were removed" in r.stderr
+    assert run_cli("review", "audit-verify", str(kept), "--against", str(kept), "--data", str(data)).returncode == 2

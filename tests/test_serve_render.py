@@ -344,3 +344,20 @@ def test_header_rows_of_png_container(tmp_path):
     row = next(r for r in rows if "parameters" in r["keyword"])
     assert row["value"].startswith("a chest x-ray, Steps: 20") and len(row["value"]) == 200
     assert header_rows(Image.from_array(np.zeros((4, 4)))) == []
+
+
+def test_pixel_cache_is_bounded_by_bytes_too():
+    from medforensics.core import Image
+    from medforensics.serve.render import PixelCache
+
+    cache = PixelCache(max_items=10, max_bytes=3 * 400)
+    images = {k: Image.from_array(np.zeros((10, 10), np.float32), name=str(k)) for k in range(5)}   # 400 B each
+    for k in range(5):
+        cache.get(k, lambda k=k: images[k])
+    assert len(cache) == 3 and 1 not in cache and 4 in cache
+    big = Image.from_array(np.zeros((100, 100), np.float32), name="big")                     # 40 kB
+    cache.get("big", lambda: big)
+    assert len(cache) == 1 and "big" in cache           # the newest stays, whatever its size
+    cache.discard("big")
+    cache.get(7, lambda: images[0])
+    assert len(cache) == 1

@@ -95,7 +95,10 @@ def serve_cmd(
     if settings.secure_cookies():
         err.print("[yellow]note:[/yellow] session cookies are Secure: serve it behind a TLS proxy "
                   "(or set cookie_secure = \"false\" on a trusted network)")
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning")
+    # proxy_headers off: a client's X-Forwarded-For must not choose the address its sign-in
+    # attempts are counted against
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
+                proxy_headers=False)
 
 
 def _port_free(host: str, port: int) -> None:
@@ -122,11 +125,11 @@ def bootstrap_cmd(
     """Create the first admin of a new service (refused once any account exists)."""
     from ..serve.auth import hash_password
 
+    password, made = _password(password_file, user)      # a weak password is refused before anything is made
     with _store(config, data, database) as store:
         if store.count_users():
             raise UsageError("the service has accounts already; admins add more on the Admin page "
                              "or with 'medforensics review add-user'")
-        password, made = _password(password_file, user)
         store.add_user(user, "admin", hash_password(password))
         store.audit_append("medforensics", "bootstrap", f"user:{user}", "", "admin")
     out.print(f"admin {user!r} created")
@@ -215,14 +218,29 @@ def audit_export_cmd(
 def audit_verify_cmd(
     file: Optional[Path] = typer.Argument(None, metavar="[EXPORT]", help="An exported trail to check on its own "
                                           "(default: the service's database)."),
+    against: Optional[Path] = typer.Option(None, "--against", help="An earlier export: the database must still "
+                                           "hold its tree head (catches entries cut from the end or rewritten)."),
     config: Optional[Path] = _CONFIG,
     data: Optional[Path] = _DATA,
     database: Optional[str] = _DATABASE,
 ) -> None:
-    """Recompute every entry's hash and the tree roots; exit 1 when anything was changed."""
-    from ..serve.store import verify_export
+    """Recompute every entry's hash and the tree roots; exit 1 when anything was changed.
 
-    if file is not None:
+    Keep each export (or its last line, the tree head) somewhere the service cannot write:
+    `--against` it later shows whether entries were cut from the end or rewritten since.
+    """
+    from ..serve.store import export_head, verify_export
+
+    if file is not None and against is not None:
+        raise UsageError("--against checks the service's database against an export: give no EXPORT with it")
+    if against is not None:
+        if not against.is_file():
+            raise UsageError(f"{against}: no such file")
+        size, root = export_head(against)
+        with _store(config, data, database) as store:
+            problems = store.audit_verify_against(size, root)
+        what = f"the audit trail (holding {against.name}'s {size} entries)"
+    elif file is not None:
         if not file.is_file():
             raise UsageError(f"{file}: no such file")
         problems = verify_export(file)

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -31,7 +33,7 @@ from pydantic import BaseModel, Field
 from ..core import MedForensicsError, one_line
 from . import auth
 # the store's records are the API's answers as they are (FastAPI describes dataclasses too)
-from .store import AuditEntry, Job, Score
+from .store import AlreadyAnswered, AuditEntry, Job, Score
 from .settings import ServeSettings
 
 LOG = logging.getLogger("medforensics.serve")
@@ -39,6 +41,10 @@ LOG = logging.getLogger("medforensics.serve")
 __all__ = ["create_app", "Service"]
 
 SESSION_COOKIE = "mf_session"
+#: Memory for images the viewer keeps loaded (the newest one is kept whatever its size).
+CACHE_BYTES = 1536 * 1024 * 1024
+#: The largest request body of any call but an upload (JSON of a sign-in, a decision, ...).
+MAX_BODY = 64 * 1024
 CSRF_HEADER = "X-CSRF-Token"
 ALARM_LABELS = ("suspicious", "manipulated", "synthetic")
 #: Row ids in paths and queries (SQL integers), slice indices.
@@ -237,8 +243,9 @@ class Service:
             (settings.data / sub).mkdir(exist_ok=True)
         self.store = Store(settings.database_location)
         self.limiter = auth.LoginLimiter(settings.login_attempts, settings.login_window_seconds)
-        self.pixels = PixelCache(max_items=6)
-        self.heatmaps = PixelCache(max_items=32)
+        # loaded images by bytes too: one may take up to the decode budget (2 GiB by default)
+        self.pixels = PixelCache(max_items=6, max_bytes=CACHE_BYTES)
+        self.heatmaps = PixelCache(max_items=32, max_bytes=CACHE_BYTES // 4)
         self.run_jobs = run_jobs
         self.runner = None
         self._gateway_stop = threading.Event()
@@ -282,6 +289,10 @@ class Service:
         if self.runner is not None:
             self.runner.stop()
         self.store.close()
+
+    def public(self, message: str) -> str:
+        """``message`` without where the service keeps its data (file names stay, relative to it)."""
+        return message.replace(f"{self.settings.data.resolve()}/", "").replace(f"{self.settings.data}/", "")
 
     def submit(self, job_id: int, paths: list[Path], **kw: Any) -> None:
         """Queue a job's files for scanning (without scan workers, ``run_jobs=False``, the job
@@ -496,16 +507,15 @@ def api_router() -> APIRouter:
     def login(body: LoginIn, request: Request, response: Response) -> dict:
         svc = _service(request)
         address = request.client.host if request.client else "-"
-        keys = (f"user:{body.user.lower()}", f"ip:{address}")
-        wait = svc.limiter.retry_after(*keys)
+        keys = (f"user:{body.user.strip().lower()}", f"ip:{address}")
+        wait = svc.limiter.attempt(*keys)
         if wait:
             raise HTTPException(429, f"too many failed sign-ins; try again in {wait} s", headers={"Retry-After": str(wait)})
         user = svc.store.user(body.user)
         if not auth.verify_password(user.password_hash if user else None, body.password) or user.disabled:
-            svc.limiter.failed(*keys)
             LOG.info("failed sign-in from %s", address)
             raise HTTPException(401, "wrong user name or password")
-        svc.limiter.succeeded(keys[0])
+        svc.limiter.succeeded(*keys)
         token, h = auth.new_secret()
         csrf = secrets.token_urlsafe(24)
         hours = svc.settings.session_hours
@@ -596,7 +606,7 @@ def api_router() -> APIRouter:
         try:
             png = render(image, k, center if center is not None else window[0], width if width is not None else window[1])
         except MedForensicsError as e:
-            raise HTTPException(404, str(e)) from None
+            raise HTTPException(404, svc.public(str(e))) from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     @r.get("/items/{item_id}/overlays/{detector}/{k}.png", response_class=Response, responses=PNG, tags=["pixels"])
@@ -612,7 +622,7 @@ def api_router() -> APIRouter:
         try:
             png = render(heat, detector, tuple(shape), k)
         except MedForensicsError as e:
-            raise HTTPException(404, str(e)) from None
+            raise HTTPException(404, svc.public(str(e))) from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     # -- decisions ----------------------------------------------------------------------------------
@@ -622,9 +632,12 @@ def api_router() -> APIRouter:
         it = svc.visible_item(item_id, who)
         gateway_state = None
         if it.gateway_series and svc.settings.gateway_queue:
-            with svc.gateway_queue() as q:
-                s = q.series(it.gateway_series)
-                gateway_state = s.state if s else None
+            try:
+                with svc.gateway_queue() as q:
+                    s = q.series(it.gateway_series)
+                    gateway_state = s.state if s else None
+            except MedForensicsError as e:
+                raise HTTPException(409, f"the gateway's queue cannot be read now: {one_line(e, 200)}") from None
         if body.action not in _actions(it, who, gateway_state):
             raise HTTPException(409, f"item {item_id}: cannot {body.action} it (allowed: "
                                      f"{', '.join(_actions(it, who, gateway_state)) or 'nothing'})")
@@ -670,9 +683,16 @@ def api_router() -> APIRouter:
         return {"size": size, "root": root, "entries": [_audit(e) for e in store.audit(offset=offset, limit=limit)]}
 
     @r.get("/audit/verify", response_model=VerifyOut, tags=["audit"])
-    def audit_verify(request: Request, who: Principal = ADMIN) -> dict:
+    def audit_verify(request: Request, who: Principal = ADMIN,
+                     head: Optional[str] = Query(default=None, pattern=r"^[0-9]{1,15}:[0-9a-fA-F]{64}$",
+                                                 description="an earlier tree head, SIZE:ROOT")) -> dict:
+        """The trail's hashes, and with ``head`` that it still holds that earlier tree head."""
         store = _service(request).store
-        problems = store.audit_verify()
+        if head is None:
+            problems = store.audit_verify()
+        else:
+            size, _, root = head.partition(":")
+            problems = store.audit_verify_against(int(size), root)
         size, root = store.audit_head()
         return {"ok": not problems, "size": size, "root": root, "problems": problems}
 
@@ -707,6 +727,8 @@ def api_router() -> APIRouter:
         if q is None:
             raise HTTPException(404, f"quiz image {quiz_image}: no such image")
         it = svc.store.item(q.item_id)
+        if it is None:
+            raise HTTPException(404, f"quiz image {quiz_image}: its image is gone")
         window = it.record.get("view", {}).get("window") or [None, None]
         return Response(render(_image_or_error(svc, it), 0, *window), media_type="image/png",
                         headers={"Cache-Control": "private, no-store"})
@@ -717,9 +739,10 @@ def api_router() -> APIRouter:
         q = next((q for q in svc.store.quiz_images() if q.id == body.quiz_image), None)
         if q is None:
             raise HTTPException(404, f"quiz image {body.quiz_image}: no such image")
-        if q.id in svc.store.answered(who.user):
-            raise HTTPException(409, f"quiz image {q.id}: already answered")
-        a = svc.store.add_answer(who.user, q.id, body.answer, body.x, body.y)
+        try:
+            a = svc.store.add_answer(who.user, q.id, body.answer, body.x, body.y, once=True)
+        except AlreadyAnswered as e:
+            raise HTTPException(409, str(e)) from None
         return {"correct": a.correct, "hit": a.hit, "kind": q.kind,
                 "truth_box": None if q.truth_box is None else [int(v) for v in q.truth_box], "item_id": q.item_id}
 
@@ -776,13 +799,13 @@ def api_router() -> APIRouter:
         svc = _service(request)
         address = request.client.host if request.client else "-"
         keys = (f"user:{who.user.lower()}", f"ip:{address}")
-        wait = svc.limiter.retry_after(*keys)
+        wait = svc.limiter.attempt(*keys)
         if wait:
             raise HTTPException(429, f"too many failed attempts; try again in {wait} s", headers={"Retry-After": str(wait)})
         user = svc.store.user(who.user)
         if not auth.verify_password(user.password_hash, body.current):
-            svc.limiter.failed(*keys)
             raise HTTPException(403, "the current password is wrong")
+        svc.limiter.succeeded(*keys)
         try:
             auth.check_password(body.new, who.user)
         except MedForensicsError as e:
@@ -825,7 +848,7 @@ def _image_or_error(svc: Service, item) -> Any:
     try:
         return svc.image(item)
     except MedForensicsError as e:
-        raise HTTPException(404, one_line(e, 300)) from None
+        raise HTTPException(404, svc.public(one_line(e, 300))) from None
 
 
 def _jsonable(obj: Any) -> Any:
@@ -887,6 +910,56 @@ def pages_router() -> APIRouter:
 
 
 # ------------------------------------------------------------------------------------- the app
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` (by its Content-Length, or counted as
+    it streams) is answered 413 before any route reads it, except on the ``exempt`` paths
+    (uploads, which have their own limit). FastAPI reads a body before a route's dependencies
+    run, so without this a caller with no session could make the service hold any body."""
+
+    def __init__(self, app, max_bytes: int, exempt: tuple[str, ...] = ()):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send)
+        received = 0
+        too_large = False
+
+        async def counted():
+            nonlocal received, too_large
+            if too_large:                   # the body was cut short: nothing more comes
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True        # the route sees an end; its answer is replaced below
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        refused = False
+
+        async def answer(message):
+            nonlocal refused
+            if not too_large:
+                return await send(message)
+            if not refused:
+                refused = True
+                await self._refuse(send)
+
+        await self.app(scope, counted, answer)
+
+    async def _refuse(self, send) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes // 1024} KB"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(settings: ServeSettings, *, run_jobs: bool = True) -> FastAPI:
     """The review service's application for ``settings`` (``run_jobs=False``: no scan workers,
     for tests of the API alone)."""
@@ -907,7 +980,13 @@ def create_app(settings: ServeSettings, *, run_jobs: bool = True) -> FastAPI:
 
     @app.exception_handler(MedForensicsError)
     async def _medforensics_error(request: Request, exc: MedForensicsError) -> JSONResponse:
-        return JSONResponse({"detail": one_line(exc, 400)}, status_code=400)
+        return JSONResponse({"detail": service.public(one_line(exc, 400))}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's answer without the "input" it echoes: a password, or a whole oversized body
+        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):
@@ -915,13 +994,15 @@ def create_app(settings: ServeSettings, *, run_jobs: bool = True) -> FastAPI:
         response = await call_next(request)
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
-        if request.url.path.startswith("/api") and "cache-control" not in response.headers:
-            response.headers["Cache-Control"] = "no-store"
+        if "cache-control" not in response.headers and (
+                request.url.path.startswith("/api") or response.headers.get("content-type", "").startswith("text/html")):
+            response.headers["Cache-Control"] = "no-store"      # answers and pages (they hold the CSRF token)
         # no query strings, names or bodies in the log: they may carry patient data
         LOG.info("%s %s %d %.0f ms", request.method, request.url.path, response.status_code,
                  (time.perf_counter() - t0) * 1000)
         return response
 
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY, exempt=("/api/jobs",))
     app.include_router(api_router())
     app.include_router(pages_router())
 

@@ -33,6 +33,8 @@ ROLES = ("viewer", "reviewer", "admin")
 MIN_PASSWORD = 10
 
 _HASHER = PasswordHasher()
+# each Argon2 check takes 64 MiB: a burst of sign-ins waits here instead of exhausting memory
+_CHECKS = threading.BoundedSemaphore(4)
 # verified against when the user does not exist, so that a wrong name takes as long as a wrong password
 _DUMMY = _HASHER.hash("medforensics: no such user")
 
@@ -44,10 +46,11 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether ``password`` matches ``password_hash`` (``None``: no such user, same cost)."""
-    try:
-        return _HASHER.verify(password_hash or _DUMMY, password) and password_hash is not None
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
+    with _CHECKS:
+        try:
+            return _HASHER.verify(password_hash or _DUMMY, password) and password_hash is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
 
 
 def check_password(password: str, user: str = "") -> str:
@@ -76,52 +79,53 @@ def allowed(role: str, needed: str) -> bool:
 
 
 class LoginLimiter:
-    """Failed logins per key (a user name, an address): more than ``attempts`` within
-    ``window_s`` seconds block that key until the oldest failure leaves the window.
+    """Sign-in attempts per key (a user name, an address): an attempt is counted when it starts
+    (:meth:`attempt`, atomically with the check, so that a burst of parallel attempts cannot all
+    pass before the first is counted) and forgotten when it succeeds. More than ``attempts``
+    within ``window_s`` seconds block that key until the oldest leaves the window.
 
     >>> limiter = LoginLimiter(2, 60.0, clock=lambda: 100.0)
-    >>> limiter.failed("user:ann"); limiter.failed("user:ann")
-    >>> limiter.retry_after("user:ann", "ip:10.0.0.1")
+    >>> limiter.attempt("user:ann", "ip:10.0.0.1"), limiter.attempt("user:ann", "ip:10.0.0.2")
+    (0, 0)
+    >>> limiter.attempt("user:ann", "ip:10.0.0.3")
     60
     """
 
     def __init__(self, attempts: int, window_s: float, clock=time.monotonic):
         self.attempts, self.window_s, self._clock = attempts, window_s, clock
-        self._failures: dict[str, deque[float]] = {}
+        self._attempts: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.setdefault(key, deque())
+        q = self._attempts.setdefault(key, deque())
         while q and q[0] <= now - self.window_s:
             q.popleft()
         return q
 
-    def retry_after(self, *keys: str) -> int:
-        """Seconds until every one of ``keys`` may try again (0: now)."""
+    def attempt(self, *keys: str) -> int:
+        """Count one attempt against each key and return 0, or, when any key is at its limit,
+        count nothing and return the seconds until it may try again."""
         now = self._clock()
-        wait = 0.0
         with self._lock:
-            for key in keys:
-                q = self._recent(key, now)
-                if len(q) >= self.attempts:
-                    wait = max(wait, q[0] + self.window_s - now)
-                if not q:
-                    self._failures.pop(key, None)
-        return int(wait + 0.999) if wait > 0 else 0
+            recent = [self._recent(key, now) for key in keys]
+            full = [q for q in recent if len(q) >= self.attempts]
+            if full:
+                return max(1, int(max(q[0] + self.window_s - now for q in full) + 0.999))
+            for q in recent:
+                q.append(now)
+        return 0
 
-    def failed(self, *keys: str) -> None:
-        """Count one failed attempt against each key."""
-        now = self._clock()
+    def succeeded(self, *keys: str) -> None:
+        """The attempt just counted against ``keys`` succeeded: take it back."""
         with self._lock:
             for key in keys:
-                self._recent(key, now).append(now)
+                q = self._attempts.get(key)
+                if q:
+                    q.pop()
+                if not q:
+                    self._attempts.pop(key, None)
 
     def clear(self) -> None:
-        """Forget every failure."""
+        """Forget every attempt."""
         with self._lock:
-            self._failures.clear()
-
-    def succeeded(self, key: str) -> None:
-        """Forget ``key``'s failures (a user who got in; the address keeps its count)."""
-        with self._lock:
-            self._failures.pop(key, None)
+            self._attempts.clear()

@@ -127,7 +127,8 @@ class JobRunner:
             try:
                 self._run(job)
             except Exception as e:  # noqa: BLE001 - one failed job must not stop the others; it says why
-                LOG.error("job %s failed: %s", job.job_id, one_line(e, 300))
+                # the reason (which may name uploaded files) goes to the job, not to the log
+                LOG.error("job %s failed (%s)", job.job_id, type(e).__name__)
                 self.store.update_job(job.job_id, state="failed", message=one_line(e, 300))
 
     def _run(self, job: _Job) -> None:

@@ -355,6 +355,15 @@ class _Pending:
         self.error: BaseException | None = None
 
 
+def _nbytes(value: Any) -> int:
+    """The bytes an image's pixels, or a dict of (array, scale) heatmaps, hold (0 for others)."""
+    if isinstance(value, Image):
+        return int(value.pixels.nbytes)
+    if isinstance(value, dict):
+        return sum(int(getattr(v[0] if isinstance(v, tuple) else v, "nbytes", 0)) for v in value.values())
+    return int(getattr(value, "nbytes", 0))
+
+
 class PixelCache:
     """The last ``max_items`` loaded images, least recently used dropped first; thread-safe.
 
@@ -367,10 +376,15 @@ class PixelCache:
     ('one', 'one', 1)
     """
 
-    def __init__(self, max_items: int = 4):
+    def __init__(self, max_items: int = 4, *, max_bytes: int | None = None,
+                 sizeof: Callable[[Any], int] | None = None):
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self.max_items = int(max_items)
+        # with max_bytes: also drop the oldest while the values' sizes (sizeof) add up to more,
+        # keeping the newest whatever its size
+        self.max_bytes, self._sizeof = max_bytes, sizeof or _nbytes
+        self._bytes = 0
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._pending: dict[Hashable, _Pending] = {}
         self._lock = threading.Lock()
@@ -379,7 +393,7 @@ class PixelCache:
         with self._lock:
             if item_id in self._items:
                 self._items.move_to_end(item_id)
-                return self._items[item_id]
+                return self._items[item_id][0]
             pending = self._pending.get(item_id)
             owner = pending is None
             if owner:
@@ -398,11 +412,14 @@ class PixelCache:
                 del self._pending[item_id]
             pending.done.set()
             raise
+        size = self._sizeof(value)
         with self._lock:
-            self._items[item_id] = value
+            self._items[item_id] = (value, size)
+            self._bytes += size
             self._items.move_to_end(item_id)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            while len(self._items) > 1 and (len(self._items) > self.max_items or
+                                            (self.max_bytes is not None and self._bytes > self.max_bytes)):
+                self._bytes -= self._items.popitem(last=False)[1][1]
             del self._pending[item_id]
         pending.value = value
         pending.done.set()
@@ -411,11 +428,14 @@ class PixelCache:
     def discard(self, item_id: Hashable) -> None:
         """Forget one image (e.g. after its item changed)."""
         with self._lock:
-            self._items.pop(item_id, None)
+            gone = self._items.pop(item_id, None)
+            if gone is not None:
+                self._bytes -= gone[1]
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._bytes = 0
 
     def __contains__(self, item_id: Hashable) -> bool:
         with self._lock:

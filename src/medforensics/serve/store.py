@@ -179,6 +179,10 @@ class AuditEntry:
                 "root": self.root}
 
 
+class AlreadyAnswered(MedForensicsError):
+    """A quiz image that the user answered already (:meth:`Store.add_answer` with ``once``)."""
+
+
 @dataclass(frozen=True)
 class QuizImage:
     """An image of the quiz: ``authentic`` or a forgery kind, and the forged box (row0, col0, row1,
@@ -895,6 +899,26 @@ class Store:
             check.problems.add(f"audit subtree {node}: covers entries that do not exist")
         return check.problems.done()
 
+    def audit_verify_against(self, size: int, root: str) -> list[str]:
+        """:meth:`audit_verify`, and that the log still holds the tree head (``size``, ``root``)
+        kept from earlier (a printed head, an older export): its first ``size`` entries hash to
+        ``root``. This catches what the stored hashes alone cannot: entries cut from the end, or
+        the last ones rewritten with their hashes recomputed by someone who can write the database."""
+        problems = self.audit_verify()
+        if problems:
+            return problems
+        have, _ = self.audit_head()
+        if size > have:
+            return [f"the audit log holds {have} entries, fewer than the {size} of the earlier tree head: "
+                    "entries were removed"]
+        if size < 1:
+            return [] if size == 0 else [f"tree size {size} is not a size"]
+        rows = self._read("checking an earlier tree head", "SELECT root FROM serve_audit WHERE seq = ?", (int(size),))
+        if not rows or rows[0][0] != str(root).lower():
+            return [f"the audit log's first {size} entries no longer hash to the earlier root {root}: "
+                    "entries up to there were changed"]
+        return []
+
     def audit_export(self, out: str | Path) -> tuple[int, str]:
         """Write the audit log to the NEW file ``out`` as JSON lines (one entry a line with its leaf
         hash and root, then ``{"tree_size": n, "root": hex}``); (size, root). An existing file is
@@ -943,11 +967,13 @@ class Store:
         rows = self._read("reading the quiz", "SELECT id, kind, item_id, truth_box FROM serve_quiz_images ORDER BY id")
         return [QuizImage(int(i), k, int(item), None if box is None else json.loads(box)) for i, k, item, box in rows]
 
-    def add_answer(self, user: str, quiz_image_id: int, answer: str, x: float | None, y: float | None) -> Answer:
+    def add_answer(self, user: str, quiz_image_id: int, answer: str, x: float | None, y: float | None, *,
+                   once: bool = False) -> Answer:
         """Record ``user``'s answer (``real`` or ``fake``) about a quiz image, with where they
         clicked (``x`` column, ``y`` row, in image pixels) if they did: correct when ``fake`` is
         said of a forgery or ``real`` of an authentic image; ``hit`` when the click lies in the
-        forged box (None without a box or a click). Answering an image again adds an answer."""
+        forged box (None without a box or a click). Answering an image again adds an answer, or
+        with ``once`` raises :class:`AlreadyAnswered` (checked in the same transaction)."""
         if answer not in ("real", "fake"):
             raise MedForensicsError(f"quiz image {quiz_image_id}", f"answer {answer!r} is not real or fake")
         click = None
@@ -963,6 +989,9 @@ class Store:
             if not rows:
                 raise MedForensicsError(f"quiz image {quiz_image_id}", "no such quiz image")
             kind, box = rows[0][0], None if rows[0][1] is None else json.loads(rows[0][1])
+            if once and self._db.query("SELECT 1 FROM serve_quiz_answers WHERE user_name = ? AND quiz_image_id = ?",
+                                       (user, quiz_image_id)):
+                raise AlreadyAnswered(f"quiz image {quiz_image_id}", "already answered")
             correct = (answer == "fake") == (kind != "authentic")
             hit = None if box is None or click is None else (box[0] <= click[1] < box[2] and box[1] <= click[0] < box[3])
             aid, at = self._next_id("serve_quiz_answers"), self._now()
@@ -1024,6 +1053,15 @@ def _moment(value: Any, what: str, *, end_of_day: bool) -> str:
     except ValueError:
         raise MedForensicsError(what, f"{value!r} is not a date (YYYY-MM-DD) or an ISO 8601 time") from None
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def export_head(path: str | Path) -> tuple[int, str]:
+    """The tree head (size, root) on the last line of an intact export (:func:`verify_export`)."""
+    problems = verify_export(path)
+    if problems:
+        raise MedForensicsError(path, f"not an intact audit export ({problems[0]})")
+    head = json.loads(Path(path).read_text(encoding="utf-8").splitlines()[-1])
+    return int(head["tree_size"]), str(head["root"])
 
 
 def verify_export(path: str | Path) -> list[str]:

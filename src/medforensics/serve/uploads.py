@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..core import MedForensicsError
@@ -53,6 +54,19 @@ def file_type(head: bytes, name: str) -> str | None:
     if head.startswith(b"\x1f\x8b") and name.lower().endswith(".nii.gz"):
         return "NIfTI"
     return None
+
+
+def _write(folder: Path, accepted: list[tuple[UploadFile, PurePosixPath]]) -> None:
+    """Write the checked files into the job's new ``folder``, each a new file inside it."""
+    folder.mkdir(parents=True)
+    root = folder.resolve()
+    for f, rel in accepted:
+        dest = folder.joinpath(*rel.parts)
+        if not dest.resolve().is_relative_to(root):
+            raise OSError(f"{rel}: outside the job's folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "xb") as out:
+            shutil.copyfileobj(f.file, out, 1024 * 1024)
 
 
 def _limit(request: Request, max_bytes: int):
@@ -110,18 +124,19 @@ async def receive_upload(request: Request, service, who: str):
             accepted.append((f, rel))
         if not accepted:
             raise HTTPException(400, "no image files in the upload")
+        folders = {parent for _, rel in accepted for parent in rel.parents}
+        clash = next((rel for _, rel in accepted if rel in folders), None)
+        if clash is not None:
+            raise HTTPException(400, f"{clash}: sent both as a file and as a folder")
         job = service.store.add_job(who, "upload", total=len(accepted),
                                     message=f"{hidden} hidden file(s) left out" if hidden else "")
         folder = settings.data / "uploads" / f"job-{job.id}"
-        folder.mkdir(parents=True)
-        root = folder.resolve()
-        for f, rel in accepted:
-            dest = folder.joinpath(*rel.parts)
-            if not dest.resolve().is_relative_to(root):
-                raise HTTPException(400, f"{rel}: unsafe file name")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(dest, "xb") as out:
-                shutil.copyfileobj(f.file, out, 1024 * 1024)
+        try:     # off the event loop: writing a large upload must not stall the other requests
+            await run_in_threadpool(_write, folder, accepted)
+        except OSError as e:
+            service.store.update_job(job.id, state="failed", message=f"the files could not be stored ({e.strerror or e})")
+            shutil.rmtree(folder, ignore_errors=True)      # this job's own new folder, partly written
+            raise HTTPException(400, f"job {job.id}: the files could not be stored ({e.strerror or type(e).__name__})") from None
         service.store.audit_append(who, "upload", f"job:{job.id}", "", f"{len(accepted)} file(s)")
         service.submit(job.id, [folder])
         return job

@@ -7,8 +7,15 @@ document.addEventListener("DOMContentLoaded", () => {
 
   function target() {
     const next = new URLSearchParams(location.search).get("next") || "/";
-    // only a path on this site: never "//host" or "http://..."
-    return /^\/(?![\/\\])/.test(next) && !next.startsWith("/login") ? next : "/";
+    // only a page of this site: resolve it as the browser would ("/\t/evil" is "//evil") and
+    // keep it only when it stays on this origin
+    try {
+      const url = new URL(next, location.origin);
+      if (next.startsWith("/") && url.origin === location.origin && !url.pathname.startsWith("/login")) {
+        return url.pathname + url.search + url.hash;
+      }
+    } catch (e) { /* not a URL */ }
+    return "/";
   }
 
   form.addEventListener("submit", async (event) => {
