@@ -499,6 +499,17 @@ def _provenance(record: dict) -> dict:
     return out
 
 
+def _attempt(svc: Service, request: Request, user: str) -> tuple[str, str]:
+    """Count a password attempt for ``user`` from the caller's address (429 when either is at
+    the limit); the limiter's keys, to take the attempt back when it succeeds."""
+    address = request.client.host if request.client else "-"
+    keys = (f"user:{user.strip().lower()}", f"ip:{address}")
+    wait = svc.limiter.attempt(*keys)
+    if wait:
+        raise HTTPException(429, f"too many failed attempts; try again in {wait} s", headers={"Retry-After": str(wait)})
+    return keys
+
+
 def api_router() -> APIRouter:
     r = APIRouter(prefix="/api", responses=ERRORS)
 
@@ -506,14 +517,10 @@ def api_router() -> APIRouter:
     @r.post("/session", response_model=MeOut, tags=["session"])
     def login(body: LoginIn, request: Request, response: Response) -> dict:
         svc = _service(request)
-        address = request.client.host if request.client else "-"
-        keys = (f"user:{body.user.strip().lower()}", f"ip:{address}")
-        wait = svc.limiter.attempt(*keys)
-        if wait:
-            raise HTTPException(429, f"too many failed sign-ins; try again in {wait} s", headers={"Retry-After": str(wait)})
+        keys = _attempt(svc, request, body.user)
         user = svc.store.user(body.user)
         if not auth.verify_password(user.password_hash if user else None, body.password) or user.disabled:
-            LOG.info("failed sign-in from %s", address)
+            LOG.info("failed sign-in from %s", keys[1][3:])
             raise HTTPException(401, "wrong user name or password")
         svc.limiter.succeeded(*keys)
         token, h = auth.new_secret()
@@ -797,11 +804,7 @@ def api_router() -> APIRouter:
     @r.post("/me/password", status_code=204, tags=["session"])
     def change_password(body: PasswordChange, request: Request, who: Principal = VIEWER) -> Response:
         svc = _service(request)
-        address = request.client.host if request.client else "-"
-        keys = (f"user:{who.user.lower()}", f"ip:{address}")
-        wait = svc.limiter.attempt(*keys)
-        if wait:
-            raise HTTPException(429, f"too many failed attempts; try again in {wait} s", headers={"Retry-After": str(wait)})
+        keys = _attempt(svc, request, who.user)
         user = svc.store.user(who.user)
         if not auth.verify_password(user.password_hash, body.current):
             raise HTTPException(403, "the current password is wrong")
