@@ -215,3 +215,44 @@ def test_an_unexpected_loader_failure_is_one_items_error(tmp_path, monkeypatch):
     monkeypatch.setattr(scan_module, "load_source", broken)
     v, = scan([str(d)])
     assert v.score is None and v.errors == [f"{d / 'a.dcm'}: cannot be read (RuntimeError) (decoder crashed)"]
+
+
+class Prepared(Detector):
+    """Records when its set-up and its detection ran, and in which thread."""
+    name = "prepared"
+
+    def __init__(self, events, tag):
+        self.events, self.tag = events, tag
+
+    def prepare(self, image):
+        self.events.append(("prepare", self.tag, threading.current_thread().name))
+
+    def detect(self, image):
+        self.events.append(("detect", self.tag, threading.current_thread().name))
+        return Evidence(self.name, 0.1, "looked")
+
+
+def test_detectors_prepare_one_after_another_before_their_threads_start():
+    """Set-up that is not thread-safe (torch.fx tracing patches every torch module of the
+    process) runs before any detector runs in a thread: a CT scan once failed with "module is
+    not installed as a submodule" when learned_2d traced its network beside ct_patch."""
+    events: list = []
+    analyze(Image.from_array(np.zeros((64, 64), np.float32)), [Prepared(events, "a"), Prepared(events, "b")], threads=2)
+    kinds = [e[0] for e in events]
+    assert kinds[:2] == ["prepare", "prepare"] and sorted(kinds[2:]) == ["detect", "detect"]
+    assert {e[2] for e in events[:2]} == {threading.current_thread().name}
+    assert all(e[2] != threading.current_thread().name for e in events[2:])
+
+
+def test_learned_2d_traces_its_network_in_prepare():
+    from medforensics.detectors import learned2d
+    from medforensics.io import discover, load_source
+
+    det = learned2d.Learned2DDetector()
+    image = load_source(discover([get_testdata_file("CT_small.dcm")])[0][0])
+    clf = det.classifier("ct")
+    if not clf.native:
+        pytest.skip("the shipped CT checkpoint is a whole-image classifier")
+    learned2d._FAST.pop(id(clf), None)
+    det.prepare(image)
+    assert learned2d._FAST[id(clf)][0] is clf          # traced now, not in detect's thread

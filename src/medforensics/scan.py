@@ -142,6 +142,12 @@ def analyze(image: Image, detectors: Sequence[Detector] | None = None, config: F
         if torch is not None:
             torch.set_num_threads(1)
         try:
+            for det in applicable:
+                try:
+                    det.prepare(image)
+                except Exception:  # noqa: BLE001 - its detect meets the same problem and reports it
+                    if debug:
+                        raise
             with ThreadPoolExecutor(n, thread_name_prefix="detector") as pool:
                 outcomes = list(pool.map(assess, applicable))
         finally:

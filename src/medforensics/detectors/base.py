@@ -77,6 +77,13 @@ class Detector:
         Subclasses declare their domain here (modality, anatomy, size, bit depth, colour, ...)."""
         return None
 
+    def prepare(self, image: Image) -> None:
+        """Set-up for ``image`` that must not run beside other detectors: :func:`~medforensics.scan.analyze`
+        calls it for each applicable detector, one after another, before their :meth:`detect`
+        run side by side in threads. Tracing a network belongs here (``torch.fx`` patches
+        ``torch.nn.Module`` for the whole process while it traces, so another detector's network
+        called meanwhile fails). Default: nothing."""
+
     def detect(self, image: Image) -> Evidence | None:  # pragma: no cover - interface
         """What the detector finds in ``image``: :class:`~medforensics.core.Evidence` (a score in
         [0, 1], an explanation, optionally a heatmap and regions), or ``None`` when it has nothing

@@ -198,6 +198,14 @@ class Learned2DDetector(Detector):
         chest, why = chest_radiograph(image)
         return None if chest else f"{why}; the radiograph model knows chest radiographs only"
 
+    def prepare(self, image: Image) -> None:
+        """Load the image's classifier and trace its scoring network (:func:`inference_model`,
+        once per classifier) before the other detectors run beside this one: ``torch.fx``'s
+        tracing patches every ``torch.nn.Module`` of the process while it runs."""
+        clf = self.classifier("ct" if image.modality == "CT" else "xray")
+        if clf.native:
+            inference_model(clf)
+
     def detect(self, image: Image) -> Evidence | None:
         from ..learn.data import normalise_image
 
