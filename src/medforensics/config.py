@@ -147,3 +147,20 @@ def check_types(obj: object, prefix: str = "") -> None:
             continue
         if not ok:
             raise MedForensicsError(prefix + f.name, f"{value!r} is not a {kind.split(' ')[0]}")
+
+
+def build_settings(cls: type, values: dict[str, Any], path: str | Path | None, name: str) -> Any:
+    """The settings dataclass ``cls`` made of ``values`` (a file's, then the command line's) and
+    checked by its ``check()``; an unknown or wrongly typed setting is one error naming the file
+    (``path``; without a file, ``name``) and then the setting."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise MedForensicsError(path or name, f"unknown setting(s): {', '.join(unknown)}")
+    try:
+        return cls(**values).check()
+    except TypeError as e:
+        raise MedForensicsError(path or name, str(e)) from None
+    except MedForensicsError as e:
+        if path is None:
+            raise
+        raise MedForensicsError(path, str(e)) from None   # the file, then the setting

@@ -23,6 +23,8 @@ _CONFIG = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
                        help="Settings file (TOML; see docs/serve.md). Options given here override it.")
 _DATA = typer.Option(None, "--data", help="The service's folder: uploads, results and its database "
                      "(default ./medforensics-review).")
+_PASSWORD_FILE = typer.Option(None, "--password-file", help="File whose first line is the password "
+                              "(default: a new random one, printed once).")
 _DATABASE = typer.Option(None, "--database", help="Its database: a SQLite file or postgresql://... "
                          "(default serve.sqlite in the data folder).")
 
@@ -54,6 +56,12 @@ def _password(password_file: Optional[Path], user: str) -> tuple[str, bool]:
     if not lines:
         raise UsageError(f"{password_file}: empty; its first line is the password")
     return check_password(lines[0], user), False
+
+
+def _shown_once(password: str, made: bool) -> None:
+    """Print a password that was made here (a given one is never printed)."""
+    if made:
+        out.print(f"password (shown once): {password}")
 
 
 def serve_cmd(
@@ -116,8 +124,7 @@ def _port_free(host: str, port: int) -> None:
 @review_app.command("bootstrap")
 def bootstrap_cmd(
     user: str = typer.Option("admin", "--user", help="Name of the first admin."),
-    password_file: Optional[Path] = typer.Option(None, "--password-file", help="File whose first line is the "
-                                                 "password (default: a new random one, printed once)."),
+    password_file: Optional[Path] = _PASSWORD_FILE,
     config: Optional[Path] = _CONFIG,
     data: Optional[Path] = _DATA,
     database: Optional[str] = _DATABASE,
@@ -133,16 +140,14 @@ def bootstrap_cmd(
         store.add_user(user, "admin", hash_password(password))
         store.audit_append("medforensics", "bootstrap", f"user:{user}", "", "admin")
     out.print(f"admin {user!r} created")
-    if made:
-        out.print(f"password (shown once): {password}")
+    _shown_once(password, made)
 
 
 @review_app.command("add-user")
 def add_user_cmd(
     user: str = typer.Argument(..., help="Name of the new account."),
     role: str = typer.Option("viewer", "--role", help="viewer, reviewer or admin."),
-    password_file: Optional[Path] = typer.Option(None, "--password-file", help="File whose first line is the "
-                                                 "password (default: a new random one, printed once)."),
+    password_file: Optional[Path] = _PASSWORD_FILE,
     config: Optional[Path] = _CONFIG,
     data: Optional[Path] = _DATA,
     database: Optional[str] = _DATABASE,
@@ -159,15 +164,13 @@ def add_user_cmd(
         store.add_user(user, role, hash_password(password))
         store.audit_append("medforensics", "add-user", f"user:{user}", "", role)
     out.print(f"{role} {user!r} created")
-    if made:
-        out.print(f"password (shown once): {password}")
+    _shown_once(password, made)
 
 
 @review_app.command("set-password")
 def set_password_cmd(
     user: str = typer.Argument(..., help="The account."),
-    password_file: Optional[Path] = typer.Option(None, "--password-file", help="File whose first line is the "
-                                                 "password (default: a new random one, printed once)."),
+    password_file: Optional[Path] = _PASSWORD_FILE,
     config: Optional[Path] = _CONFIG,
     data: Optional[Path] = _DATA,
     database: Optional[str] = _DATABASE,
@@ -183,8 +186,7 @@ def set_password_cmd(
         store.drop_sessions(user)
         store.audit_append("medforensics", "set-password", f"user:{user}", "", "")
     out.print(f"new password for {user!r}; their sessions have ended")
-    if made:
-        out.print(f"password (shown once): {password}")
+    _shown_once(password, made)
 
 
 @review_app.command("users")

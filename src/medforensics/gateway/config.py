@@ -40,12 +40,11 @@ relative to the file's folder.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import check_types, read_toml
+from ..config import build_settings, check_types, read_toml
 from ..core import MedForensicsError
 
 __all__ = ["Archive", "GatewayConfig", "load_config"]
@@ -177,18 +176,7 @@ def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:
         path = Path(path)
         values = _flatten(read_toml(path), path)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(GatewayConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise MedForensicsError(path or "gateway", f"unknown setting(s): {', '.join(unknown)}")
-    try:
-        return GatewayConfig(**values).check()
-    except TypeError as e:
-        raise MedForensicsError(path or "gateway", str(e)) from None
-    except MedForensicsError as e:
-        if path is None:
-            raise
-        raise MedForensicsError(path, str(e)) from None   # the file, then the setting
+    return build_settings(GatewayConfig, values, path, "gateway")
 
 
 def _known_keys(path: Path, section: str, value: Any, known: set[str]) -> None:

@@ -584,8 +584,8 @@ def api_router() -> APIRouter:
                                                   "score": s.score, "decision": s.decision, "checked_at": s.checked_at}
             except MedForensicsError as e:
                 gateway = {"series": it.gateway_series, "state": "unknown", "error": str(e)}
-        overlays = [e["detector"] for e in it.record.get("evidence", [])
-                    if e["detector"] in svc.item_heatmaps(it)] if view.get("heatmaps") else []
+        heat = svc.item_heatmaps(it)
+        overlays = [e["detector"] for e in it.record.get("evidence", []) if e["detector"] in heat]
         return {**_item_row(it), "record": {k: v for k, v in it.record.items() if k != "view"},
                 "shape": [int(v) for v in view.get("shape", [])],
                 "window": [float(v) for v in view.get("window", [0.0, 1.0])], "overlays": overlays,

@@ -29,13 +29,12 @@ relative to the file's folder.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import check_types, read_toml
+from ..config import build_settings, check_types, read_toml
 from ..core import MedForensicsError
 
 __all__ = ["ServeSettings", "load_settings"]
@@ -131,18 +130,7 @@ def load_settings(path: str | Path | None, **overrides: Any) -> ServeSettings:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if isinstance(values.get("cookie_secure"), bool):
         values["cookie_secure"] = str(values["cookie_secure"]).lower()
-    known = {f.name for f in dataclasses.fields(ServeSettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise MedForensicsError(path or "serve", f"unknown setting(s): {', '.join(unknown)}")
-    try:
-        return ServeSettings(**values).check()
-    except TypeError as e:
-        raise MedForensicsError(path or "serve", str(e)) from None
-    except MedForensicsError as e:
-        if path is None:
-            raise
-        raise MedForensicsError(path, str(e)) from None
+    return build_settings(ServeSettings, values, path, "serve")
 
 
 def _flatten(raw: dict, path: Path) -> dict[str, Any]:

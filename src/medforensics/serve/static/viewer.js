@@ -319,19 +319,11 @@
   }
 
   function renderProvenance(item) {
+    // the API gives the verdict's status ("signature:broken watermark:tampered") and one field per proof
     const p = item.provenance || {};
-    const status = p.status ?? item.record.provenance ?? "unknown";
-    // the status is one word per proof found, e.g. "signature:broken watermark:tampered"
-    const words = {};
-    for (const w of String(status).split(/\s+/)) {
-      const i = w.indexOf(":");
-      if (i > 0) words[w.slice(0, i)] = w.slice(i + 1);
-    }
+    const status = p.status ?? "unknown";
     const absent = status === "unknown" ? "not checked" : "none found";
-    const proof = (k) => p[k] ?? words[k] ?? absent;
-    const rows = [["status", status], ["signature", proof("signature")], ["watermark", proof("watermark")],
-                  ["ledger", proof("ledger")]];
-    for (const [k, v] of Object.entries(words)) if (!["signature", "watermark", "ledger"].includes(k)) rows.push([k, v]);
+    const rows = [["status", status], ...["signature", "watermark", "ledger"].map((k) => [k, p[k] ?? absent])];
     for (const [k, v] of Object.entries(p)) if (!["status", "signature", "watermark", "ledger"].includes(k)) rows.push([k, v]);
     if (item.gateway) rows.push(["gateway", `series ${item.gateway.series}: ${item.gateway.state}`]);
     fill($("#provenance"), rows.map(([k, v]) => [el("dt", {}, k), el("dd", {"data-key": k}, describe(v))]));
